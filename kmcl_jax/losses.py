@@ -1,0 +1,364 @@
+"""The KMCL objective, L = L_asl + L_rec + L_con, as `shared/spec/kmcl-method.md` defines it.
+
+The three terms appear below in the spec's order (section 2a, 2b, 2c), followed by
+their sum. Notation: B batch, K classes, D embedding dimension, y the (B, K) binary
+labels, s the sigmoid. Every term is computed in float32 whatever dtype its inputs
+arrive in, and every function works under `jax.jit` and `jax.grad` for any B >= 1.
+
+Input checks (shapes, kernel and mode names) run at trace time and cost nothing in a
+compiled step. Value checks (binary labels, positive variances) run only when the
+inputs are concrete arrays, i.e. in eager calls; inside `jit` values are unknown.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KERNELS = ("anisotropic", "isotropic")
+MODES = ("all", "asl_only")
+
+# Constants of the reference implementation (spec section 2).
+FLOAT32_TINY = 1.17549e-38  # the clamp `t` on Gaussians and exponentials
+FLOAT32_HUGE = 1.17549e38  # what an infinite exponential is replaced by
+SIGMA_EPS = 1.4901161193847656e-08  # added to sqrt(var) to form sigma
+LOG_EPS = 1e-7  # floor of the reconstruction ratio; offset inside the contrastive log
+
+
+# --------------------------------------------------------------------------------------
+# Input checks.
+# --------------------------------------------------------------------------------------
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+def _check_labels(labels, logits_shape: tuple[int, ...] | None = None) -> None:
+  if labels.ndim != 2:
+    raise ValueError(f"`labels` must have shape (B, K), got {labels.shape}.")
+  if logits_shape is not None and tuple(labels.shape) != tuple(logits_shape):
+    raise ValueError(
+        f"`labels` must have the shape of `logits` {tuple(logits_shape)}, got {labels.shape}.")
+  if _is_concrete(labels):
+    values = np.asarray(labels)
+    if not np.all((values == 0) | (values == 1)):
+      raise ValueError("`labels` must contain only 0 and 1 (the training labels y).")
+
+
+def _check_gaussians(mu, var, labels, kernel: str, feature_dim: int | None) -> None:
+  """Checks mu/var shapes: (B, D, K) anisotropic, (B, K) isotropic; var > 0."""
+  _check_choice("kernel", kernel, KERNELS)
+  batch, classes = labels.shape
+  if kernel == "anisotropic":
+    expected = f"(B={batch}, D, K={classes})"
+    ok = mu.ndim == 3 and mu.shape[0] == batch and mu.shape[2] == classes
+    if ok and feature_dim is not None and mu.shape[1] != feature_dim:
+      expected, ok = f"(B={batch}, D={feature_dim}, K={classes})", False
+  else:
+    expected = f"(B={batch}, K={classes})"
+    ok = mu.ndim == 2 and tuple(mu.shape) == (batch, classes)
+  if not ok:
+    raise ValueError(f"`mu` must have shape {expected} for the {kernel} kernel, got {mu.shape}.")
+  if tuple(var.shape) != tuple(mu.shape):
+    raise ValueError(f"`var` must have the shape of `mu` {tuple(mu.shape)}, got {var.shape}.")
+  if _is_concrete(var) and not np.all(np.asarray(var) > 0):
+    raise ValueError("`var` must be strictly positive everywhere.")
+
+
+def _sigma(var: jax.Array) -> jax.Array:
+  return jnp.sqrt(var.astype(jnp.float32)) + SIGMA_EPS
+
+
+# --------------------------------------------------------------------------------------
+# 2a. Asymmetric loss (ASL): a sum over batch and classes.
+# --------------------------------------------------------------------------------------
+
+
+def asl_loss(logits, labels, *, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-7):
+  """Asymmetric loss of Ridnik et al., summed (not averaged) over batch and classes.
+
+  Args:
+    logits: (B, K) class logits pi.
+    labels: (B, K) binary targets y.
+    gamma_neg, gamma_pos: focusing exponents of negatives and positives.
+    clip: asymmetric probability margin m added to 1 - p (0 disables it).
+    eps: floor of the probabilities inside the logs.
+
+  Returns:
+    Scalar float32 L_asl. The focusing weight w carries no gradient.
+  """
+  if logits.ndim != 2:
+    raise ValueError(f"`logits` must have shape (B, K), got {logits.shape}.")
+  _check_labels(labels, logits.shape)
+  y = labels.astype(jnp.float32)
+  p = jax.nn.sigmoid(logits.astype(jnp.float32))
+  p_neg = 1.0 - p
+  if clip is not None and clip > 0:
+    p_neg = jnp.minimum(p_neg + clip, 1.0)
+  log_likelihood = y * jnp.log(jnp.maximum(p, eps)) + (1.0 - y) * jnp.log(jnp.maximum(p_neg, eps))
+  p_true = p * y + p_neg * (1.0 - y)
+  focus = jax.lax.stop_gradient(jnp.power(1.0 - p_true, gamma_pos * y + gamma_neg * (1.0 - y)))
+  return -jnp.sum(log_likelihood * focus)
+
+
+# --------------------------------------------------------------------------------------
+# 2b. Reconstruction loss: -log of the mixture responsibility of the true classes.
+# --------------------------------------------------------------------------------------
+
+
+def reconstruction_loss(features, logits, mu, var, labels, *, kernel):
+  """Mean over the batch of -log r, r = sum_k y s(pi) G / sum_k s(pi) G.
+
+  G[b, k] is the (unnormalised) Gaussian kernel of class k evaluated at the sample's
+  own feature. The ratio is evaluated in log space: with D = 128 the reference's G sits
+  on its 1.17549e-38 clamp, where float32 subnormals would flush to 0/0. Scaling by
+  the per-sample maximum leaves the scale-free ratio unchanged.
+
+  Args:
+    features: (B, D) features f.
+    logits: (B, K) class logits pi.
+    mu, var: (B, D, K) anisotropic or (B, K) isotropic means and variances.
+    labels: (B, K) binary targets y.
+    kernel: "anisotropic" or "isotropic".
+
+  Returns:
+    Scalar float32 L_rec.
+  """
+  if features.ndim != 2:
+    raise ValueError(f"`features` must have shape (B, D), got {features.shape}.")
+  if logits.ndim != 2 or logits.shape[0] != features.shape[0]:
+    raise ValueError(f"`logits` must have shape (B={features.shape[0]}, K), got {logits.shape}.")
+  _check_labels(labels, logits.shape)
+  _check_gaussians(mu, var, labels, kernel, features.shape[1] if kernel == "anisotropic" else None)
+  f = features.astype(jnp.float32)
+  mu = mu.astype(jnp.float32)
+  sigma = _sigma(var)
+  if kernel == "anisotropic":
+    sq_dist = jnp.sum(jnp.square((f[:, :, None] - mu) / sigma), axis=1)
+  else:
+    sq_dist = jnp.sum(jnp.square(f[:, :, None] - mu[:, None, :]), axis=1) / jnp.square(sigma)
+  log_gauss = jnp.maximum(-0.5 * sq_dist, math.log(FLOAT32_TINY))
+  log_weight = jax.nn.log_sigmoid(logits.astype(jnp.float32)) + log_gauss
+  weight = jnp.exp(log_weight - jax.lax.stop_gradient(jnp.max(log_weight, axis=1, keepdims=True)))
+  y = labels.astype(jnp.float32)
+  responsibility = jnp.sum(y * weight, axis=1) / jnp.sum(weight, axis=1)
+  return jnp.mean(-jnp.log(jnp.maximum(responsibility, LOG_EPS)))
+
+
+# --------------------------------------------------------------------------------------
+# 2c. Kernel contrastive loss over Bhattacharyya similarities.
+# --------------------------------------------------------------------------------------
+#
+# BD[i, j, k] = sum_d M/2 log((a_i + a_j) / (2 s_i s_j)) + M/4 (mu_i - mu_j)^2 / (a_i + a_j)
+# with s = sigma, a = s^2 (all indexed [., d, k]). Everything an anchor i contributes
+# depends on row i of BD only, so the forward pass walks blocks of anchor rows: one log
+# and one division per (j, d, k), reduced over d at once, then the anchor's loss and its
+# gradient w.r.t. the row. Only that gradient (B x B x K) is kept for the backward
+# pass; nothing B x B x D x K is stored.
+# BD is symmetric in (i, j), so the backward pass folds its cotangent g into g + g^T and
+# accumulates every anchor's gradient over the columns j in one pass, instead of one
+# pass for the anchor side and one for the column side.
+
+
+def default_block_size(batch: int, dim: int, classes: int, budget_elements: int = 1 << 25,
+                       max_block: int = 32) -> int:
+  """Anchors per block: a power of two whose block x B x D x K work fits the budget.
+
+  Powers of two split common batch sizes evenly (an uneven last block compiles a second
+  loop body), and blocks beyond 32 anchors bought no speed on XLA:CPU.
+  """
+  rows = max(1, min(batch, max_block, budget_elements // max(1, batch * dim * classes)))
+  return 1 << (rows.bit_length() - 1)
+
+
+def _bd_anchor(mu_i, sigma_i, mu, sigma, scale):
+  """Row i of BD: (D, K) and (B, D, K) -> (B, K)."""
+  a_i, a = jnp.square(sigma_i), jnp.square(sigma)
+  half_inv_i, half_inv = 1.0 / (math.sqrt(2.0) * sigma_i), 1.0 / (math.sqrt(2.0) * sigma)
+  total_var = a_i + a
+  log_ratio = jnp.log(total_var * half_inv_i * half_inv)
+  mean_term = jnp.square(mu_i - mu) / total_var
+  return jnp.sum((0.5 * scale) * log_ratio + (0.25 * scale) * mean_term, axis=1)
+
+
+def _anchor_loss_and_grad(distance_i, y_i, y, i, temperature):
+  """loss_i of spec 2c and its gradient w.r.t. row i of BD.
+
+  Args:
+    distance_i: (B, K) row i of BD.
+    y_i, y: (K,) labels of anchor i and (B, K) labels of the batch.
+    i: the anchor's index in the batch.
+    temperature: tau.
+
+  Returns:
+    (loss_i, d loss_i / d distance_i of shape (B, K)). The gradient is written out by
+    hand: it is elementwise but for one sum over j, and it costs a fraction of what
+    autodiff of this function costs under vmap. The E clamps do not bind (1 <= E <=
+    exp(1/tau)), so they carry gradient 1.
+  """
+  similarity = jnp.exp(-distance_i)  # Bhattacharyya coefficient, in [0, 1]
+  exp_sim = jnp.minimum(jnp.exp(similarity / temperature), FLOAT32_HUGE)
+  others = (jnp.arange(y.shape[0]) != i).astype(jnp.float32)[:, None]
+  shared = y_i * y * others  # P[i, j, k]
+  denominator = jnp.sum(exp_sim * others, axis=0)  # den[i, k], over all other samples
+  intersection = y @ y_i
+  union = jnp.sum(y_i) + jnp.sum(y, axis=1) - intersection
+  jaccard = jnp.where(union > 0, intersection / jnp.where(union > 0, union, 1.0), 0.0)
+  ratio = jnp.maximum(exp_sim, FLOAT32_TINY) * shared / denominator * jaccard[:, None]
+  positive = ratio > 0
+  log_ratio = jnp.where(positive, jnp.log(jnp.where(positive, ratio, 1.0) + LOG_EPS), 0.0)
+  norm = 1.0 / jnp.maximum(jnp.sum((jnp.sum(shared, axis=1) > 0).astype(jnp.float32)), 1.0)
+  loss = -jnp.sum(log_ratio) * norm
+  # d log(ratio + eps) / d log(E), directly and through den; then d log(E) / d BD = -BC/tau.
+  direct = jnp.where(positive, ratio / (ratio + LOG_EPS), 0.0)
+  through_denominator = others * exp_sim * (jnp.sum(direct, axis=0) / denominator)
+  grad = (similarity / temperature) * (direct - through_denominator) * norm
+  return loss, grad
+
+
+def _bd_column_grads(carry, column, mu, sigma, scale):
+  """Adds column j's share of the gradient of sum_ij G[i,j] BD(x_i, x_j) to every x_i.
+
+  Shapes: carry two (B, D, K) accumulators (mean, variance a); column = (mu_j, sigma_j
+  (D, K), G[:, j] (B, K)). An elementwise update per column: XLA:CPU runs it several
+  times faster than a reduction over j. The -log(s_i) part of the log term is left to
+  the caller (it needs no pairwise work).
+  """
+  grad_mu, grad_a = carry
+  mu_j, sigma_j, g_j = column
+  g = g_j[:, None, :]
+  inv_total = 1.0 / (jnp.square(sigma) + jnp.square(sigma_j))
+  scaled_diff = (mu - mu_j) * inv_total
+  grad_mu = grad_mu + g * ((0.5 * scale) * scaled_diff)
+  grad_a = grad_a + g * ((0.5 * scale) * inv_total - (0.25 * scale) * jnp.square(scaled_diff))
+  return (grad_mu, grad_a), None
+
+
+def _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size):
+  """(loss_i (B,), d loss_i / d BD[i] (B, B, K)) over blocks of anchors."""
+
+  def anchor(x):
+    mu_i, sigma_i, y_i, i = x
+    distance_i = _bd_anchor(mu_i, sigma_i, mu, sigma, scale)
+    return _anchor_loss_and_grad(distance_i, y_i, labels, i, temperature)
+
+  anchors = (mu, sigma, labels, jnp.arange(labels.shape[0]))
+  return jax.lax.map(anchor, anchors, batch_size=block_size)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def anchor_contrastive_losses(mu, sigma, labels, scale: float, temperature: float,
+                              block_size: int):
+  """loss_i of spec 2c for every anchor i, in blocks of `block_size` anchors.
+
+  Args:
+    mu, sigma: (B, D, K) float32 means and standard deviations (D = 1 isotropic).
+    labels: (B, K) float32 binary labels (no gradient).
+    scale: the reference's multiplier M of BD (the feature dimension).
+    temperature: tau.
+    block_size: anchors per block; the pairwise work in flight is block x B x D x K.
+
+  Returns:
+    (B,) float32; anchors sharing no label with any other sample give 0.
+  """
+  return _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size)[0]
+
+
+def _anchor_contrastive_fwd(mu, sigma, labels, scale, temperature, block_size):
+  per_anchor, distance_grad = _blocked_anchor_losses(
+      mu, sigma, labels, scale, temperature, block_size)
+  return per_anchor, (mu, sigma, labels, distance_grad)
+
+
+def _anchor_contrastive_bwd(scale, temperature, block_size, residuals, cotangent):
+  del temperature, block_size  # the backward pass walks columns, one B x D x K slice each
+  mu, sigma, labels, distance_grad = residuals
+  g = cotangent[:, None, None] * distance_grad  # d L / d BD
+  g_sym = g + jnp.swapaxes(g, 0, 1)  # symmetric, so its row j is its column j
+  zeros = jnp.zeros_like(mu)
+  (grad_mu, grad_a), _ = jax.lax.scan(
+      lambda carry, column: _bd_column_grads(carry, column, mu, sigma, scale),
+      (zeros, zeros), (mu, sigma, g_sym))
+  grad_log_sigma = -(0.5 * scale) * jnp.sum(g_sym, axis=1)[:, None, :]
+  grad_sigma = 2.0 * sigma * grad_a + grad_log_sigma / sigma
+  return grad_mu, grad_sigma, jnp.zeros_like(labels)
+
+
+anchor_contrastive_losses.defvjp(_anchor_contrastive_fwd, _anchor_contrastive_bwd)
+
+
+def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, block_size=None):
+  """Kernel contrastive loss L_con over every ordered pair of the batch.
+
+  Args:
+    mu, var: (B, D, K) anisotropic or (B, K) isotropic means and variances (var > 0).
+    labels: (B, K) binary targets y.
+    kernel: "anisotropic" or "isotropic".
+    feature_dim: the multiplier M of the distance (the feature dimension D).
+    temperature: tau.
+    block_size: anchors per block of pairwise work; None picks `default_block_size`,
+      which keeps a block under 2^25 elements (128 MiB of float32).
+
+  Returns:
+    Scalar float32 L_con (0 when no two samples share a label).
+  """
+  _check_labels(labels)
+  _check_gaussians(mu, var, labels, kernel, None)
+  mu = mu.astype(jnp.float32)
+  sigma = _sigma(var)
+  if kernel == "isotropic":
+    mu, sigma = mu[:, None, :], sigma[:, None, :]
+  batch, dim, classes = mu.shape
+  if block_size is None:
+    block_size = default_block_size(batch, dim, classes)
+  if block_size < 1:
+    raise ValueError(f"`block_size` must be a positive number of anchors or None, got {block_size}.")
+  per_anchor = anchor_contrastive_losses(mu, sigma, labels.astype(jnp.float32), float(feature_dim),
+                                         float(temperature), int(min(block_size, batch)))
+  return jnp.sum(per_anchor) / batch
+
+
+# --------------------------------------------------------------------------------------
+# The total: L = L_asl + L_rec + L_con.
+# --------------------------------------------------------------------------------------
+
+
+def kmcl_loss(features, logits, mu, var, labels, *, kernel="anisotropic", mode="all",
+              temperature=0.17, gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
+              block_size=None) -> tuple[jax.Array, Mapping[str, jax.Array]]:
+  """The KMCL objective with all weights 1.
+
+  Args:
+    features: (B, D) features f (ignored when mode="asl_only").
+    logits: (B, K) class logits pi.
+    mu, var: (B, D, K) anisotropic or (B, K) isotropic (ignored when mode="asl_only").
+    labels: (B, K) binary targets y.
+    kernel: "anisotropic" or "isotropic".
+    mode: "all" for L_asl + L_rec + L_con, "asl_only" for L_asl alone.
+    temperature, gamma_neg, gamma_pos, clip, block_size: see the individual terms.
+
+  Returns:
+    (total, {"asl", "reconstruction", "contrastive"}), all float32 scalars.
+  """
+  _check_choice("mode", mode, MODES)
+  _check_choice("kernel", kernel, KERNELS)
+  asl = asl_loss(logits, labels, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip)
+  if mode == "asl_only":
+    zero = jnp.zeros((), jnp.float32)
+    return asl, {"asl": asl, "reconstruction": zero, "contrastive": zero}
+  reconstruction = reconstruction_loss(features, logits, mu, var, labels, kernel=kernel)
+  contrastive = contrastive_loss(mu, var, labels, kernel=kernel, feature_dim=features.shape[-1],
+                                 temperature=temperature, block_size=block_size)
+  terms = {"asl": asl, "reconstruction": reconstruction, "contrastive": contrastive}
+  return asl + reconstruction + contrastive, terms
