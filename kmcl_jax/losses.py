@@ -192,36 +192,35 @@ def _bd_anchor(mu_i, sigma_i, mu, sigma, scale):
   return jnp.sum((0.5 * scale) * log_ratio + (0.25 * scale) * mean_term, axis=1)
 
 
-def _anchor_loss_and_grad(distance_i, y_i, y, i, temperature):
+def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
   """loss_i of spec 2c and its gradient w.r.t. row i of BD.
 
   Args:
     distance_i: (B, K) row i of BD.
     y_i, y: (K,) labels of anchor i and (B, K) labels of the batch.
-    i: the anchor's index in the batch.
+    jaccard_i: (B,) Jaccard index of y_i with every y_j.
+    others_i: (B,) 1 for j != i, 0 for j = i.
     temperature: tau.
 
   Returns:
     (loss_i, d loss_i / d distance_i of shape (B, K)). The gradient is written out by
-    hand: it is elementwise but for one sum over j, and it costs a fraction of what
-    autodiff of this function costs under vmap. The E clamps do not bind (1 <= E <=
-    exp(1/tau)), so they carry gradient 1.
+    hand: it is elementwise but for one sum over j, and costs a fraction of what
+    autodiff of this function costs under vmap. Since BC is in [0, 1], 1 <= E <=
+    exp(1/tau): the spec's clamps on E never bind and carry gradient 1.
   """
-  similarity = jnp.exp(-distance_i)  # Bhattacharyya coefficient, in [0, 1]
+  similarity = jnp.exp(-distance_i)  # Bhattacharyya coefficient
   exp_sim = jnp.minimum(jnp.exp(similarity / temperature), FLOAT32_HUGE)
-  others = (jnp.arange(y.shape[0]) != i).astype(jnp.float32)[:, None]
-  shared = y_i * y * others  # P[i, j, k]
-  denominator = jnp.sum(exp_sim * others, axis=0)  # den[i, k], over all other samples
-  intersection = y @ y_i
-  union = jnp.sum(y_i) + jnp.sum(y, axis=1) - intersection
-  jaccard = jnp.where(union > 0, intersection / jnp.where(union > 0, union, 1.0), 0.0)
-  ratio = jnp.maximum(exp_sim, FLOAT32_TINY) * shared / denominator * jaccard[:, None]
-  positive = ratio > 0
-  log_ratio = jnp.where(positive, jnp.log(jnp.where(positive, ratio, 1.0) + LOG_EPS), 0.0)
-  norm = 1.0 / jnp.maximum(jnp.sum((jnp.sum(shared, axis=1) > 0).astype(jnp.float32)), 1.0)
-  loss = -jnp.sum(log_ratio) * norm
-  # d log(ratio + eps) / d log(E), directly and through den; then d log(E) / d BD = -BC/tau.
-  direct = jnp.where(positive, ratio / (ratio + LOG_EPS), 0.0)
+  others = others_i[:, None]
+  shared = y_i * y * others  # P[i, j, k], binary
+  # den[i, k] over all other samples: >= B - 1 since E >= 1; the floor only guards B = 1.
+  denominator = jnp.maximum(jnp.sum(exp_sim * others, axis=0), 1.0)
+  # q = max(E, tiny) J / den, used where P = 1; there J > 0, so q > 0 and the spec's
+  # "log(q + 1e-7) where q > 0, else 0" is P * log(q + 1e-7).
+  ratio = jnp.maximum(exp_sim, FLOAT32_TINY) * (jaccard_i[:, None] / denominator)
+  norm = 1.0 / jnp.maximum(jnp.sum(jnp.max(shared, axis=1)), 1.0)  # 1 / |A(i)|
+  loss = -jnp.sum(shared * jnp.log(ratio + LOG_EPS)) * norm
+  # d log(q + eps) / d log(E), directly and through den; then d log(E) / d BD = -BC/tau.
+  direct = shared * (ratio / (ratio + LOG_EPS))
   through_denominator = others * exp_sim * (jnp.sum(direct, axis=0) / denominator)
   grad = (similarity / temperature) * (direct - through_denominator) * norm
   return loss, grad
@@ -247,14 +246,18 @@ def _bd_column_grads(carry, column, mu, sigma, scale):
 
 def _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size):
   """(loss_i (B,), d loss_i / d BD[i] (B, B, K)) over blocks of anchors."""
+  intersection = labels @ labels.T
+  count = jnp.sum(labels, axis=1)
+  union = count[:, None] + count[None, :] - intersection
+  jaccard = jnp.where(union > 0, intersection / jnp.where(union > 0, union, 1.0), 0.0)
+  others = 1.0 - jnp.eye(labels.shape[0], dtype=jnp.float32)
 
   def anchor(x):
-    mu_i, sigma_i, y_i, i = x
+    mu_i, sigma_i, y_i, jaccard_i, others_i = x
     distance_i = _bd_anchor(mu_i, sigma_i, mu, sigma, scale)
-    return _anchor_loss_and_grad(distance_i, y_i, labels, i, temperature)
+    return _anchor_loss_and_grad(distance_i, y_i, labels, jaccard_i, others_i, temperature)
 
-  anchors = (mu, sigma, labels, jnp.arange(labels.shape[0]))
-  return jax.lax.map(anchor, anchors, batch_size=block_size)
+  return jax.lax.map(anchor, (mu, sigma, labels, jaccard, others), batch_size=block_size)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
