@@ -147,7 +147,11 @@ def reconstruction_loss(features, logits, mu, var, labels, *, kernel):
   if kernel == "anisotropic":
     sq_dist = jnp.sum(jnp.square((f[:, :, None] - mu) / sigma), axis=1)
   else:
-    sq_dist = jnp.sum(jnp.square(f[:, :, None] - mu[:, None, :]), axis=1) / jnp.square(sigma)
+    # sum_d (f_d - mu_k)^2 = sum_d (f_d - mean f)^2 + D (mean f - mu_k)^2: two
+    # non-negative terms (no cancellation), O(B (D + K)) instead of O(B D K).
+    f_mean = jnp.mean(f, axis=1, keepdims=True)
+    spread = jnp.sum(jnp.square(f - f_mean), axis=1, keepdims=True)
+    sq_dist = (spread + f.shape[1] * jnp.square(f_mean - mu)) / jnp.square(sigma)
   log_gauss = jnp.maximum(-0.5 * sq_dist, math.log(FLOAT32_TINY))
   log_weight = jax.nn.log_sigmoid(logits.astype(jnp.float32)) + log_gauss
   weight = jnp.exp(log_weight - jax.lax.stop_gradient(jnp.max(log_weight, axis=1, keepdims=True)))
@@ -230,7 +234,7 @@ def _bd_column_grads(carry, column, mu, sigma, scale):
   """Adds column j's share of the gradient of sum_ij G[i,j] BD(x_i, x_j) to every x_i.
 
   Shapes: carry two (B, D, K) accumulators (mean, variance a); column = (mu_j, sigma_j
-  (D, K), G[:, j] (B, K)). An elementwise update per column: XLA:CPU runs it several
+  (D, K), G[:, j] (B, K)), G symmetric. An elementwise update per column: XLA:CPU runs it several
   times faster than a reduction over j. The -log(s_i) part of the log term is left to
   the caller (it needs no pairwise work).
   """
@@ -286,14 +290,22 @@ def _anchor_contrastive_fwd(mu, sigma, labels, scale, temperature, block_size):
 
 def _anchor_contrastive_bwd(scale, temperature, block_size, residuals, cotangent):
   del temperature, block_size  # the backward pass walks columns, one B x D x K slice each
-  mu, sigma, labels, distance_grad = residuals
-  g = cotangent[:, None, None] * distance_grad  # d L / d BD
-  g_sym = g + jnp.swapaxes(g, 0, 1)  # symmetric, so its row j is its column j
+  mu, sigma, labels, distance_grad = residuals  # distance_grad[i, j] = d loss_i / d BD[i, j]
+  # g[i, j] = cotangent[i] distance_grad[i, j] is d L / d BD. Column j of its symmetric
+  # fold g + g^T is assembled per step from row j and column j, never transposing g.
+
+  def column(carry, x):
+    mu_j, sigma_j, grad_row_j, cotangent_j, j = x
+    grad_column_j = jax.lax.dynamic_index_in_dim(distance_grad, j, axis=1, keepdims=False)
+    g_j = cotangent[:, None] * grad_column_j + cotangent_j * grad_row_j
+    return _bd_column_grads(carry, (mu_j, sigma_j, g_j), mu, sigma, scale)
+
   zeros = jnp.zeros_like(mu)
-  (grad_mu, grad_a), _ = jax.lax.scan(
-      lambda carry, column: _bd_column_grads(carry, column, mu, sigma, scale),
-      (zeros, zeros), (mu, sigma, g_sym))
-  grad_log_sigma = -(0.5 * scale) * jnp.sum(g_sym, axis=1)[:, None, :]
+  columns = (mu, sigma, distance_grad, cotangent, jnp.arange(mu.shape[0]))
+  (grad_mu, grad_a), _ = jax.lax.scan(column, (zeros, zeros), columns)
+  g_sym_row_sums = (cotangent[:, None] * jnp.sum(distance_grad, axis=1)
+                    + jnp.einsum("j,jik->ik", cotangent, distance_grad))
+  grad_log_sigma = -(0.5 * scale) * g_sym_row_sums[:, None, :]
   grad_sigma = 2.0 * sigma * grad_a + grad_log_sigma / sigma
   return grad_mu, grad_sigma, jnp.zeros_like(labels)
 

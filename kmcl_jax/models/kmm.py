@@ -93,19 +93,13 @@ class KMM(nn.Module):
     }
 
 
-class KMCLHead(nn.Module):
-  """Projection (anisotropic only) followed by the KMM head.
+class KMCLHead(KMM):
+  """Projection (anisotropic only) followed by the KMM head; same attributes as KMM.
 
   Input: pooled backbone features (B, C). Output: {"features": f (B, D) float32,
   "pi", "mu", "var"} as `KMM` returns them, D = 128 anisotropic, D = C isotropic. The
   projection is the reference's 1x1 Conv1d "downsampler", i.e. a Dense layer.
   """
-
-  num_classes: int
-  kernel: str = "anisotropic"
-  variance: str = "BC"
-  mode: str = "all"
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, pooled: jax.Array) -> dict[str, jax.Array | None]:

@@ -1,0 +1,196 @@
+"""TResNet-M/L/XL (Ridnik et al., arXiv 2003.13630) in Flax, NHWC, computing what timm's
+`timm.models.tresnet` computes, so that its checkpoints convert one to one.
+
+    image (B, H, W, 3) -> space-to-depth /4 -> 3x3 conv (48 -> planes) + BN + LeakyReLU(0.01)
+      -> layer1: BasicBlocks      (stride 1, SE)
+      -> layer2: BasicBlocks      (stride 2, SE)
+      -> layer3: Bottlenecks      (stride 2, SE)
+      -> layer4: Bottlenecks      (stride 2, no SE)
+      -> global average pool -> (B, 8 * planes * 4)
+
+Strided blocks downsample with a stride-1 convolution followed by an anti-aliasing
+3x3 binomial blur with stride 2 (reflect padding); their shortcut is a 2x2 average pool
+and a 1x1 convolution. Module names follow timm's parameter names (`layer3_0/conv2/bn`
+is timm's `body.layer3.0.conv2.bn`), which is what `kmcl_jax.convert` relies on.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+STEM_SLOPE = 1e-2  # timm's stem uses nn.LeakyReLU's default slope
+BLOCK_SLOPE = 1e-3  # its blocks use LeakyReLU(negative_slope=1e-3)
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9  # torch's momentum 0.1
+
+
+def space_to_depth(x: jax.Array, block: int = 4) -> jax.Array:
+  """(B, H, W, C) -> (B, H/block, W/block, block*block*C), channels ordered (dy, dx, c)."""
+  b, h, w, c = x.shape
+  if h % block or w % block:
+    raise ValueError(f"TResNet needs image sides divisible by {block}, got {h}x{w}.")
+  x = x.reshape(b, h // block, block, w // block, block, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // block, w // block, block * block * c)
+
+
+def blur_pool(x: jax.Array) -> jax.Array:
+  """Anti-aliased downsampling: reflect pad 1, depthwise [1 2 1]^T [1 2 1] / 16, stride 2."""
+  taps = np.array([1.0, 2.0, 1.0]) / 4.0
+  kernel = jnp.asarray(np.outer(taps, taps)[:, :, None, None], x.dtype)
+  channels = x.shape[-1]
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  return jax.lax.conv_general_dilated(
+      x, jnp.tile(kernel, (1, 1, 1, channels)), window_strides=(2, 2), padding="VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels)
+
+
+def average_pool_2x2(x: jax.Array) -> jax.Array:
+  """torch AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) on NHWC."""
+  _, h, w, _ = x.shape
+  pad = ((0, 0), (0, h % 2), (0, w % 2), (0, 0))
+  total = nn.avg_pool(jnp.pad(x, pad), (2, 2), strides=(2, 2)) * 4.0
+  ones = jnp.pad(jnp.ones((1, h, w, 1), x.dtype), pad)
+  count = nn.avg_pool(ones, (2, 2), strides=(2, 2)) * 4.0
+  return total / count
+
+
+class ConvBN(nn.Module):
+  """Conv (no bias) + BatchNorm (+ LeakyReLU) (+ blur pool when strided): timm's ConvNormAct."""
+
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  slope: float | None = BLOCK_SLOPE  # None: no activation
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding="SAME",
+                use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                     dtype=self.dtype, param_dtype=jnp.float32, axis_name=self.bn_axis_name,
+                     name="bn")(x)
+    if self.slope is not None:
+      x = nn.leaky_relu(x, self.slope)
+    if self.stride == 2:
+      x = blur_pool(x)
+    return x
+
+
+class SqueezeExcite(nn.Module):
+  """Channel gating: mean -> 1x1 (bias) -> ReLU -> 1x1 (bias) -> sigmoid -> scale."""
+
+  reduced: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = nn.relu(dense(self.reduced, name="fc1")(s))
+    s = nn.sigmoid(dense(x.shape[-1], name="fc2")(s))
+    return x * s
+
+
+class Block(nn.Module):
+  """TResNet BasicBlock (expansion 1) or Bottleneck (expansion 4)."""
+
+  planes: int
+  stride: int
+  bottleneck: bool
+  use_se: bool
+  downsample: bool
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = functools.partial(ConvBN, dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    out_channels = self.planes * (4 if self.bottleneck else 1)
+    shortcut = x
+    if self.downsample:
+      if self.stride == 2:
+        shortcut = average_pool_2x2(shortcut)
+      shortcut = conv(out_channels, 1, slope=None, name="downsample")(shortcut, train)
+    if self.bottleneck:
+      out = conv(self.planes, 1, name="conv1")(x, train)
+      out = conv(self.planes, 3, self.stride, name="conv2")(out, train)
+      if self.use_se:
+        out = SqueezeExcite(max(out_channels // 8, 64), self.dtype, name="se")(out)
+      out = conv(out_channels, 1, slope=None, name="conv3")(out, train)
+    else:
+      out = conv(self.planes, 3, self.stride, name="conv1")(x, train)
+      out = conv(self.planes, 3, slope=None, name="conv2")(out, train)
+      if self.use_se:
+        out = SqueezeExcite(max(out_channels // 4, 64), self.dtype, name="se")(out)
+    return nn.relu(out + shortcut)
+
+
+class TResNet(nn.Module):
+  """TResNet backbone returning globally average-pooled features (B, 32 * planes) float32.
+
+  Attributes:
+    layers: blocks per stage.
+    width: channel width factor (M 1.0, L 1.2, XL 1.3).
+    dtype: compute dtype (bfloat16 on accelerators); params stay float32.
+    bn_axis_name: mapped axis to average BatchNorm statistics over (None under jit
+      with a sharded batch: the global batch is already one array there).
+    remat: rematerialise each block in the backward pass (large images, less memory).
+  """
+
+  layers: Sequence[int]
+  width: float = 1.0
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+  remat: bool = False
+
+  @property
+  def planes(self) -> int:
+    return int(64 * self.width)
+
+  @property
+  def num_features(self) -> int:
+    return self.planes * 8 * 4
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    x = space_to_depth(images.astype(self.dtype))
+    x = ConvBN(self.planes, 3, slope=STEM_SLOPE, dtype=self.dtype,
+               bn_axis_name=self.bn_axis_name, name="conv1")(x, train)
+    block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+    in_channels = self.planes
+    stages = [(1, False, True), (2, False, True), (2, True, True), (2, True, False)]
+    for stage, (blocks, (stride, bottleneck, use_se)) in enumerate(zip(self.layers, stages)):
+      planes = self.planes * 2**stage
+      out_channels = planes * (4 if bottleneck else 1)
+      for index in range(blocks):
+        first = index == 0
+        x = block_cls(planes, stride if first else 1, bottleneck, use_se,
+                      downsample=first and (stride != 1 or in_channels != out_channels),
+                      dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                      name=f"layer{stage + 1}_{index}")(x, train)
+        in_channels = out_channels
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+ARCHITECTURES: dict[str, dict] = {
+    "tresnet_m": {"layers": (3, 4, 11, 3), "width": 1.0},
+    "tresnet_l": {"layers": (4, 5, 18, 3), "width": 1.2},
+    "tresnet_xl": {"layers": (4, 5, 24, 3), "width": 1.3},
+    # A test-size TResNet: every kind of block and shortcut, a fraction of the width.
+    "tresnet_tiny": {"layers": (1, 1, 1, 1), "width": 0.25},
+}
+
+
+def create_backbone(name: str, **kwargs) -> TResNet:
+  """The backbone registered as `name` (`ARCHITECTURES`); kwargs override its fields."""
+  if name not in ARCHITECTURES:
+    raise ValueError(f"Unknown backbone {name!r}; expected one of {sorted(ARCHITECTURES)}.")
+  return TResNet(**{**ARCHITECTURES[name], **kwargs})
