@@ -217,7 +217,7 @@ def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
   others = others_i[:, None]
   shared = y_i * y * others  # P[i, j, k], binary
   # den[i, k] over all other samples: >= B - 1 since E >= 1; the floor only guards B = 1.
-  denominator = jnp.maximum(jnp.sum(exp_sim * others, axis=0), 1.0)
+  denominator = jnp.maximum(others_i @ exp_sim, 1.0)
   # q = max(E, tiny) J / den, used where P = 1; there J > 0, so q > 0 and the spec's
   # "log(q + 1e-7) where q > 0, else 0" is P * log(q + 1e-7).
   ratio = jnp.maximum(exp_sim, FLOAT32_TINY) * (jaccard_i[:, None] / denominator)
@@ -225,7 +225,7 @@ def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
   loss = -jnp.sum(shared * jnp.log(ratio + LOG_EPS)) * norm
   # d log(q + eps) / d log(E), directly and through den; then d log(E) / d BD = -BC/tau.
   direct = shared * (ratio / (ratio + LOG_EPS))
-  through_denominator = others * exp_sim * (jnp.sum(direct, axis=0) / denominator)
+  through_denominator = others * exp_sim * ((others_i @ direct) / denominator)
   grad = (similarity / temperature) * (direct - through_denominator) * norm
   return loss, grad
 

@@ -1,5 +1,7 @@
-"""Flax modules of kmcl_jax: the KMM head (and, with the backbone issue, TResNet)."""
+"""Flax modules of kmcl_jax: TResNet backbones, the KMM head and the whole KMCL model."""
 
+from kmcl_jax.models.kmcl import KMCLModel
 from kmcl_jax.models.kmm import KMM, KMCLHead
+from kmcl_jax.models.tresnet import ARCHITECTURES, TResNet, create_backbone
 
-__all__ = ["KMM", "KMCLHead"]
+__all__ = ["ARCHITECTURES", "KMM", "KMCLHead", "KMCLModel", "TResNet", "create_backbone"]

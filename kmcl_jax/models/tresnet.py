@@ -189,8 +189,8 @@ ARCHITECTURES: dict[str, dict] = {
 }
 
 
-def create_backbone(name: str, **kwargs) -> TResNet:
-  """The backbone registered as `name` (`ARCHITECTURES`); kwargs override its fields."""
-  if name not in ARCHITECTURES:
-    raise ValueError(f"Unknown backbone {name!r}; expected one of {sorted(ARCHITECTURES)}.")
-  return TResNet(**{**ARCHITECTURES[name], **kwargs})
+def create_backbone(arch: str, **kwargs) -> TResNet:
+  """The backbone registered as `arch` (`ARCHITECTURES`); kwargs override its fields."""
+  if arch not in ARCHITECTURES:
+    raise ValueError(f"Unknown backbone {arch!r}; expected one of {sorted(ARCHITECTURES)}.")
+  return TResNet(**{**ARCHITECTURES[arch], **kwargs})

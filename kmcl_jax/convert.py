@@ -1,0 +1,280 @@
+r"""PyTorch TResNet / KMCL checkpoints -> Flax variables and orbax checkpoints.
+
+  python -m kmcl_jax.convert --src=tresnet_m.pth --arch=tresnet_m --dst=/ckpt/tresnet_m
+  python -m kmcl_jax.convert --src=kmcl_voc.ckpt --arch=tresnet_m --dst=/ckpt/kmcl_voc
+
+Reads `.pth`/`.pt`/`.ckpt` (torch needed; nested "state_dict"/"model" keys and a
+DataParallel "module." prefix are handled) or `.safetensors` (no torch). Understands
+  * timm's TResNet names (`body.layer1.0.conv1.conv.weight`, `...bn.running_mean`);
+  * the original ASL/KMCL TResNet names (InPlaceABN: `conv1.0` conv, `conv1.1` norm,
+    strided convs one level deeper), whose norm weight is used as |w| + 1e-5;
+  * the KMCL wrapper (`encoder.*` backbone, `downsampler.*` projection, `kmm.pi/mean/var.*`),
+    converted to the whole `KMCLModel` with the head's flat K*D outputs read as (D, K).
+Classifier heads (`head.fc.*`) are dropped. Anything else missing, left over or of the
+wrong shape is an error that lists every such key, never a partially loaded model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Mapping
+
+from absl import app, flags
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kmcl_jax.models.kmcl import KMCLModel
+from kmcl_jax.models.tresnet import ARCHITECTURES, create_backbone
+
+MODEL_FILE = "kmcl_model.json"  # beside the orbax checkpoint: what the variables belong to
+ABN_EPSILON = 1e-5
+
+Array = np.ndarray
+
+
+# --------------------------------------------------------------------------------------
+# Reading.
+# --------------------------------------------------------------------------------------
+
+
+def _to_numpy(value) -> Array:
+  if hasattr(value, "detach"):  # a torch tensor
+    value = value.detach().cpu().float().numpy()
+  return np.asarray(value)
+
+
+def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
+  """The state dict inside a training checkpoint ({"state_dict": ...}, {"model": ...})."""
+  for key in ("state_dict", "model", "state_dict_ema"):
+    if key in checkpoint and isinstance(checkpoint[key], Mapping):
+      return _unwrap(checkpoint[key])
+  return checkpoint
+
+
+def normalise_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Array]:
+  """Unwraps nesting, drops a DataParallel "module." prefix, converts values to NumPy."""
+  flat = _unwrap(state_dict)
+  return {(k[len("module."):] if k.startswith("module.") else k): _to_numpy(v)
+          for k, v in flat.items() if not k.endswith("num_batches_tracked")}
+
+
+def read_state_dict(path: str) -> dict[str, Array]:
+  """Reads a `.safetensors` (NumPy only) or `.pth`/`.pt`/`.ckpt` (torch) state dict."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--src={path!r} does not exist.")
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load_file
+
+    return normalise_state_dict(load_file(path))
+  if not path.endswith((".pth", ".pt", ".ckpt")):
+    raise ValueError(f"--src={path!r}: expected a .pth, .pt, .ckpt or .safetensors file.")
+  try:
+    import torch
+  except ImportError as error:
+    raise ImportError(f"Reading {path!r} needs torch (pip install torch), or convert it to "
+                      ".safetensors first.") from error
+  return normalise_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+
+
+# --------------------------------------------------------------------------------------
+# Names: every Flax leaf knows its PyTorch key and how to transform the array.
+# --------------------------------------------------------------------------------------
+
+_CONV = lambda w: w.transpose(2, 3, 1, 0)  # (O, I, kh, kw) -> (kh, kw, I, O)
+_POINTWISE = lambda w: w.reshape(w.shape[0], w.shape[1]).T  # (O, I[, 1, 1]) -> (I, O)
+_DENSE = lambda w: w.T
+_SAME = lambda w: w
+_ABN_SCALE = lambda w: np.abs(w) + ABN_EPSILON
+
+_BN_NAMES = {("params", "scale"): "weight", ("params", "bias"): "bias",
+             ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
+
+
+def detect_layout(backbone_state: Mapping[str, Array]) -> str:
+  """"timm" or "original" (ASL/KMCL with InPlaceABN) from the stem's key names."""
+  if "body.conv1.conv.weight" in backbone_state:
+    return "timm"
+  if "body.conv1.0.weight" in backbone_state:
+    return "original"
+  raise ValueError("Unrecognised TResNet checkpoint: expected body.conv1.conv.weight (timm) "
+                   "or body.conv1.0.weight (original ASL/KMCL layout).")
+
+
+def _is_strided(stage: int, block: int, conv: str) -> bool:
+  """Whether this conv is the anti-aliased stride-2 one (first block of layers 2-4)."""
+  bottleneck = stage >= 3
+  return stage >= 2 and block == 0 and conv == ("conv2" if bottleneck else "conv1")
+
+
+def _backbone_key(path: tuple[str, ...], collection: str, layout: str) -> tuple[str, Callable]:
+  """PyTorch key of one backbone leaf, e.g. ("layer2_0", "conv1", "bn", "scale")."""
+  if path[0] == "conv1":
+    prefix, stage, block, rest = "body.conv1", 0, 0, path[1:]
+  else:
+    stage, block = (int(v) for v in path[0][len("layer"):].split("_"))
+    prefix, rest = f"body.layer{stage}.{block}.{path[1]}", path[2:]
+    if path[1] == "se":  # ("layerS_I", "se", "fc1", "kernel" | "bias")
+      return f"{prefix}.{rest[0]}.{'weight' if rest[1] == 'kernel' else 'bias'}", (
+          _POINTWISE if rest[1] == "kernel" else _SAME)
+  conv = path[1] if path[0] != "conv1" else "conv1"
+  # Strided shortcuts are Sequential(AvgPool, ConvNormAct): the conv sits at index 1.
+  if conv == "downsample":
+    prefix += ".1"
+  elif layout == "original" and _is_strided(stage, block, conv):
+    prefix += ".0"  # Sequential(conv2d_ABN, anti-alias)
+  part, leaf = rest
+  if part == "conv":
+    return prefix + (".conv.weight" if layout == "timm" else ".0.weight"), _CONV
+  name = _BN_NAMES[(collection, leaf)]
+  if layout == "timm":
+    return f"{prefix}.bn.{name}", _SAME
+  return f"{prefix}.1.{name}", (_ABN_SCALE if name == "weight" else _SAME)
+
+
+def _head_key(path: tuple[str, ...]) -> tuple[str, Callable]:
+  """PyTorch key of one head leaf: ("projection", "kernel") or ("kmm", "pi", "bias")."""
+  leaf = path[-1]
+  if path[0] == "projection":  # the reference's Conv1d(C, 128, 1) "downsampler"
+    return f"downsampler.{'weight' if leaf == 'kernel' else 'bias'}", (
+        _POINTWISE if leaf == "kernel" else _SAME)
+  # kmm.mean/var output index d*K + k is Flax Dense output index d*K + k: W^T as is.
+  return f"kmm.{path[1]}.{'weight' if leaf == 'kernel' else 'bias'}", (
+      _DENSE if leaf == "kernel" else _SAME)
+
+
+# --------------------------------------------------------------------------------------
+# Conversion.
+# --------------------------------------------------------------------------------------
+
+
+def kmcl_head_settings(state_dict: Mapping[str, Array]) -> dict[str, Any]:
+  """num_classes, kernel, variance and mode of a KMCL wrapper checkpoint, from shapes."""
+  classes, dim = state_dict["kmm.pi.weight"].shape
+  kernel = "anisotropic" if "downsampler.weight" in state_dict else "isotropic"
+  if "kmm.mean.weight" not in state_dict:
+    return {"num_classes": classes, "kernel": kernel, "variance": "BC", "mode": "asl_only"}
+  var_out = state_dict["kmm.var.weight"].shape[0]
+  variance = "RBF" if var_out == 1 else ("MKS" if var_out == dim and kernel == "anisotropic"
+                                         and classes != 1 else "BC")
+  return {"num_classes": classes, "kernel": kernel, "variance": variance, "mode": "all"}
+
+
+def _target_module(state_dict: Mapping[str, Array], arch: str):
+  if any(k.startswith("encoder.") for k in state_dict):
+    return KMCLModel(arch, **kmcl_head_settings(state_dict)), True
+  return create_backbone(arch), False
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, Any]:
+  """Flax variables {"params", "batch_stats"} for a timm, original or KMCL state dict.
+
+  A backbone checkpoint gives the variables of `create_backbone(arch)`; a KMCL wrapper
+  checkpoint (keys `encoder.*`, `kmm.*`) gives those of `KMCLModel(arch, ...)` with the
+  head settings read off its shapes (`kmcl_head_settings`).
+
+  Raises:
+    ValueError listing every missing key, unexpected key and shape mismatch.
+  """
+  if arch not in ARCHITECTURES:
+    raise ValueError(f"--arch={arch!r} is not one of {sorted(ARCHITECTURES)}.")
+  state = normalise_state_dict(state_dict)
+  module, is_kmcl = _target_module(state, arch)
+  backbone_state = ({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+                    if is_kmcl else state)
+  layout = detect_layout(backbone_state)
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+
+  missing, mismatched, used = [], [], set()
+  converted = {}
+  for path, target in flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes)).items():
+    collection, parts = path[0], path[1:]
+    if is_kmcl and parts[0] == "head":
+      key, transform = _head_key(parts[1:])
+    else:
+      key, transform = _backbone_key(parts[1:] if is_kmcl else parts, collection, layout)
+      key = "encoder." + key if is_kmcl else key
+    if key not in state:
+      missing.append(key)
+      continue
+    used.add(key)
+    value = transform(state[key]).astype(np.float32)
+    if value.shape != target.shape:
+      mismatched.append(f"{key}: checkpoint {state[key].shape} -> {value.shape}, "
+                        f"model expects {target.shape} ({'/'.join(path)})")
+      continue
+    converted[path] = value
+  dropped = ("head.fc.", "encoder.head.")
+  unexpected = sorted(k for k in state if k not in used and not k.startswith(dropped))
+  if missing or mismatched or unexpected:
+    lines = ([f"missing ({len(missing)}): " + ", ".join(missing)] if missing else []) + \
+            ([f"shape mismatch ({len(mismatched)}): " + "; ".join(mismatched)] if mismatched else []) + \
+            ([f"unexpected ({len(unexpected)}): " + ", ".join(unexpected)] if unexpected else [])
+    raise ValueError(f"The checkpoint does not fit {arch} ({layout} layout"
+                     f"{', KMCL wrapper' if is_kmcl else ''}):\n  " + "\n  ".join(lines))
+  return flax.traverse_util.unflatten_dict(converted)
+
+
+def model_description(state_dict: Mapping[str, Any], arch: str) -> dict[str, Any]:
+  """What converted variables belong to: {"arch", "kind": "backbone"|"kmcl", head settings}."""
+  state = normalise_state_dict(state_dict)
+  if any(k.startswith("encoder.") for k in state):
+    return {"arch": arch, "kind": "kmcl", **kmcl_head_settings(state)}
+  return {"arch": arch, "kind": "backbone"}
+
+
+# --------------------------------------------------------------------------------------
+# Orbax.
+# --------------------------------------------------------------------------------------
+
+
+def save_converted(variables: Mapping[str, Any], description: Mapping[str, Any], dst: str) -> None:
+  """Writes `dst/variables` (orbax) and `dst/kmcl_model.json`."""
+  import orbax.checkpoint as ocp
+
+  dst = os.path.abspath(dst)
+  if os.path.exists(os.path.join(dst, "variables")):
+    raise FileExistsError(f"--dst={dst!r} already holds a converted checkpoint.")
+  os.makedirs(dst, exist_ok=True)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(dst, "variables"), jax.tree.map(jnp.asarray, variables))
+  with open(os.path.join(dst, MODEL_FILE), "w") as f:
+    json.dump(description, f, indent=2)
+
+
+def load_converted(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(variables, description) written by `save_converted`."""
+  import orbax.checkpoint as ocp
+
+  path = os.path.abspath(path)
+  description_file = os.path.join(path, MODEL_FILE)
+  if not os.path.isfile(description_file):
+    raise FileNotFoundError(f"{path!r} is not a converted checkpoint: no {MODEL_FILE}.")
+  with open(description_file) as f:
+    description = json.load(f)
+  with ocp.StandardCheckpointer() as checkpointer:
+    variables = checkpointer.restore(os.path.join(path, "variables"))
+  return variables, description
+
+
+_SRC = flags.DEFINE_string("src", None, "PyTorch checkpoint (.pth/.pt/.ckpt/.safetensors).")
+_ARCH = flags.DEFINE_enum("arch", "tresnet_m", sorted(ARCHITECTURES), "Backbone architecture.")
+_DST = flags.DEFINE_string("dst", None, "Output folder for the orbax checkpoint.")
+
+
+def main(argv):
+  del argv
+  if not _SRC.value or not _DST.value:
+    raise app.UsageError("Both --src=FILE and --dst=DIR are required.")
+  state = read_state_dict(_SRC.value)
+  variables = convert_state_dict(state, _ARCH.value)
+  description = model_description(state, _ARCH.value)
+  save_converted(variables, description, _DST.value)
+  count = sum(v.size for v in jax.tree.leaves(variables.get("params", {})))
+  print(f"Converted {_SRC.value} ({description['kind']}, {count:,} parameters) -> {_DST.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,35 @@
+"""The whole KMCL model: TResNet backbone -> KMCL head (projection + KMM), spec section 1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kmcl_jax.models.kmm import KMCLHead
+from kmcl_jax.models.tresnet import create_backbone
+
+
+class KMCLModel(nn.Module):
+  """images (B, H, W, 3) -> {"features" (B, D), "pi" (B, K), "mu", "var"}, all float32.
+
+  Variables: {"params": {"backbone": ..., "head": {"projection", "kmm"}},
+              "batch_stats": {"backbone": ...}}.
+  """
+
+  backbone: str
+  num_classes: int
+  kernel: str = "anisotropic"
+  variance: str = "BC"
+  mode: str = "all"
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array | None]:
+    pooled = create_backbone(self.backbone, dtype=self.dtype, remat=self.remat,
+                             name="backbone")(images, train)
+    return KMCLHead(self.num_classes, self.kernel, self.variance, self.mode, self.dtype,
+                    name="head")(pooled)
