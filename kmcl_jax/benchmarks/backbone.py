@@ -12,7 +12,6 @@ Prints images/s of both, their ratio, the JAX compile seconds and the XLA flags 
 from __future__ import annotations
 
 import os
-import statistics
 import time
 
 from absl import app, flags
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kmcl_jax.benchmarks.timing import median_seconds
 from kmcl_jax.models import create_backbone
 
 _ARCH = flags.DEFINE_string("arch", "tresnet_m", "Backbone.")
@@ -28,15 +28,6 @@ _IMAGE = flags.DEFINE_integer("image_size", 224, "Image side in pixels.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "JAX compute dtype.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps (median reported).")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time timm's model when torch/timm import.")
-
-
-def _median_seconds(step, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def time_flax(images: np.ndarray) -> dict[str, float]:
@@ -58,8 +49,7 @@ def time_flax(images: np.ndarray) -> dict[str, float]:
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()
     result[f"{name}_compile_s"] = time.perf_counter() - start
-    jax.block_until_ready(compiled(*args))
-    seconds = _median_seconds(lambda: jax.block_until_ready(compiled(*args)), _REPEATS.value)
+    seconds = median_seconds(lambda: jax.block_until_ready(compiled(*args)), _REPEATS.value)
     result[f"{name}_images_per_s"] = images.shape[0] / seconds
   return result
 
@@ -91,8 +81,7 @@ def time_timm(images: np.ndarray) -> dict[str, float]:
 
   result = {}
   for name, step in (("forward", forward), ("train", train)):
-    step()  # warm-up
-    result[f"{name}_images_per_s"] = images.shape[0] / _median_seconds(step, _REPEATS.value)
+    result[f"{name}_images_per_s"] = images.shape[0] / median_seconds(step, _REPEATS.value)
   result["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
   return result
 

@@ -14,16 +14,13 @@ D = 128 with the default block size.
 
 from __future__ import annotations
 
-import statistics
-import time
-from typing import Callable
-
 from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from kmcl_jax import losses
+from kmcl_jax.benchmarks.timing import median_seconds
 
 _BASELINE_DIR = flags.DEFINE_string(
     "baseline_dir", None, "Checkout of mahdihosseini/KMCL to time side by side (needs torch).")
@@ -46,16 +43,6 @@ def make_inputs(batch: int, classes: int, dim: int, kernel: str, seed: int = 0) 
       "var": (2.0 + rng.exponential(size=gaussian_shape)).astype(np.float32),
       "labels": (rng.random((batch, classes)) < min(1.0, 3.0 / classes)).astype(np.float32),
   }
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-  fn()  # warm-up (and compilation)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def jax_value_and_grad(kernel: str, block_size=None):
@@ -94,8 +81,8 @@ def run_baseline(inputs: dict, kernel: str, repeats: int, baseline_dir: str):
     total, asl, reconstruction, contrastive = criterion(
         leaves["features"], output, torch.tensor(inputs["labels"]))
     total.backward()
-    return {"asl": float(asl), "reconstruction": float(reconstruction),
-            "contrastive": float(contrastive)}
+    return {"asl": asl.item(), "reconstruction": reconstruction.item(),
+            "contrastive": contrastive.item()}
 
   with baseline.cuda_is_cpu():
     terms = forward_backward()

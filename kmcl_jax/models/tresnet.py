@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 STEM_SLOPE = 1e-2  # timm's stem uses nn.LeakyReLU's default slope
 BLOCK_SLOPE = 1e-3  # its blocks use LeakyReLU(negative_slope=1e-3)
@@ -39,24 +38,32 @@ def space_to_depth(x: jax.Array, block: int = 4) -> jax.Array:
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // block, w // block, block * block * c)
 
 
+def _blur_axis(x: jax.Array, axis: int) -> jax.Array:
+  """[1 2 1] / 4 along `axis` with reflect padding 1 and stride 2."""
+  n = x.shape[axis]
+  x = jnp.pad(x, [(1, 1) if a == axis else (0, 0) for a in range(x.ndim)], mode="reflect")
+  take = lambda start: jax.lax.slice_in_dim(x, start, start + 2 * ((n + 1) // 2) - 1, 2, axis)
+  return (take(0) + 2.0 * take(1) + take(2)) * 0.25
+
+
 def blur_pool(x: jax.Array) -> jax.Array:
-  """Anti-aliased downsampling: reflect pad 1, depthwise [1 2 1]^T [1 2 1] / 16, stride 2."""
-  taps = np.array([1.0, 2.0, 1.0]) / 4.0
-  kernel = jnp.asarray(np.outer(taps, taps)[:, :, None, None], x.dtype)
-  channels = x.shape[-1]
-  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-  return jax.lax.conv_general_dilated(
-      x, jnp.tile(kernel, (1, 1, 1, channels)), window_strides=(2, 2), padding="VALID",
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels)
+  """Anti-aliased downsampling: reflect pad 1, [1 2 1]^T [1 2 1] / 16 per channel, stride 2.
+
+  Written as two separable strided sums instead of a depthwise convolution: the same
+  numbers, and XLA:CPU differentiates slices far faster than grouped convolutions.
+  """
+  return _blur_axis(_blur_axis(x, 1), 2)
 
 
 def average_pool_2x2(x: jax.Array) -> jax.Array:
   """torch AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) on NHWC."""
-  _, h, w, _ = x.shape
+  b, h, w, c = x.shape
   pad = ((0, 0), (0, h % 2), (0, w % 2), (0, 0))
-  total = nn.avg_pool(jnp.pad(x, pad), (2, 2), strides=(2, 2)) * 4.0
-  ones = jnp.pad(jnp.ones((1, h, w, 1), x.dtype), pad)
-  count = nn.avg_pool(ones, (2, 2), strides=(2, 2)) * 4.0
+  blocks = lambda v: v.reshape(v.shape[0], (h + 1) // 2, 2, (w + 1) // 2, 2, v.shape[-1])
+  total = jnp.sum(blocks(jnp.pad(x, pad)), axis=(2, 4))
+  if h % 2 == 0 and w % 2 == 0:
+    return total * 0.25
+  count = jnp.sum(blocks(jnp.pad(jnp.ones((1, h, w, 1), x.dtype), pad)), axis=(2, 4))
   return total / count
 
 
