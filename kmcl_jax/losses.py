@@ -118,7 +118,7 @@ def asl_loss(logits, labels, *, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-
 
 
 def reconstruction_loss(features, logits, mu, var, labels, *, kernel):
-  """Mean over the batch of -log r, r = sum_k y s(pi) G / sum_k s(pi) G.
+  """Mean over the batch of -log max(r, 1e-7), r = sum_k y s(pi) G / sum_k s(pi) G.
 
   G[b, k] is the (unnormalised) Gaussian kernel of class k evaluated at the sample's
   own feature. The ratio is evaluated in log space: with D = 128 the reference's G sits
@@ -156,8 +156,15 @@ def reconstruction_loss(features, logits, mu, var, labels, *, kernel):
   log_weight = jax.nn.log_sigmoid(logits.astype(jnp.float32)) + log_gauss
   weight = jnp.exp(log_weight - jax.lax.stop_gradient(jnp.max(log_weight, axis=1, keepdims=True)))
   y = labels.astype(jnp.float32)
-  responsibility = jnp.sum(y * weight, axis=1) / jnp.sum(weight, axis=1)
-  return jnp.mean(-jnp.log(jnp.maximum(responsibility, LOG_EPS)))
+  # -log max(r, eps) with r = pos / (pos + neg) is log1p(neg / pos) where the floor does
+  # not bind: exact also where r is within float32 rounding of 1. Where it binds (pos <
+  # eps (pos + neg), no positive class included) it is the constant -log(eps); pos is
+  # kept away from 0 in the other branch so that its unused gradient stays finite.
+  positive = jnp.sum(y * weight, axis=1)
+  negative = jnp.sum((1.0 - y) * weight, axis=1)
+  floored = positive < LOG_EPS * (positive + negative)
+  ratio = negative / jnp.where(floored, 1.0, positive)
+  return jnp.mean(jnp.where(floored, -math.log(LOG_EPS), jnp.log1p(ratio)))
 
 
 # --------------------------------------------------------------------------------------
