@@ -146,7 +146,11 @@ def test_contrastive_is_zero_without_shared_labels():
 
 
 def plain_kmcl(features, logits, mu, var, labels, kernel):
-  """The spec's formulas as one unblocked broadcast over (B, B, [D,] K), autodiff'd."""
+  """The spec's formulas as one unblocked broadcast over (B, B, [D,] K), autodiff'd.
+
+  Written for float64 (tests run it under jax.enable_x64), where the reference's
+  direct ratio for L_rec has no underflow problem once scaled by its maximum.
+  """
   y = labels
   s = jax.nn.sigmoid(logits)
   pn = jnp.minimum(1 - s + 0.05, 1.0)
@@ -188,23 +192,24 @@ GRAD_CASES = [c for c in CASES if c.batch in (2, 3, 17) and c.classes <= 20][:10
 
 @pytest.mark.parametrize("case", GRAD_CASES, ids=str)
 def test_gradients_match_plain_autodiff(case):
+  """Ours (float32, blocked, hand-written VJP) against autodiff of the plain form in float64."""
   data = make_case(case)
   args = jax_inputs(data)
   ours = jax.jit(jax.grad(lambda *a: losses.kmcl_loss(*a, args[4], kernel=case.kernel)[0],
                           argnums=(0, 1, 2, 3)))(*args[:4])
-  plain = jax.jit(jax.grad(lambda *a: plain_kmcl(*a, args[4], case.kernel),
-                           argnums=(0, 1, 2, 3)))(*args[:4])
-  overall = max(float(jnp.max(jnp.abs(g))) for g in plain)
+  with jax.enable_x64(True):
+    args64 = [jnp.asarray(data[n], jnp.float64) for n in ("features", "logits", "mu", "var", "labels")]
+    plain = jax.grad(lambda *a: plain_kmcl(*a, args64[4], case.kernel), argnums=(0, 1, 2, 3))(*args64[:4])
+    plain = [np.asarray(g) for g in plain]
+  overall = max(float(np.max(np.abs(g))) for g in plain)
   for name, g_ours, g_plain in zip(("features", "logits", "mu", "var"), ours, plain):
     assert np.all(np.isfinite(g_ours)), name
-    largest = float(jnp.max(jnp.abs(g_plain)))
-    if largest == 0.0:  # e.g. K = 1 with every label positive: the loss ignores mu and var
-      assert float(jnp.max(jnp.abs(g_ours))) <= 1e-6 * overall, name
-      continue
-    # Relative to the input's largest gradient entry (single tiny entries carry float32
-    # noise), floored at 1e-3 of the largest gradient of any input.
-    err = float(jnp.max(jnp.abs(g_ours - g_plain))) / max(largest, 1e-3 * overall)
-    assert err <= 1e-4, f"{name}: {err:.2e}"
+    # 1e-4 of the input's largest gradient entry, plus float32 noise of 1e-6 of the
+    # largest gradient of any input: some cases have an identically zero gradient
+    # w.r.t. mu and var (K = 1 with every label positive), where only noise is left.
+    err = float(np.max(np.abs(np.asarray(g_ours, np.float64) - g_plain)))
+    bound = 1e-4 * float(np.max(np.abs(g_plain))) + 1e-6 * overall
+    assert err <= bound, f"{name}: error {err:.3e} > {bound:.3e}"
 
 
 @pytest.mark.parametrize("case", [Case("anisotropic", 17, 5, 0.4, "mixed", seed=9),
