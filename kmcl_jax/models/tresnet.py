@@ -17,7 +17,7 @@ is timm's `body.layer3.0.conv2.bn`), which is what `kmcl_jax.convert` relies on.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
