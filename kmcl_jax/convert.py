@@ -152,6 +152,9 @@ def _head_key(path: tuple[str, ...]) -> tuple[str, Callable]:
 
 def kmcl_head_settings(state_dict: Mapping[str, Array]) -> dict[str, Any]:
   """num_classes, kernel, variance and mode of a KMCL wrapper checkpoint, from shapes."""
+  if "kmm.pi.weight" not in state_dict:
+    raise ValueError("The checkpoint has a KMCL encoder (encoder.*) but no head: expected "
+                     "kmm.pi.weight (and kmm.mean/var.* unless trained ASL-only).")
   classes, dim = state_dict["kmm.pi.weight"].shape
   kernel = "anisotropic" if "downsampler.weight" in state_dict else "isotropic"
   if "kmm.mean.weight" not in state_dict:

@@ -227,3 +227,9 @@ def test_remat_and_bfloat16_variants():
   assert half.dtype == jnp.float32 and half.shape == (2, backbone.num_features)
   np.testing.assert_allclose(half, full, rtol=0.1, atol=0.05 * float(jnp.abs(full).max()))
   assert not np.array_equal(half, full)
+
+
+def test_kmcl_checkpoint_without_head_is_named():
+  state = {"encoder.body.conv1.conv.weight": np.zeros((64, 48, 3, 3), np.float32)}
+  with pytest.raises(ValueError, match="KMCL encoder .* but no head: expected kmm.pi.weight"):
+    convert.convert_state_dict(state, "tresnet_m")
