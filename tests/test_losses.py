@@ -199,7 +199,8 @@ def test_gradients_match_plain_autodiff(case):
                           argnums=(0, 1, 2, 3)))(*args[:4])
   with jax.enable_x64(True):
     args64 = [jnp.asarray(data[n], jnp.float64) for n in ("features", "logits", "mu", "var", "labels")]
-    plain = jax.grad(lambda *a: plain_kmcl(*a, args64[4], case.kernel), argnums=(0, 1, 2, 3))(*args64[:4])
+    plain = jax.jit(jax.grad(lambda *a: plain_kmcl(*a, args64[4], case.kernel),
+                             argnums=(0, 1, 2, 3)))(*args64[:4])
     plain = [np.asarray(g) for g in plain]
   overall = max(float(np.max(np.abs(g))) for g in plain)
   for name, g_ours, g_plain in zip(("features", "logits", "mu", "var"), ours, plain):

@@ -211,19 +211,21 @@ def test_convert_command_writes_orbax_checkpoints_that_load(tmp_path):
 def test_remat_and_bfloat16_variants():
   backbone = create_backbone("tresnet_tiny")
   x = jnp.asarray(images())
-  variables = backbone.init(jax.random.key(0), x)
+  variables = jax.jit(backbone.init)(jax.random.key(0), x)
 
   def loss(params, module):
     features, _ = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
                                train=True, mutable=["batch_stats"])
     return jnp.sum(features ** 2)
 
-  plain = jax.grad(loss)(variables["params"], backbone)
-  remat = jax.grad(loss)(variables["params"], create_backbone("tresnet_tiny", remat=True))
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  plain = grad(variables["params"], backbone)
+  remat = grad(variables["params"], create_backbone("tresnet_tiny", remat=True))
   for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  half = create_backbone("tresnet_tiny", dtype=jnp.bfloat16).apply(variables, x, train=False)
-  full = backbone.apply(variables, x, train=False)
+  apply = jax.jit(lambda module, v, x: module.apply(v, x, train=False), static_argnums=0)
+  half = apply(create_backbone("tresnet_tiny", dtype=jnp.bfloat16), variables, x)
+  full = apply(backbone, variables, x)
   assert half.dtype == jnp.float32 and half.shape == (2, backbone.num_features)
   np.testing.assert_allclose(half, full, rtol=0.1, atol=0.05 * float(jnp.abs(full).max()))
   assert not np.array_equal(half, full)
