@@ -165,8 +165,13 @@ def kmcl_head_settings(state_dict: Mapping[str, Array]) -> dict[str, Any]:
   return {"num_classes": classes, "kernel": kernel, "variance": variance, "mode": "all"}
 
 
+def _is_kmcl_checkpoint(state_dict: Mapping[str, Array]) -> bool:
+  """Whether the keys are the KMCL wrapper's (`encoder.*` backbone) rather than a backbone's."""
+  return any(k.startswith("encoder.") for k in state_dict)
+
+
 def _target_module(state_dict: Mapping[str, Array], arch: str):
-  if any(k.startswith("encoder.") for k in state_dict):
+  if _is_kmcl_checkpoint(state_dict):
     return KMCLModel(arch, **kmcl_head_settings(state_dict)), True
   return create_backbone(arch), False
 
@@ -223,7 +228,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, An
 def model_description(state_dict: Mapping[str, Any], arch: str) -> dict[str, Any]:
   """What converted variables belong to: {"arch", "kind": "backbone"|"kmcl", head settings}."""
   state = normalise_state_dict(state_dict)
-  if any(k.startswith("encoder.") for k in state):
+  if _is_kmcl_checkpoint(state):
     return {"arch": arch, "kind": "kmcl", **kmcl_head_settings(state)}
   return {"arch": arch, "kind": "backbone"}
 
