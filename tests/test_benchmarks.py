@@ -72,3 +72,10 @@ def test_missing_baseline_checkout_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="expected a checkout of the authors' repository"):
     loss_benchmark.run_baseline(loss_benchmark.make_inputs(2, 2, 2, "isotropic"), "isotropic", 1,
                                 str(tmp_path))
+
+
+def test_data_benchmark_times_grain_and_torch_loaders():
+  out = run_module("kmcl_jax.benchmarks.data", "--images=8", "--batch=4", "--batches=2",
+                   "--warmup=1", "--workers=0", "--image_size=32", "--repeats=1")
+  rows = [line.split() for line in out.splitlines() if line.strip().startswith("0 ")]
+  assert len(rows) == 1 and float(rows[0][1]) > 0 and float(rows[0][2]) > 0

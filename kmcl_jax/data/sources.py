@@ -1,0 +1,40 @@
+"""`get_source`: one entry point to every dataset."""
+
+from __future__ import annotations
+
+from kmcl_jax.data.adp import adp_source
+from kmcl_jax.data.chestxray14 import chestxray14_source
+from kmcl_jax.data.coco import coco2014_source
+from kmcl_jax.data.demo import DigitGridSource
+from kmcl_jax.data.nuswide import nuswide_source
+from kmcl_jax.data.tfds_source import tfds_source
+from kmcl_jax.data.voc import voc2007_source
+
+LOCAL_SOURCES = {"voc2007": voc2007_source, "coco2014": coco2014_source,
+                 "nuswide": nuswide_source, "chestxray14": chestxray14_source, "adp": adp_source}
+TFDS_PREFIX = "tfds:"
+NAMES = tuple(LOCAL_SOURCES) + ("demo", "tfds:voc/2007", "tfds:coco/2014")
+
+
+def get_source(name: str, split: str, root: str | None = None):
+  """The records of `split` of dataset `name`, a grain random-access source.
+
+  Records are {"image": uint8 (H, W, 3), "labels": float32 (K,) in {0, 1}, "ignore":
+  bool (K,), "id": str}; the source also has `class_names` (K,), `name` and
+  `annotations(index)` (the record without decoding its image).
+
+  Args:
+    name: one of NAMES.
+    split: the dataset's own split name (VOC `trainval`/`test`, COCO `train`/`val`, ...).
+    root: the dataset folder (the TFDS data_dir for `tfds:` names); unused by `demo`.
+  """
+  if name == "demo":
+    return DigitGridSource(split)
+  if name.startswith(TFDS_PREFIX):
+    return tfds_source(name[len(TFDS_PREFIX):], split, root)
+  if name not in LOCAL_SOURCES:
+    raise ValueError(f"data.name: unknown dataset {name!r}; expected one of {NAMES}.")
+  if not root:
+    raise ValueError(f"data.root: dataset {name!r} needs its folder "
+                     f"(--config.data.root=/path/to/{name}).")
+  return LOCAL_SOURCES[name](split, root)
