@@ -1,0 +1,74 @@
+r"""The KMCL program: train (and evaluate) per an ml_collections config.
+
+  python -m kmcl_jax.main --config=configs/demo.py --workdir=/tmp/kmcl_demo
+  python -m kmcl_jax.main --config=configs/voc.py:tresnet_l --workdir=gs://bucket/run \
+      --config.data.root=/data/voc --config.batch_size=256
+
+On a TPU pod or several GPU hosts run the same command on every host; JAX's
+multi-controller runtime is initialised from the environment (Cloud TPU, SLURM, or
+--coordinator_address with --num_processes and --process_id).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, summary.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for multi-process runs off TPU.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in that run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed() -> None:
+  """jax.distributed.initialize when this is one process of several."""
+  if _COORDINATOR.value or _NUM_PROCESSES.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  elif any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS",
+                                      "OMPI_COMM_WORLD_SIZE")) and _multi_host_environment():
+    jax.distributed.initialize()
+
+
+def _multi_host_environment() -> bool:
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return (len([h for h in hosts.split(",") if h]) > 1
+          or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+          or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
+
+
+def _quiet_library_info(record) -> bool:
+  """Keeps orbax's per-save INFO chatter (dozens of lines a checkpoint) out of the log."""
+  return record.levelno >= logging.converter.STANDARD_WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_quiet_library_info)
+  _initialize_distributed()
+  logging.info("JAX process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  from kmcl_jax.train import train_and_evaluate
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def _put_config_package_on_path(argv) -> None:
+  """Lets a config file `import configs.base` from the folder above its own."""
+  for arg in argv:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].split(":", 1)[0]
+      sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
+
+
+if __name__ == "__main__":
+  _put_config_package_on_path(sys.argv)
+  app.run(main)

@@ -1,0 +1,221 @@
+"""The trainer end to end on the demo data with a tiny TResNet: smoke, resume, sharding,
+several processes, non-finite steps, config checks."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from configs import demo
+from kmcl_jax import optim, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, "tests", "training_run.py")
+# 6 steps of 8 images at 32 px, one evaluation at the end, a checkpoint every 2 steps.
+# Runs on different device layouts sum in different orders; Adam turns that round-off,
+# on gradients that are zero but for it, into steps of up to the learning rate, so a
+# small one keeps parameter differences at round-off scale.
+RUN_OVERRIDES = {"train_steps": 6, "checkpoint_every_steps": 2, "log_every_steps": 1,
+                 "optim.lr": 1e-4}
+
+
+def records(workdir, split):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+def checkpoint_state(workdir, step):
+  """The saved TrainState as NumPy arrays, whatever device topology saved it."""
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(path).item_metadata.tree
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+
+
+def assert_trees_close(a, b, atol):
+  flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)
+  assert len(flat_a) == len(flat_b)
+  for (path, x), y in zip(flat_a, flat_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def launch(workdir, devices=1, overrides=None, distributed=None):
+  args = [sys.executable, RUN, str(workdir), str(devices),
+          json.dumps({**RUN_OVERRIDES, **(overrides or {})})]
+  return subprocess.Popen(args + [str(a) for a in distributed or ()], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process, timeout=600):
+  output, _ = process.communicate(timeout=timeout)
+  assert process.returncode == 0, output[-4000:]
+  return output
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """The uninterrupted single-device run every other run is compared with."""
+  workdir = tmp_path_factory.mktemp("reference")
+  finish(launch(workdir))
+  return workdir
+
+
+def run_config():
+  """The config of every run here (what tests/training_run.py builds)."""
+  config = demo.get_config("smoke")
+  config.update_from_flattened_dict(RUN_OVERRIDES)
+  return config
+
+
+def test_smoke_training_and_evaluation_then_a_resume_that_scores_the_same(
+    tmp_path, reference_run):
+  config = run_config()
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 6 and int(state.skipped_steps) == 0
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  for key in ("map", "map_model", "map_ema", "steps", "final_loss", "wall_seconds"):
+    assert key in summary
+  assert summary["steps"] == 6 and summary["images"] == 1000
+  assert 0 < summary["map_model"] < 100 and summary["map"] == max(summary["map_model"],
+                                                                  summary["map_ema"])
+  train_records, eval_records = records(tmp_path, "train"), records(tmp_path, "eval")
+  assert [r["step"] for r in train_records] == [1, 2, 3, 4, 5, 6]
+  assert summary["final_loss"] == train_records[-1]["loss"]
+  for r in train_records:
+    assert r["loss"] == pytest.approx(r["asl"] + r["reconstruction"] + r["contrastive"],
+                                      rel=1e-5)
+  lr = optim.one_cycle_lr(6, config.optim.lr)
+  np.testing.assert_allclose([r["learning_rate"] for r in train_records],
+                             [lr(s) for s in range(6)], rtol=1e-6)
+  assert {r["variant"] for r in eval_records} == {"model", "ema"}
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["6"]
+  assert sorted(os.listdir(tmp_path / "best")) == ["6"]
+  # The same program in another process computed the same parameters, bit for bit.
+  assert_trees_close(checkpoint_state(tmp_path, 6), checkpoint_state(reference_run, 6), atol=0)
+  # A second run of the same workdir resumes at step 6, trains nothing and scores the
+  # restored checkpoint: the same numbers.
+  os.remove(tmp_path / "summary.json")
+  train.train_and_evaluate(config, str(tmp_path))
+  again = json.loads((tmp_path / "summary.json").read_text())
+  assert again["map_model"] == summary["map_model"] and again["map_ema"] == summary["map_ema"]
+
+
+def test_resume_after_sigkill_ends_with_the_parameters_of_an_uninterrupted_run(
+    tmp_path, reference_run):
+  process = subprocess.Popen(
+      [sys.executable, "-m", "kmcl_jax.main", "--config=configs/demo.py:smoke",
+       f"--workdir={tmp_path}"] + [f"--config.{k}={v}" for k, v in RUN_OVERRIDES.items()],
+      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while not os.path.isdir(tmp_path / "checkpoints" / "2") and process.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  killed_at = max(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert killed_at < 6, "the run finished before it could be killed"
+  # A save that was cut off never becomes the one restored.
+  os.makedirs(tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp-1234" / "state")
+  finish(subprocess.Popen(
+      [sys.executable, "-m", "kmcl_jax.main", "--config=configs/demo.py:smoke",
+       f"--workdir={tmp_path}"] + [f"--config.{k}={v}" for k, v in RUN_OVERRIDES.items()],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  resumed, reference = checkpoint_state(tmp_path, 6), checkpoint_state(reference_run, 6)
+  assert_trees_close(resumed, reference, atol=0)
+  steps = [r["step"] for r in records(tmp_path, "train")]
+  assert steps[-1] == 6 and killed_at + 1 in steps
+
+
+def test_four_devices_and_two_processes_match_one_device(tmp_path, reference_run):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  four = launch(tmp_path / "four", devices=4)
+  hosts = [launch(tmp_path / "hosts", devices=1, distributed=(port, p, 2)) for p in (0, 1)]
+  for process in [four, *hosts]:
+    finish(process)
+  reference = checkpoint_state(reference_run, 6)
+  want = records(reference_run, "train")
+  for run in ("four", "hosts"):
+    state = checkpoint_state(tmp_path / run, 6)
+    for part in ("params", "batch_stats", "ema_params"):
+      assert_trees_close(state[part], reference[part], atol=1e-5)
+    got = records(tmp_path / run, "train")
+    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
+
+
+def test_contrastive_scope_global_is_the_whole_batch_and_device_the_mean_of_devices():
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "scoped_loss_run.py")],
+                          cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  values = json.loads(result.stdout.splitlines()[-1])
+  for scope, want in (("global", "whole_batch"), ("device", "per_device_mean")):
+    for term, value in values[want].items():
+      assert values[scope][term] == pytest.approx(value, rel=1e-5), (scope, term)
+  assert values["device"]["contrastive"] != pytest.approx(values["global"]["contrastive"],
+                                                          rel=1e-2)
+
+
+def test_a_non_finite_step_is_skipped_and_counted(reference_run):
+  config = run_config()
+  model = train.create_model(config, 10)
+  optimizer = optim.create_optimizer(config.optim, config.train_steps)
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  state = train.initial_state(config, model, optimizer, NamedSharding(mesh, P()))
+  step, _ = train.jit_steps(config, model, optimizer, mesh, state)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+           "labels": (rng.random((8, 10)) < 0.3).astype(np.float32),
+           "ignore": np.zeros((8, 10), bool), "skipped": np.zeros(8, np.int32)}
+  poisoned = {**batch, "labels": batch["labels"].copy()}
+  poisoned["labels"][0, 0] = np.nan
+  before = jax.device_get(state)
+  after_nan, metrics = step(state, poisoned)  # donates `state`
+  assert not np.isfinite(metrics["loss"]) and int(metrics["skipped_steps"]) == 1
+  assert int(after_nan.step) == 1 and int(after_nan.skipped_steps) == 1
+  kept = ("params", "batch_stats", "opt_state", "ema_params", "ema_batch_stats")
+  assert_trees_close({k: getattr(jax.device_get(after_nan), k) for k in kept},
+                     {k: getattr(before, k) for k in kept}, atol=0)
+  after_good, metrics = step(after_nan, batch)
+  assert np.isfinite(metrics["loss"]) and int(after_good.skipped_steps) == 1
+  assert int(after_good.step) == 2 and int(after_good.opt_state.count) == 1
+  # The schedule did not advance on the skipped step: this update used step 0's rate.
+  np.testing.assert_allclose(metrics["learning_rate"],
+                             optim.one_cycle_lr(config.train_steps, config.optim.lr)(0))
+  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), jax.device_get(
+      after_good.params), before.params)
+  assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_bad_config_values_fail_before_compiling(tmp_path):
+  for field, value, message in (
+      ("model.kernel", "gaussian", "config.model.kernel='gaussian': expected one of"),
+      ("batch_size", 0, "config.batch_size=0: expected a positive integer"),
+      ("data.image_size", 50, "config.data.image_size=50: expected a multiple of 32"),
+      ("contrastive_scope", "host", "config.contrastive_scope='host'"),
+      ("optim.pct_start", 1.5, "config.optim.pct_start=1.5")):
+    config = demo.get_config("smoke")
+    node = config
+    *parents, leaf = field.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+      train.validate_config(config)
+  result = subprocess.run(
+      [sys.executable, "-m", "kmcl_jax.main", "--config=configs/demo.py",
+       f"--workdir={tmp_path}", "--config.model.backbon=tresnet_m"],
+      cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode != 0 and 'Did you mean "backbone"' in result.stderr
+  assert not os.listdir(tmp_path)
