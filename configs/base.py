@@ -57,3 +57,23 @@ def get_config(arg=None):
       worker_count=4, read_threads=8, skip_corrupt=False,
   ))
   return config
+
+
+def apply_variants(config, arg, file_name, tfds_name=None):
+  """Applies the comma-separated variants in `arg` shared by the dataset configs:
+  `tresnet_l` (the reference's multi-GPU settings: TResNet-L, 448 px, batch 128,
+  lr 4e-4, 80 epochs) and, where the dataset has one, `tfds` (its TFDS source)."""
+  variants = set(arg.split(",")) if arg else set()
+  known = {"tresnet_l"} | ({"tfds"} if tfds_name else set())
+  if variants - known:
+    raise ValueError(f"{file_name}: unknown variant(s) {sorted(variants - known)}; expected "
+                     f"{sorted(known)}.")
+  if "tresnet_l" in variants:
+    config.model.backbone = "tresnet_l"
+    config.data.image_size = 448
+    config.batch_size = config.eval_batch_size = 128
+    config.optim.lr = 4e-4
+    config.num_epochs = 80
+  if "tfds" in variants:
+    config.data.name = tfds_name
+  return config

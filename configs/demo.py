@@ -9,6 +9,8 @@ Variants: `configs/demo.py:smoke` (a few steps, for tests and for trying the pro
 
 from configs import base
 
+VARIANTS = ("", "smoke")
+
 
 def get_config(arg=None):
   config = base.get_config()

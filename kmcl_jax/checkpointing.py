@@ -16,7 +16,6 @@ import os
 from typing import Any
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 
 LATEST, BEST = "checkpoints", "best"
@@ -46,13 +45,19 @@ class Checkpoints:
       self.latest.save(step, args=self._save_args(state, data_iterator), force=True)
 
   def save_best(self, step: int, state: Any, data_iterator: grain.DatasetIterator,
-                score: float) -> bool:
-    """Saves if `score` beats the best checkpoint's; returns whether it did."""
+                score: float, variant: str) -> bool:
+    """Saves if `score` (the mAP of `variant`, "model" or "ema") beats the best
+    checkpoint's; returns whether it did."""
     if score <= self.best_score():
       return False
     self.best.save(step, args=self._save_args(state, data_iterator),
-                   metrics={"map": float(score)}, force=True)
+                   metrics={"map": float(score), "variant": variant}, force=True)
     return True
+
+  def best_variant(self) -> str | None:
+    """"model" or "ema": which of the best checkpoint's two scored its mAP."""
+    step = self.best.best_step()
+    return None if step is None else self.best.metrics(step).get("variant")
 
   def best_score(self) -> float:
     step = self.best.best_step()
@@ -67,15 +72,20 @@ class Checkpoints:
     `abstract_state` gives shapes, dtypes and shardings (jax.ShapeDtypeStruct leaves);
     the data iterator, when given, is set to its saved position.
     """
+    self.wait()
     manager = self.best if best else self.latest
-    manager.wait_until_finished()
-    if step is None:
-      step = manager.best_step() if best else manager.latest_step()
+    if step is not None:
+      manager = self.best if step in self.best.all_steps() else self.latest
+      if step not in manager.all_steps():
+        raise ValueError(f"--step={step}: no such checkpoint (latest: "
+                         f"{sorted(self.latest.all_steps())}, best: "
+                         f"{sorted(self.best.all_steps())}).")
+    elif best:
+      step = manager.best_step()
+    else:
+      step = manager.latest_step()
     if step is None:
       return None
-    if step not in manager.all_steps():
-      raise ValueError(f"--step={step}: no such checkpoint in {manager.directory} "
-                       f"(have {sorted(manager.all_steps())}).")
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -98,8 +108,3 @@ class Checkpoints:
   def _save_args(state: Any, data_iterator: grain.DatasetIterator) -> ocp.args.Composite:
     return ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=grain.checkpoint.CheckpointSave(data_iterator))
-
-
-def abstract(tree: Any) -> Any:
-  """jax.ShapeDtypeStruct leaves, with shardings, of a pytree of arrays."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

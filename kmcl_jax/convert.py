@@ -20,11 +20,11 @@ import json
 import os
 from typing import Any, Callable, Mapping
 
-from absl import app, flags
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from kmcl_jax.models.kmcl import KMCLModel
 from kmcl_jax.models.tresnet import ARCHITECTURES, create_backbone

@@ -1,8 +1,11 @@
-r"""The KMCL program: train (and evaluate) per an ml_collections config.
+r"""The KMCL program: train, evaluate or predict per an ml_collections config.
 
   python -m kmcl_jax.main --config=configs/demo.py --workdir=/tmp/kmcl_demo
   python -m kmcl_jax.main --config=configs/voc.py:tresnet_l --workdir=gs://bucket/run \
       --config.data.root=/data/voc --config.batch_size=256
+  python -m kmcl_jax.main --config=configs/demo.py --workdir=/tmp/kmcl_demo --mode=eval
+  python -m kmcl_jax.main --config=configs/demo.py --workdir=/tmp/kmcl_demo --mode=predict \
+      --inputs='photos/*.jpg' --output=predictions.csv
 
 On a TPU pod or several GPU hosts run the same command on every host; JAX's
 multi-controller runtime is initialised from the environment (Cloud TPU, SLURM, or
@@ -14,13 +17,21 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
 import jax
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, summary.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
+                          "train (resumes from --workdir), eval (scores the test split and "
+                          "writes WORKDIR/eval.json), predict (labels --inputs).")
+_STEP = flags.DEFINE_integer("step", None, "eval/predict: this checkpoint instead of the best.")
+_INPUTS = flags.DEFINE_string("inputs", None, "predict: an image, a folder or a glob.")
+_OUTPUT = flags.DEFINE_string("output", None, "predict: the .csv or .json file to write.")
+_VARIANT = flags.DEFINE_enum("variant", "auto", ["auto", "model", "ema"],
+                             "predict: which weights; auto = the better in the best checkpoint.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, for multi-process runs off TPU.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
@@ -57,8 +68,18 @@ def main(argv):
   _initialize_distributed()
   logging.info("JAX process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  from kmcl_jax.train import train_and_evaluate
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if _MODE.value == "train":
+    from kmcl_jax.train import train_and_evaluate
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  elif _MODE.value == "eval":
+    from kmcl_jax.inference import evaluate_checkpoint
+    evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value)
+  else:
+    if not _INPUTS.value or not _OUTPUT.value:
+      raise app.UsageError("--mode=predict needs --inputs and --output.")
+    from kmcl_jax.inference import predict
+    predict(_CONFIG.value, _WORKDIR.value, _INPUTS.value, _OUTPUT.value, _STEP.value,
+            _VARIANT.value)
 
 
 def _put_config_package_on_path(argv) -> None:

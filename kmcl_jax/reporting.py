@@ -1,8 +1,11 @@
-"""What a person sees of a run: a progress line, JSON lines, the final summary.
+"""What a person sees of a run: progress lines, JSON lines, TensorBoard, plots, summary.
 
 Only the primary process (JAX process 0) writes files; every process logs its line.
-`WORKDIR/metrics.jsonl` gets one JSON object per report: {"step", "epoch", "split":
-"train"|"eval", ...metrics}. `WORKDIR/summary.json` is written once, at the end.
+  WORKDIR/metrics.jsonl   one JSON object per report: {"step", "epoch", "split":
+                          "train"|"eval", ...metrics}
+  WORKDIR/tensorboard/    the same numbers as TensorBoard scalars (train/..., eval/...)
+  WORKDIR/plots/          PNGs at the end: loss terms, mAP over evaluations, per-class AP
+  WORKDIR/summary.json    written once, at the end
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import os
 import time
 from collections.abc import Mapping
 
-from absl import logging
 import numpy as np
+from absl import logging
+
+PROGRESS_BAR_WIDTH = 20
 
 
 def _plain(value):
@@ -35,14 +40,24 @@ class Reporter:
     self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
     self.is_primary = is_primary
     self._mark = None  # (time, step) of the previous train report
+    self._tensorboard = None
+    if is_primary:
+      from tensorboardX import SummaryWriter
+      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def epoch(self, step: int) -> float:
     return step / self.steps_per_epoch
 
-  def write(self, record: Mapping) -> None:
-    if self.is_primary:
-      with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+  def write(self, record: Mapping, tensorboard_prefix: str) -> None:
+    """Appends `record` to metrics.jsonl and its scalars to TensorBoard."""
+    if not self.is_primary:
+      return
+    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+      f.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+    for name, value in record.items():
+      if name not in ("step", "split", "variant") and np.ndim(value) == 0:
+        self._tensorboard.add_scalar(f"{tensorboard_prefix}/{name}", float(value),
+                                     record["step"])
 
   def start(self, step: int) -> None:
     self._mark = (time.perf_counter(), step)
@@ -55,15 +70,17 @@ class Reporter:
     self._mark = (now, step)
     images_per_s = self.batch_size / seconds_per_step
     eta = datetime.timedelta(seconds=round(seconds_per_step * (self.total_steps - step)))
+    done = round(PROGRESS_BAR_WIDTH * step / self.total_steps)
     logging.info(
-        "epoch %.2f/%d step %d/%d  loss %.4f [asl %.4f rec %.4f con %.4f]  lr %.2e beta1 %.4f"
-        "  skipped %d  %.1f img/s  ETA %s",
+        "[%s%s] %3d%% epoch %.2f/%d step %d/%d  loss %.4f [asl %.4f rec %.4f con %.4f]"
+        "  lr %.2e beta1 %.4f  skipped %d  %.1f img/s  ETA %s",
+        "#" * done, "." * (PROGRESS_BAR_WIDTH - done), 100 * step // self.total_steps,
         self.epoch(step), math.ceil(self.total_steps / self.steps_per_epoch), step,
         self.total_steps, metrics["loss"], metrics["asl"], metrics["reconstruction"],
         metrics["contrastive"], metrics["learning_rate"], metrics["beta1"],
         metrics["skipped_steps"], images_per_s, eta)
     self.write({"step": step, "epoch": self.epoch(step), "split": "train",
-                "images_per_second": images_per_s, **metrics})
+                "images_per_second": images_per_s, **metrics}, "train")
 
   def evaluation(self, step: int, results: Mapping[str, Mapping]) -> None:
     """Logs mAP and F1 of the model and its EMA and writes one record per variant."""
@@ -72,10 +89,79 @@ class Reporter:
                    step, variant, metrics["map"], metrics["OF1"], metrics["CF1"],
                    metrics["OF1_3"], metrics["CF1_3"])
       self.write({"step": step, "epoch": self.epoch(step), "split": "eval", "variant": variant,
-                  **metrics})
+                  **metrics}, f"eval/{variant}")
+    if self._tensorboard is not None:
+      self._tensorboard.flush()
 
   def summary(self, summary: Mapping) -> None:
+    """Writes summary.json and the plots, and closes the TensorBoard writer."""
     logging.info("summary: %s", json.dumps({k: _plain(v) for k, v in summary.items()}))
     if self.is_primary:
       with open(os.path.join(self.workdir, "summary.json"), "w") as f:
         json.dump({k: _plain(v) for k, v in summary.items()}, f, indent=2)
+      write_plots(self.workdir, summary)
+    self.close()
+
+  def close(self) -> None:
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+      self._tensorboard = None
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of WORKDIR/metrics.jsonl, in order."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def write_plots(workdir: str, summary: Mapping) -> list[str]:
+  """PNGs in WORKDIR/plots/ from metrics.jsonl and the summary's per-class AP; returns
+  their paths."""
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+
+  records = read_metrics(workdir)
+  train = [r for r in records if r["split"] == "train"]
+  folder = os.path.join(workdir, "plots")
+  os.makedirs(folder, exist_ok=True)
+  paths = []
+
+  def save(figure, name):
+    figure.tight_layout()
+    paths.append(os.path.join(folder, name))
+    figure.savefig(paths[-1], dpi=110)
+    plt.close(figure)
+
+  figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+  steps = [r["step"] for r in train]
+  for name, label in (("loss", "total"), ("asl", "ASL"), ("reconstruction", "reconstruction"),
+                      ("contrastive", "contrastive")):
+    axes[0].plot(steps, [r[name] for r in train], label=label)
+  axes[0].set(title="Training loss (mean per logging interval)", xlabel="step", ylabel="loss",
+              yscale="log")
+  axes[0].legend()
+  axes[1].plot(steps, [r["learning_rate"] for r in train], color="tab:purple")
+  axes[1].set(title="Learning rate (OneCycle)", xlabel="step", ylabel="learning rate")
+  save(figure, "loss.png")
+
+  figure, axis = plt.subplots(figsize=(6, 4))
+  for variant in ("model", "ema"):
+    evaluations = [r for r in records if r["split"] == "eval" and r.get("variant") == variant]
+    axis.plot([r["step"] for r in evaluations], [r["map"] for r in evaluations], marker="o",
+              label=variant)
+  axis.set(title="Test mAP", xlabel="step", ylabel="mAP (%)")
+  axis.grid(alpha=0.3)
+  axis.legend()
+  save(figure, "map.png")
+
+  names, values = list(summary["ap"]), list(summary["ap"].values())
+  figure, axis = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4.5))
+  bars = axis.bar(range(len(names)), values, color="tab:blue")
+  axis.bar_label(bars, fmt="%.1f", fontsize=7, rotation=90 if len(names) > 12 else 0,
+                 padding=2)
+  axis.set_xticks(range(len(names)), names, rotation=90 if len(names) > 12 else 0)
+  axis.set(title=f"Per-class AP ({summary['best_of']}, mAP {summary['map']:.2f})",
+           xlabel="class", ylabel="AP (%)", ylim=(0, 108))
+  save(figure, "per_class_ap.png")
+  return paths

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import os
 import signal
@@ -23,17 +24,19 @@ import threading
 import time
 from typing import Any
 
-from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from kmcl_jax import losses, metrics as metrics_lib, optim
-from kmcl_jax.checkpointing import Checkpoints, abstract
+from kmcl_jax import losses, optim
+from kmcl_jax import metrics as metrics_lib
+from kmcl_jax.checkpointing import Checkpoints
 from kmcl_jax.data import create_datasets, transforms
 from kmcl_jax.models import KMCLModel
 from kmcl_jax.models.kmm import VARIANCES
@@ -131,6 +134,17 @@ def create_model(config, num_classes: int) -> KMCLModel:
                    remat=config.model.remat)
 
 
+def _init_fn(config, model: KMCLModel, optimizer: optax.GradientTransformation):
+  def init():
+    images = jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.float32)
+    variables = model.init(jax.random.key(config.seed), images, train=False)
+    params, batch_stats = variables["params"], variables["batch_stats"]
+    return TrainState(step=jnp.zeros((), jnp.int32), skipped_steps=jnp.zeros((), jnp.int32),
+                      params=params, batch_stats=batch_stats, opt_state=optimizer.init(params),
+                      ema_params=params, ema_batch_stats=batch_stats)
+  return init
+
+
 def initial_state(config, model: KMCLModel, optimizer: optax.GradientTransformation,
                   replicated: NamedSharding) -> TrainState:
   """Freshly initialised state (params from config.seed), replicated over the mesh.
@@ -139,16 +153,18 @@ def initial_state(config, model: KMCLModel, optimizer: optax.GradientTransformat
   initialiser is the same program for every mesh (and is reused from a compilation
   cache), and every host computes the same values.
   """
-  def init():
-    images = jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.float32)
-    variables = model.init(jax.random.key(config.seed), images, train=False)
-    params, batch_stats = variables["params"], variables["batch_stats"]
-    return TrainState(step=jnp.zeros((), jnp.int32), skipped_steps=jnp.zeros((), jnp.int32),
-                      params=params, batch_stats=batch_stats, opt_state=optimizer.init(params),
-                      ema_params=params, ema_batch_stats=batch_stats)
   with jax.default_device(jax.local_devices()[0]):
-    local = jax.device_get(jax.jit(init)())
+    local = jax.device_get(jax.jit(_init_fn(config, model, optimizer))())
   return jax.device_put(local, replicated)
+
+
+def abstract_state(config, model: KMCLModel, optimizer: optax.GradientTransformation,
+                   replicated: NamedSharding) -> TrainState:
+  """The state's shapes, dtypes and shardings, computed without running anything: the
+  target a checkpoint is restored into."""
+  shapes = jax.eval_shape(_init_fn(config, model, optimizer))
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                      shapes)
 
 
 def load_initial_weights(state: TrainState, path: str, config, num_classes: int) -> TrainState:
@@ -274,6 +290,16 @@ def make_eval_step(config, model: KMCLModel):
   return eval_step
 
 
+RUN_FILE = "run.json"
+
+
+def write_run_description(workdir: str, config, class_names) -> None:
+  """WORKDIR/run.json: the config and the class names, for --mode=eval/predict."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, RUN_FILE), "w") as f:
+      json.dump({"class_names": list(class_names), "config": config.to_dict()}, f, indent=2)
+
+
 def jit_steps(config, model: KMCLModel, optimizer: optax.GradientTransformation, mesh: Mesh,
               state: TrainState):
   """(train_step, eval_step) jitted over `mesh`: batches sharded over "data", the state
@@ -294,11 +320,12 @@ def global_batch(batch: dict, sharding: NamedSharding) -> dict:
       for name, value in batch.items()}
 
 
-def evaluate(eval_step, state: TrainState, datasets, sharding: NamedSharding,
+def evaluate(eval_step, state: TrainState, eval_batches, sharding: NamedSharding,
              threshold: float) -> dict[str, dict]:
-  """{"model": metrics, "ema": metrics} on the whole evaluation split."""
+  """{"model": metrics, "ema": metrics} over one pass of `eval_batches` (this host's
+  batches of the evaluation split)."""
   outputs = [jax.device_get(eval_step(state, global_batch(batch, sharding)))
-             for batch in datasets.eval]
+             for batch in eval_batches]
   merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
   keep = merged["mask"]
   if keep.sum() == 0:
@@ -344,15 +371,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # Model, optimiser, state; resume or initial weights. -----------------------------
   model = create_model(config, len(datasets.class_names))
   optimizer = optim.create_optimizer(config.optim, total_steps)
-  state = initial_state(config, model, optimizer, replicated)
   checkpoints = Checkpoints(workdir)
-  restored = checkpoints.restore(abstract(state), datasets.train)
+  restored = checkpoints.restore(abstract_state(config, model, optimizer, replicated),
+                                 datasets.train)
   if restored is not None:
     state, step = restored
     logging.info("Resumed from %s at step %d.", checkpoints.latest.directory, step)
-  elif config.init_from:
-    state = load_initial_weights(state, config.init_from, config, len(datasets.class_names))
-    logging.info("Initial weights from %s.", config.init_from)
+  else:
+    state = initial_state(config, model, optimizer, replicated)
+    if config.init_from:
+      state = load_initial_weights(state, config.init_from, config, len(datasets.class_names))
+      logging.info("Initial weights from %s.", config.init_from)
+  write_run_description(workdir, config, datasets.class_names)
   step = int(state.step)
 
   # Compile. ------------------------------------------------------------------------
@@ -381,10 +411,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           reporter.train(step, averaged)
           pending, final_loss = [], averaged["loss"]
         if step % eval_every == 0 or step == total_steps:
-          results = evaluate(eval_step, state, datasets, replicated, config.threshold)
+          results = evaluate(eval_step, state, datasets.eval, batch_sharding,
+                             config.threshold)
           reporter.evaluation(step, results)
-          score = max(results["model"]["map"], results["ema"]["map"])
-          checkpoints.save_best(step, state, datasets.train, score)
+          variant = max(("model", "ema"), key=lambda v: results[v]["map"])
+          checkpoints.save_best(step, state, datasets.train, results[variant]["map"], variant)
         preempted = checkpoints.reached_preemption(step) or sigterm.is_set()
         if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
           checkpoints.save_latest(step, state, datasets.train)
@@ -396,7 +427,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     # Final evaluation and summary. -------------------------------------------------
     if results is None:  # resumed after the last step: evaluate what was restored.
-      results = evaluate(eval_step, state, datasets, replicated, config.threshold)
+      results = evaluate(eval_step, state, datasets.eval, batch_sharding, config.threshold)
       reporter.evaluation(step, results)
     best = "model" if results["model"]["map"] >= results["ema"]["map"] else "ema"
     logging.info("Per-class AP of the %s (test mAP %.2f):\n%s", best, results[best]["map"],
@@ -412,6 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                           "OR_3", "OF1_3", "CP_3", "CR_3", "CF1_3")}})
     return state
   finally:
+    reporter.close()
     datasets.train.close()
     checkpoints.close()
 

@@ -7,11 +7,11 @@ import zlib
 
 import jax
 import jax.numpy as jnp
+import loss_oracle as oracle
 import numpy as np
 import pytest
 
 from kmcl_jax import losses
-import loss_oracle as oracle
 
 TERMS = ("asl", "reconstruction", "contrastive")
 

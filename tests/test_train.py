@@ -1,6 +1,7 @@
 """The trainer end to end on the demo data with a tiny TResNet: smoke, resume, sharding,
 several processes, non-finite steps, config checks."""
 
+import csv
 import json
 import os
 import signal
@@ -13,7 +14,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from configs import demo
 from kmcl_jax import optim, train
@@ -99,6 +101,11 @@ def test_smoke_training_and_evaluation_then_a_resume_that_scores_the_same(
   np.testing.assert_allclose([r["learning_rate"] for r in train_records],
                              [lr(s) for s in range(6)], rtol=1e-6)
   assert {r["variant"] for r in eval_records} == {"model", "ema"}
+  for plot in ("loss.png", "map.png", "per_class_ap.png"):
+    assert (tmp_path / "plots" / plot).stat().st_size > 10_000, plot
+  assert any(name.startswith("events.out.tfevents") for name in
+             os.listdir(tmp_path / "tensorboard"))
+  assert json.loads((tmp_path / "run.json").read_text())["class_names"] == list("0123456789")
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["6"]
   assert sorted(os.listdir(tmp_path / "best")) == ["6"]
   # The same program in another process computed the same parameters, bit for bit.
@@ -146,6 +153,7 @@ def test_four_devices_and_two_processes_match_one_device(tmp_path, reference_run
   for process in [four, *hosts]:
     finish(process)
   reference = checkpoint_state(reference_run, 6)
+  reference_summary = json.loads((reference_run / "summary.json").read_text())
   want = records(reference_run, "train")
   for run in ("four", "hosts"):
     state = checkpoint_state(tmp_path / run, 6)
@@ -153,6 +161,9 @@ def test_four_devices_and_two_processes_match_one_device(tmp_path, reference_run
       assert_trees_close(state[part], reference[part], atol=1e-5)
     got = records(tmp_path / run, "train")
     np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
+    summary = json.loads((tmp_path / run / "summary.json").read_text())
+    for key in ("map_model", "map_ema"):
+      assert summary[key] == pytest.approx(reference_summary[key], abs=0.05), (run, key)
 
 
 def test_contrastive_scope_global_is_the_whole_batch_and_device_the_mean_of_devices():
@@ -219,3 +230,59 @@ def test_bad_config_values_fail_before_compiling(tmp_path):
       cwd=ROOT, capture_output=True, text=True)
   assert result.returncode != 0 and 'Did you mean "backbone"' in result.stderr
   assert not os.listdir(tmp_path)
+
+
+def main_command(workdir, *flags):
+  return ([sys.executable, "-m", "kmcl_jax.main", "--config=configs/demo.py:smoke",
+           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in RUN_OVERRIDES.items()]
+          + list(flags))
+
+
+def test_eval_mode_reproduces_the_trained_map(reference_run):
+  result = subprocess.run(main_command(reference_run, "--mode=eval"), cwd=ROOT,
+                          capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  trained = json.loads((reference_run / "summary.json").read_text())
+  scored = json.loads((reference_run / "eval.json").read_text())
+  for key in ("map", "map_model", "map_ema", "OF1", "CF1"):
+    assert scored[key] == trained[key], key
+  assert scored["images"] == 1000 and len(scored["ap"]) == 10
+  assert "class  AP %" in result.stderr
+
+
+def test_predict_mode_labels_every_readable_image_and_names_the_corrupt_one(
+    tmp_path, reference_run):
+  from PIL import Image
+
+  from kmcl_jax.data.demo import DigitGridSource
+  source = DigitGridSource("test")
+  Image.fromarray(source[0]["image"]).save(tmp_path / "a.jpg")
+  Image.fromarray(source[1]["image"]).save(tmp_path / "b.png")
+  Image.fromarray(source[2]["image"]).convert("L").save(tmp_path / "c_grey.png")
+  Image.fromarray(source[3]["image"]).convert("CMYK").save(tmp_path / "d_cmyk.jpg")
+  (tmp_path / "e_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+  (tmp_path / "notes.txt").write_text("not an image")
+  output = tmp_path / "out" / "predictions.csv"
+  result = subprocess.run(main_command(reference_run, "--mode=predict", f"--inputs={tmp_path}",
+                                       f"--output={output}"),
+                          cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "e_broken.jpg" in result.stderr and "1 unreadable" in result.stderr
+  with open(output) as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ["path", *"0123456789", "labels"]
+  assert [os.path.basename(r[0]) for r in rows[1:]] == ["a.jpg", "b.png", "c_grey.png",
+                                                        "d_cmyk.jpg"]
+  for row in rows[1:]:
+    probabilities = np.array(row[1:11], float)
+    assert ((0 < probabilities) & (probabilities < 1)).all()
+    predicted = [str(k) for k in range(10) if probabilities[k] >= 0.8]
+    assert row[11] == "|".join(predicted)
+  # JSON output holds the same numbers.
+  result = subprocess.run(main_command(reference_run, "--mode=predict",
+                                       f"--inputs={tmp_path}/a.jpg",
+                                       f"--output={tmp_path}/one.json"),
+                          cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  (one,) = json.loads((tmp_path / "one.json").read_text())
+  assert one["probabilities"]["7"] == pytest.approx(float(rows[1][8]), abs=1e-6)

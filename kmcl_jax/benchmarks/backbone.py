@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from kmcl_jax.benchmarks.timing import median_seconds
 from kmcl_jax.models import create_backbone

@@ -14,10 +14,10 @@ D = 128 with the default block size.
 
 from __future__ import annotations
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from kmcl_jax import losses
 from kmcl_jax.benchmarks.timing import median_seconds

@@ -207,6 +207,30 @@ class Datasets:
   eval_steps: int
 
 
+def _process(process_index, process_count) -> tuple[int, int]:
+  return (jax.process_index() if process_index is None else process_index,
+          jax.process_count() if process_count is None else process_count)
+
+
+def _check_batch(config, field: str, process_count: int) -> None:
+  if config[field] <= 0 or config[field] % process_count:
+    raise ValueError(f"config.{field}={config[field]} must be a positive multiple of the "
+                     f"number of JAX processes ({process_count}).")
+
+
+def create_eval_dataset(config, process_index: int | None = None,
+                        process_count: int | None = None):
+  """(eval dataset, its source) of config.data.eval_split; see `create_datasets`."""
+  data = config.data
+  process_index, process_count = _process(process_index, process_count)
+  _check_batch(config, "eval_batch_size", process_count)
+  source = get_source(data.name, data.eval_split, data.root)
+  return eval_dataset(source, global_batch=config.eval_batch_size, image_size=data.image_size,
+                      process_index=process_index, process_count=process_count,
+                      worker_count=data.worker_count, read_threads=data.read_threads,
+                      skip_corrupt=data.skip_corrupt), source
+
+
 def create_datasets(config, process_index: int | None = None,
                     process_count: int | None = None) -> Datasets:
   """The training iterator and evaluation dataset of `config`.
@@ -216,26 +240,21 @@ def create_datasets(config, process_index: int | None = None,
   worker_count, read_threads, skip_corrupt. The process index and count default to JAX's.
   """
   data = config.data
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  for field in ("batch_size", "eval_batch_size"):
-    if config[field] <= 0 or config[field] % process_count:
-      raise ValueError(f"config.{field}={config[field]} must be a positive multiple of the "
-                       f"number of JAX processes ({process_count}).")
+  process_index, process_count = _process(process_index, process_count)
+  _check_batch(config, "batch_size", process_count)
+  evaluation, eval_source = create_eval_dataset(config, process_index, process_count)
   train_source = get_source(data.name, data.train_split, data.root)
-  eval_source = get_source(data.name, data.eval_split, data.root)
   if tuple(train_source.class_names) != tuple(eval_source.class_names):
     raise ValueError(f"data: splits {data.train_split!r} and {data.eval_split!r} of "
                      f"{data.name!r} have different classes.")
   if len(train_source) < config.batch_size:
     raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
                      f"{len(train_source)} images of {train_source.name}.")
-  shared = dict(image_size=data.image_size, process_index=process_index,
-                process_count=process_count, worker_count=data.worker_count,
-                read_threads=data.read_threads, skip_corrupt=data.skip_corrupt)
   train = train_dataset(train_source, seed=config.seed, global_batch=config.batch_size,
-                        cutout_factor=data.cutout, augment=data.augment, **shared)
-  evaluation = eval_dataset(eval_source, global_batch=config.eval_batch_size, **shared)
+                        image_size=data.image_size, cutout_factor=data.cutout,
+                        augment=data.augment, process_index=process_index,
+                        process_count=process_count, worker_count=data.worker_count,
+                        read_threads=data.read_threads, skip_corrupt=data.skip_corrupt)
   return Datasets(
       train=iter(train), eval=evaluation, class_names=tuple(train_source.class_names),
       num_train=len(train_source), num_eval=len(eval_source),

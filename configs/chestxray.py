@@ -1,0 +1,24 @@
+r"""NIH Chest X-ray14, 14 findings, official train_val / test lists.
+
+  python -m kmcl_jax.main --config=configs/chestxray.py --workdir=WORKDIR \
+      --config.data.root=/data/chestxray14 --config.init_from=/data/tresnet_m_imagenet_flax
+
+As in the reference: Cutout then a random affine map (rotation up to 45 degrees,
+translation 15%, scale 0.85-1.15) instead of RandAugment, and the scans' mean grey level
+(0.50576) subtracted with unit std. Variant: `:tresnet_l` (TResNet-L, 448 px, batch 128,
+lr 4e-4, 80 epochs).
+"""
+
+from configs import base
+
+VARIANTS = ("", "tresnet_l")
+
+
+def get_config(arg=None):
+  config = base.get_config()
+  config.data.name = "chestxray14"
+  config.data.train_split, config.data.eval_split = "train_val", "test"
+  config.data.augment = "affine"
+  config.data.mean = (0.50576189,) * 3
+  config.data.std = (1.0, 1.0, 1.0)
+  return base.apply_variants(config, arg, "configs/chestxray.py")

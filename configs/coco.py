@@ -1,0 +1,19 @@
+r"""MS-COCO 2014 (80 classes; 82,081 train / 40,137 val images with objects).
+
+  python -m kmcl_jax.main --config=configs/coco.py --workdir=WORKDIR \
+      --config.data.root=/data/coco --config.init_from=/data/tresnet_m_imagenet_flax
+
+Variants: `:tresnet_l` (TResNet-L, 448 px, batch 128, lr 4e-4, 80 epochs), `:tfds`
+(TFDS `coco/2014`, needs TensorFlow installed; data.root = the TFDS data_dir).
+"""
+
+from configs import base
+
+VARIANTS = ("", "tresnet_l", "tfds", "tresnet_l,tfds")
+
+
+def get_config(arg=None):
+  config = base.get_config()
+  config.data.name = "coco2014"
+  config.data.train_split, config.data.eval_split = "train", "val"
+  return base.apply_variants(config, arg, "configs/coco.py", tfds_name="tfds:coco/2014")

@@ -1,0 +1,18 @@
+r"""NUS-WIDE, 81 concepts, in ASL's list layout (nus_wid_data.csv).
+
+  python -m kmcl_jax.main --config=configs/nuswide.py --workdir=WORKDIR \
+      --config.data.root=/data/nus_wide --config.init_from=/data/tresnet_m_imagenet_flax
+
+Variant: `:tresnet_l` (TResNet-L, 448 px, batch 128, lr 4e-4, 80 epochs).
+"""
+
+from configs import base
+
+VARIANTS = ("", "tresnet_l")
+
+
+def get_config(arg=None):
+  config = base.get_config()
+  config.data.name = "nuswide"
+  config.data.train_split, config.data.eval_split = "train", "val"
+  return base.apply_variants(config, arg, "configs/nuswide.py")

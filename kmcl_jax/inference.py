@@ -1,0 +1,175 @@
+"""Scoring a trained or converted model without training: --mode=eval and --mode=predict.
+
+Weights come from WORKDIR's best checkpoint (or `step`, from best/ or checkpoints/), or,
+when config.init_from is set, from a model converted with `python -m kmcl_jax.convert`
+(a published KMCL checkpoint, say); then the model and its "EMA" are the same weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from kmcl_jax import metrics as metrics_lib
+from kmcl_jax import optim, train
+from kmcl_jax.checkpointing import Checkpoints
+from kmcl_jax.data import create_eval_dataset, get_source, transforms
+from kmcl_jax.data.image_files import CorruptImageError, decode_image
+
+EVAL_FILE = "eval.json"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+F1_METRICS = ("OP", "OR", "OF1", "CP", "CR", "CF1", "OP_3", "OR_3", "OF1_3", "CP_3", "CR_3",
+              "CF1_3")
+
+
+def _class_names(config, workdir: str) -> list[str]:
+  """From WORKDIR/run.json (written by training), else from the dataset's eval split."""
+  run_file = os.path.join(workdir, train.RUN_FILE)
+  if os.path.isfile(run_file):
+    with open(run_file) as f:
+      return json.load(f)["class_names"]
+  return list(get_source(config.data.name, config.data.eval_split, config.data.root).class_names)
+
+
+def load_state(config, workdir: str, class_names, mesh: Mesh, step: int | None = None
+               ) -> tuple[train.KMCLModel, train.TrainState, str]:
+  """(model, state, where the weights came from) for inference."""
+  model = train.create_model(config, len(class_names))
+  # Only the optimiser state's structure matters here, not its schedule's length.
+  optimizer = optim.create_optimizer(config.optim, total_steps=100)
+  replicated = NamedSharding(mesh, P())
+  if config.init_from:
+    state = train.initial_state(config, model, optimizer, replicated)
+    return (model, train.load_initial_weights(state, config.init_from, config, len(class_names)),
+            config.init_from)
+  checkpoints = Checkpoints(workdir)
+  try:
+    restored = checkpoints.restore(train.abstract_state(config, model, optimizer, replicated),
+                                   best=True, step=step)
+  finally:
+    checkpoints.close()
+  if restored is None:
+    raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoint (best/ or checkpoints/); "
+                            "train first or set --config.init_from to a converted model.")
+  state, restored_step = restored
+  return model, state, f"{workdir} step {restored_step}"
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
+  """Scores the evaluation split with the model and its EMA, logs the per-class AP
+  table and writes WORKDIR/eval.json; returns what it wrote."""
+  train.validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  eval_batches, source = create_eval_dataset(config)
+  class_names = list(source.class_names)
+  model, state, origin = load_state(config, workdir, class_names, mesh, step)
+  eval_step = jax.jit(train.make_eval_step(config, model), out_shardings=NamedSharding(mesh, P()))
+  results = train.evaluate(eval_step, state, eval_batches, NamedSharding(mesh, P("data")),
+                           config.threshold)
+  best = "model" if results["model"]["map"] >= results["ema"]["map"] else "ema"
+  logging.info("%s on %s: mAP model %.2f, EMA %.2f. Per-class AP of the %s:\n%s", origin,
+               source.name, results["model"]["map"], results["ema"]["map"], best,
+               metrics_lib.ap_table(results[best]["ap"], class_names))
+  report = {"weights": origin, "images": results["model"]["images"],
+            "map": results[best]["map"], "map_model": results["model"]["map"],
+            "map_ema": results["ema"]["map"], "best_of": best,
+            "ap": dict(zip(class_names, (100 * results[best]["ap"]).tolist())),
+            **{k: results[best][k] for k in F1_METRICS},
+            "ema": {k: results["ema"][k] for k in F1_METRICS}}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, EVAL_FILE), "w") as f:
+      json.dump(report, f, indent=2)
+  return report
+
+
+def find_images(inputs: str) -> list[str]:
+  """An image file, every image file in a folder (sorted, not recursive), or a glob."""
+  if os.path.isdir(inputs):
+    paths = [os.path.join(inputs, name) for name in sorted(os.listdir(inputs))
+             if name.lower().endswith(IMAGE_EXTENSIONS)]
+  elif os.path.isfile(inputs):
+    paths = [inputs]
+  else:
+    paths = sorted(p for p in glob.glob(inputs) if os.path.isfile(p))
+  if not paths:
+    raise FileNotFoundError(f"--inputs={inputs!r}: no image file (a file, a folder of "
+                            f"{'/'.join(IMAGE_EXTENSIONS)} files, or a glob).")
+  return paths
+
+
+def predict(config, workdir: str, inputs: str, output: str, step: int | None = None,
+            variant: str = "auto") -> list[dict]:
+  """Class probabilities and predicted label sets (score >= config.threshold) for every
+  readable image of `inputs`, written to `output` (.csv or .json). Unreadable images
+  are logged and skipped. Returns the rows."""
+  if jax.process_count() > 1:
+    raise ValueError("--mode=predict runs as a single process.")
+  if not output.endswith((".csv", ".json")):
+    raise ValueError(f"--output={output!r}: expected a .csv or .json file name.")
+  train.validate_config(config)
+  paths = find_images(inputs)
+  class_names = _class_names(config, workdir)
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  model, state, origin = load_state(config, workdir, class_names, mesh, step)
+  if variant == "auto":  # the one that scored the best checkpoint's mAP
+    variant = "model"
+    if not config.init_from:
+      checkpoints = Checkpoints(workdir)
+      variant = checkpoints.best_variant() or variant
+      checkpoints.close()
+  params, batch_stats = ((state.params, state.batch_stats) if variant == "model"
+                         else (state.ema_params, state.ema_batch_stats))
+
+  @jax.jit
+  def probabilities(images):
+    images = transforms.normalize(images, tuple(config.data.mean), tuple(config.data.std))
+    out = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
+    return jax.nn.sigmoid(out["pi"].astype(jnp.float32))
+
+  readable, unreadable, scores = [], [], []
+  batch = config.eval_batch_size
+  for start in range(0, len(paths), batch):
+    images = []
+    for path in paths[start:start + batch]:
+      try:
+        images.append(transforms.eval_image(decode_image(path), config.data.image_size))
+        readable.append(path)
+      except CorruptImageError as error:
+        logging.warning("Skipping %s", error)
+        unreadable.append(path)
+    if images:
+      padded = np.zeros((batch, *images[0].shape), np.uint8)
+      padded[:len(images)] = np.stack(images)
+      scores.append(np.asarray(probabilities(padded))[:len(images)])
+  scores = np.concatenate(scores) if scores else np.zeros((0, len(class_names)))
+  rows = [{"path": path, "probabilities": dict(zip(class_names, map(float, row))),
+           "labels": [n for n, p in zip(class_names, row) if p >= config.threshold]}
+          for path, row in zip(readable, scores)]
+  _write_predictions(rows, class_names, output)
+  logging.info("%d images scored with the %s of %s -> %s; %d unreadable%s", len(rows), variant,
+               origin, output, len(unreadable), f": {unreadable}" if unreadable else "")
+  return rows
+
+
+def _write_predictions(rows: list[dict], class_names, output: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  if output.endswith(".json"):
+    with open(output, "w") as f:
+      json.dump(rows, f, indent=2)
+    return
+  with open(output, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path", *class_names, "labels"])
+    for row in rows:
+      writer.writerow([row["path"], *(f"{row['probabilities'][n]:.6f}" for n in class_names),
+                       "|".join(row["labels"])])

@@ -1,0 +1,44 @@
+"""Every config file and every variant it lists loads and passes validation."""
+
+import importlib
+import os
+
+import pytest
+
+from kmcl_jax import train
+from kmcl_jax.data.sources import NAMES
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = sorted(name[:-3] for name in os.listdir(CONFIG_DIR)
+                 if name.endswith(".py") and name not in ("__init__.py", "base.py"))
+
+
+def test_the_paper_datasets_and_the_demo_have_configs():
+  assert CONFIGS == ["adp", "chestxray", "coco", "demo", "nuswide", "voc"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_variant_loads_and_validates(name):
+  module = importlib.import_module(f"configs.{name}")
+  assert module.VARIANTS and "" in module.VARIANTS
+  for variant in module.VARIANTS:
+    config = module.get_config(variant or None)
+    train.validate_config(config)
+    assert config.data.name in NAMES
+    assert config.num_epochs > 0 and config.checkpoint_every_steps > 0
+    if "tresnet_l" in variant:
+      assert (config.model.backbone, config.data.image_size) == ("tresnet_l", 448)
+    elif name != "demo":
+      assert (config.model.backbone, config.data.image_size) == ("tresnet_m", 224)
+  with pytest.raises(ValueError, match=f"configs/{name}.py: unknown variant"):
+    module.get_config("no_such_variant")
+
+
+def test_dataset_specific_settings():
+  from configs import adp, chestxray, coco, voc
+  assert chestxray.get_config().data.augment == "affine"
+  assert chestxray.get_config().data.std == (1.0, 1.0, 1.0)
+  assert adp.get_config().data.mean[0] == pytest.approx(0.81233799)
+  assert voc.get_config("tfds").data.name == "tfds:voc/2007"
+  assert coco.get_config("tresnet_l,tfds").data.name == "tfds:coco/2014"
+  assert voc.get_config("tresnet_l").optim.lr == 4e-4
