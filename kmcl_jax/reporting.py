@@ -66,10 +66,13 @@ class Reporter:
     """Logs `epoch e/E step s/T loss (terms) lr beta1 images/s ETA` and writes the record."""
     now = time.perf_counter()
     then, first = self._mark
-    seconds_per_step = (now - then) / max(step - first, 1)
     self._mark = (now, step)
-    images_per_s = self.batch_size / seconds_per_step
-    eta = datetime.timedelta(seconds=round(seconds_per_step * (self.total_steps - step)))
+    if step > first:
+      seconds_per_step = (now - then) / (step - first)
+      images_per_s = self.batch_size / seconds_per_step
+      eta = datetime.timedelta(seconds=round(seconds_per_step * (self.total_steps - step)))
+    else:  # no timed step yet (the first step of a run includes compilation)
+      images_per_s, eta = math.nan, "?"
     done = round(PROGRESS_BAR_WIDTH * step / self.total_steps)
     logging.info(
         "[%s%s] %3d%% epoch %.2f/%d step %d/%d  loss %.4f [asl %.4f rec %.4f con %.4f]"
