@@ -286,3 +286,24 @@ def test_predict_mode_labels_every_readable_image_and_names_the_corrupt_one(
   assert result.returncode == 0, result.stderr[-3000:]
   (one,) = json.loads((tmp_path / "one.json").read_text())
   assert one["probabilities"]["7"] == pytest.approx(float(rows[1][8]), abs=1e-6)
+
+
+def test_sigterm_saves_the_current_step_and_the_rerun_finishes_the_same(
+    tmp_path, reference_run):
+  process = subprocess.Popen(main_command(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  while not os.path.isdir(tmp_path / "checkpoints" / "2") and process.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  _, log = process.communicate(timeout=600)
+  assert process.returncode == 0, log[-3000:]
+  if "Stopped at step" not in log:
+    pytest.skip("the run finished before SIGTERM arrived")
+  stopped = int(log.split("Stopped at step ")[1].split(" ")[0])
+  assert 2 <= stopped < 6 and str(stopped) in os.listdir(tmp_path / "checkpoints")
+  assert not (tmp_path / "summary.json").exists()
+  finish(subprocess.Popen(main_command(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True))
+  assert_trees_close(checkpoint_state(tmp_path, 6), checkpoint_state(reference_run, 6), atol=0)
