@@ -13,7 +13,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
@@ -130,11 +129,8 @@ def predict(config, workdir: str, inputs: str, output: str, step: int | None = N
   params, batch_stats = ((state.params, state.batch_stats) if variant == "model"
                          else (state.ema_params, state.ema_batch_stats))
 
-  @jax.jit
-  def probabilities(images):
-    images = transforms.normalize(images, tuple(config.data.mean), tuple(config.data.std))
-    out = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
-    return jax.nn.sigmoid(out["pi"].astype(jnp.float32))
+  probabilities = jax.jit(
+      lambda images: train.class_probabilities(config, model, params, batch_stats, images))
 
   readable, unreadable, scores = [], [], []
   batch = config.eval_batch_size

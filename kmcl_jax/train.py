@@ -106,8 +106,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   require(config.data.augment in transforms.AUGMENTATIONS, "data.augment",
           f"one of {transforms.AUGMENTATIONS}")
   require(0 <= config.data.cutout < 1, "data.cutout", "a fraction in [0, 1) (0 disables)")
-  require(len(config.data.mean) == 3 and len(config.data.std) == 3 and min(config.data.std) > 0,
-          "data.std" if len(config.data.mean) == 3 else "data.mean", "three numbers (std > 0)")
+  require(len(config.data.mean) == 3, "data.mean", "three numbers, one per channel")
+  require(len(config.data.std) == 3 and min(config.data.std) > 0, "data.std",
+          "three positive numbers, one per channel")
   require(config.data.worker_count >= 0, "data.worker_count", "a non-negative integer")
   require(config.data.read_threads >= 1, "data.read_threads", "a positive integer")
   require(bool(config.data.name), "data.name", "a dataset name (see kmcl_jax.data)")
@@ -175,8 +176,7 @@ def load_initial_weights(state: TrainState, path: str, config, num_classes: int)
   if description.get("arch") != config.model.backbone:
     raise ValueError(f"config.init_from={path!r} holds a {description.get('arch')} model but "
                      f"config.model.backbone is {config.model.backbone!r}.")
-  params = flax.core.unfreeze(state.params)
-  batch_stats = flax.core.unfreeze(state.batch_stats)
+  params, batch_stats = state.params, state.batch_stats
   if description.get("kind") == "kmcl":
     expected = {"num_classes": num_classes, "kernel": config.model.kernel,
                 "variance": config.model.variance}
@@ -194,10 +194,9 @@ def load_initial_weights(state: TrainState, path: str, config, num_classes: int)
     if old_shapes != new_shapes:
       raise ValueError(f"config.init_from={path!r}: its {name} do not fit the configured model "
                        "(different layers or shapes).")
-  new_params = jax.tree.map(lambda old, new: jax.device_put(jnp.asarray(new, old.dtype),
-                                                            old.sharding), params, new_params)
-  new_stats = jax.tree.map(lambda old, new: jax.device_put(jnp.asarray(new, old.dtype),
-                                                           old.sharding), batch_stats, new_stats)
+  new_params, new_stats = jax.tree.map(
+      lambda old, new: jax.device_put(jnp.asarray(new, old.dtype), old.sharding),
+      (params, batch_stats), (new_params, new_stats))
   return state.replace(params=new_params, batch_stats=new_stats, ema_params=new_params,
                        ema_batch_stats=new_stats)
 
@@ -271,20 +270,21 @@ def make_train_step(config, model: KMCLModel, optimizer: optax.GradientTransform
   return train_step
 
 
+def class_probabilities(config, model: KMCLModel, params, batch_stats, images) -> jax.Array:
+  """uint8 images (B, S, S, 3) -> sigmoid class probabilities (B, K), float32."""
+  images = transforms.normalize(images, tuple(config.data.mean), tuple(config.data.std))
+  out = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
+  return jax.nn.sigmoid(out["pi"].astype(jnp.float32))
+
+
 def make_eval_step(config, model: KMCLModel):
   """(state, batch) -> {"model", "ema"} class probabilities (B, K), plus the batch's
   labels, ignore, mask and index, all gathered to every host."""
-  mean, std = tuple(config.data.mean), tuple(config.data.std)
-
   def eval_step(state: TrainState, batch: dict) -> dict:
-    images = transforms.normalize(batch["image"], mean, std)
-
-    def probabilities(params, batch_stats):
-      out = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
-      return jax.nn.sigmoid(out["pi"].astype(jnp.float32))
-
-    return {"model": probabilities(state.params, state.batch_stats),
-            "ema": probabilities(state.ema_params, state.ema_batch_stats),
+    return {"model": class_probabilities(config, model, state.params, state.batch_stats,
+                                         batch["image"]),
+            "ema": class_probabilities(config, model, state.ema_params, state.ema_batch_stats,
+                                       batch["image"]),
             **{k: batch[k] for k in ("labels", "ignore", "mask", "index")}}
 
   return eval_step

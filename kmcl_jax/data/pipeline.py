@@ -126,7 +126,10 @@ def stack(records: Sequence[dict], fields: Sequence[str]) -> dict[str, np.ndarra
   if not usable:
     raise CorruptImageError(f"All {len(records)} images of a batch are undecodable, "
                             f"ids {[r['id'] for r in records[:4]]}...")
-  stand_in = [max((u for u in usable if u <= i), default=usable[0]) for i in range(len(records))]
+  stand_in, last = [], usable[0]
+  for i, record in enumerate(records):
+    last = i if record["image"] is not None else last
+    stand_in.append(last)
   batch = {name: np.stack([records[j][name] for j in stand_in]) for name in fields
            if name != "skipped"}
   batch["skipped"] = np.array([int(r["image"] is None) or r.get("skipped", 0) for r in records],
