@@ -37,8 +37,9 @@ class Checkpoints:
   """The latest and best checkpoints of `workdir`."""
 
   def __init__(self, workdir: str):
-    self.latest = _manager(os.path.join(os.path.abspath(workdir), LATEST), best=False)
-    self.best = _manager(os.path.join(os.path.abspath(workdir), BEST), best=True)
+    root = workdir if "://" in workdir else os.path.abspath(workdir)  # gs:// stays as it is
+    self.latest = _manager(os.path.join(root, LATEST), best=False)
+    self.best = _manager(os.path.join(root, BEST), best=True)
 
   def save_latest(self, step: int, state: Any, data_iterator: grain.DatasetIterator) -> None:
     if self.latest.latest_step() != step:

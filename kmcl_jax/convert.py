@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from kmcl_jax.models.kmcl import KMCLModel
 from kmcl_jax.models.tresnet import ARCHITECTURES, create_backbone
@@ -253,17 +254,15 @@ def save_converted(variables: Mapping[str, Any], description: Mapping[str, Any],
 
 
 def load_converted(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(variables, description) written by `save_converted`."""
+  """(variables, description) written by `save_converted`; `path` may be on gs://."""
   import orbax.checkpoint as ocp
 
-  path = os.path.abspath(path)
-  description_file = os.path.join(path, MODEL_FILE)
-  if not os.path.isfile(description_file):
+  folder = epath.Path(path if "://" in path else os.path.abspath(path))  # local or gs://
+  if not (folder / MODEL_FILE).exists():
     raise FileNotFoundError(f"{path!r} is not a converted checkpoint: no {MODEL_FILE}.")
-  with open(description_file) as f:
-    description = json.load(f)
+  description = json.loads((folder / MODEL_FILE).read_text())
   with ocp.StandardCheckpointer() as checkpointer:
-    variables = checkpointer.restore(os.path.join(path, "variables"))
+    variables = checkpointer.restore(folder / "variables")
   return variables, description
 
 

@@ -15,6 +15,7 @@ import os
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -32,10 +33,9 @@ F1_METRICS = ("OP", "OR", "OF1", "CP", "CR", "CF1", "OP_3", "OR_3", "OF1_3", "CP
 
 def _class_names(config, workdir: str) -> list[str]:
   """From WORKDIR/run.json (written by training), else from the dataset's eval split."""
-  run_file = os.path.join(workdir, train.RUN_FILE)
-  if os.path.isfile(run_file):
-    with open(run_file) as f:
-      return json.load(f)["class_names"]
+  run_file = epath.Path(workdir) / train.RUN_FILE
+  if run_file.exists():
+    return json.loads(run_file.read_text())["class_names"]
   return list(get_source(config.data.name, config.data.eval_split, config.data.root).class_names)
 
 
@@ -67,7 +67,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Scores the evaluation split with the model and its EMA, logs the per-class AP
   table and writes WORKDIR/eval.json; returns what it wrote."""
   train.validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   mesh = Mesh(np.array(jax.devices()), ("data",))
   eval_batches, source = create_eval_dataset(config)
   class_names = list(source.class_names)
@@ -86,8 +86,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
             **{k: results[best][k] for k in F1_METRICS},
             "ema": {k: results["ema"][k] for k in F1_METRICS}}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, EVAL_FILE), "w") as f:
-      json.dump(report, f, indent=2)
+    (epath.Path(workdir) / EVAL_FILE).write_text(json.dumps(report, indent=2))
   return report
 
 

@@ -238,12 +238,12 @@ def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
 
 
 def _bd_column_grads(carry, column, mu, sigma, scale):
-  """Adds column j's share of the gradient of sum_ij G[i,j] BD(x_i, x_j) to every x_i.
+  """Adds column j's share of the gradient of sum_ij G[i,j] BD(x_i, x_j) to the rows x_i.
 
-  Shapes: carry two (B, D, K) accumulators (mean, variance a); column = (mu_j, sigma_j
-  (D, K), G[:, j] (B, K)), G symmetric. An elementwise update per column: XLA:CPU runs it several
-  times faster than a reduction over j. The -log(s_i) part of the log term is left to
-  the caller (it needs no pairwise work).
+  Shapes: carry two (b, D, K) accumulators (mean, variance a) of the b rows held; column
+  = (mu_j, sigma_j (D, K), G[rows, j] (b, K)), G symmetric. An elementwise update per
+  column: XLA:CPU runs it several times faster than a reduction over j. The -log(s_i)
+  part of the log term is left to the caller (it needs no pairwise work).
   """
   grad_mu, grad_a = carry
   mu_j, sigma_j, g_j = column
@@ -255,63 +255,83 @@ def _bd_column_grads(carry, column, mu, sigma, scale):
   return (grad_mu, grad_a), None
 
 
-def _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size):
-  """(loss_i (B,), d loss_i / d BD[i] (B, B, K)) over blocks of anchors."""
-  intersection = labels @ labels.T
-  count = jnp.sum(labels, axis=1)
-  union = count[:, None] + count[None, :] - intersection
+def _gathered(x, axis_name):
+  """The whole batch from this device's rows (the rows themselves without a mesh axis)."""
+  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+
+
+def _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size, axis_name):
+  """(loss_i (b,), d loss_i / d BD[i] (b, B, K)) over blocks of this device's b anchors."""
+  mu_all, sigma_all, labels_all = (_gathered(x, axis_name) for x in (mu, sigma, labels))
+  rows, batch = labels.shape[0], labels_all.shape[0]
+  intersection = labels @ labels_all.T
+  union = jnp.sum(labels, axis=1)[:, None] + jnp.sum(labels_all, axis=1)[None, :] - intersection
   jaccard = jnp.where(union > 0, intersection / jnp.where(union > 0, union, 1.0), 0.0)
-  others = 1.0 - jnp.eye(labels.shape[0], dtype=jnp.float32)
+  first_row = 0 if axis_name is None else jax.lax.axis_index(axis_name) * rows
+  others = (first_row + jnp.arange(rows)[:, None] != jnp.arange(batch)[None, :]).astype(jnp.float32)
 
   def anchor(x):
     mu_i, sigma_i, y_i, jaccard_i, others_i = x
-    distance_i = _bd_anchor(mu_i, sigma_i, mu, sigma, scale)
-    return _anchor_loss_and_grad(distance_i, y_i, labels, jaccard_i, others_i, temperature)
+    distance_i = _bd_anchor(mu_i, sigma_i, mu_all, sigma_all, scale)
+    return _anchor_loss_and_grad(distance_i, y_i, labels_all, jaccard_i, others_i, temperature)
 
   return jax.lax.map(anchor, (mu, sigma, labels, jaccard, others), batch_size=block_size)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def anchor_contrastive_losses(mu, sigma, labels, scale: float, temperature: float,
-                              block_size: int):
+                              block_size: int, axis_name: str | None = None):
   """loss_i of spec 2c for every anchor i, in blocks of `block_size` anchors.
 
+  Without `axis_name` the anchors are the whole batch. With it (inside `shard_map` over
+  a mesh axis that splits the batch) they are this device's b = B / P rows, compared
+  against the batch all-gathered over the axis: the pairwise work and the stored
+  gradient (b x B x K) are split P ways. The backward pass needs, for its own rows m,
+  d loss_n / d BD[n, m] of every anchor n; one all-to-all brings them, so no device
+  ever holds a B x B x K array.
+
   Args:
-    mu, sigma: (B, D, K) float32 means and standard deviations (D = 1 isotropic).
-    labels: (B, K) float32 binary labels (no gradient).
+    mu, sigma: (b, D, K) float32 means and standard deviations (D = 1 isotropic).
+    labels: (b, K) float32 binary labels (no gradient).
     scale: the reference's multiplier M of BD (the feature dimension).
     temperature: tau.
     block_size: anchors per block; the pairwise work in flight is block x B x D x K.
+    axis_name: the mesh axis the batch is split over, or None.
 
   Returns:
-    (B,) float32; anchors sharing no label with any other sample give 0.
+    (b,) float32; anchors sharing no label with any other sample give 0.
   """
-  return _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size)[0]
+  return _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size, axis_name)[0]
 
 
-def _anchor_contrastive_fwd(mu, sigma, labels, scale, temperature, block_size):
+def _anchor_contrastive_fwd(mu, sigma, labels, scale, temperature, block_size, axis_name):
   per_anchor, distance_grad = _blocked_anchor_losses(
-      mu, sigma, labels, scale, temperature, block_size)
+      mu, sigma, labels, scale, temperature, block_size, axis_name)
   return per_anchor, (mu, sigma, labels, distance_grad)
 
 
-def _anchor_contrastive_bwd(scale, temperature, block_size, residuals, cotangent):
-  del temperature, block_size  # the backward pass walks columns, one B x D x K slice each
+def _anchor_contrastive_bwd(scale, temperature, block_size, axis_name, residuals, cotangent):
+  del temperature, block_size  # the backward pass walks columns, one b x D x K slice each
   mu, sigma, labels, distance_grad = residuals  # distance_grad[i, j] = d loss_i / d BD[i, j]
-  # g[i, j] = cotangent[i] distance_grad[i, j] is d L / d BD. Column j of its symmetric
-  # fold g + g^T is assembled per step from row j and column j, never transposing g.
+  mu_all, sigma_all, cotangent_all = (_gathered(x, axis_name) for x in (mu, sigma, cotangent))
+  # received[n, m] = d loss_n / d BD[n, m] for every anchor n and this device's rows m.
+  received = distance_grad if axis_name is None else jax.lax.all_to_all(
+      distance_grad, axis_name, split_axis=1, concat_axis=0, tiled=True)
+  # g[i, n] = cotangent[i] distance_grad[i, n] is d L / d BD. Column n of its symmetric
+  # fold g + g^T, restricted to this device's rows, is assembled per step from column n
+  # of g and row n of the received block, never transposing anything.
 
   def column(carry, x):
-    mu_j, sigma_j, grad_row_j, cotangent_j, j = x
-    grad_column_j = jax.lax.dynamic_index_in_dim(distance_grad, j, axis=1, keepdims=False)
-    g_j = cotangent[:, None] * grad_column_j + cotangent_j * grad_row_j
-    return _bd_column_grads(carry, (mu_j, sigma_j, g_j), mu, sigma, scale)
+    mu_n, sigma_n, received_n, cotangent_n, n = x
+    grad_column_n = jax.lax.dynamic_index_in_dim(distance_grad, n, axis=1, keepdims=False)
+    g_n = cotangent[:, None] * grad_column_n + cotangent_n * received_n
+    return _bd_column_grads(carry, (mu_n, sigma_n, g_n), mu, sigma, scale)
 
   zeros = jnp.zeros_like(mu)
-  columns = (mu, sigma, distance_grad, cotangent, jnp.arange(mu.shape[0]))
+  columns = (mu_all, sigma_all, received, cotangent_all, jnp.arange(mu_all.shape[0]))
   (grad_mu, grad_a), _ = jax.lax.scan(column, (zeros, zeros), columns)
   g_sym_row_sums = (cotangent[:, None] * jnp.sum(distance_grad, axis=1)
-                    + jnp.einsum("j,jik->ik", cotangent, distance_grad))
+                    + jnp.einsum("n,nmk->mk", cotangent_all, received))
   grad_log_sigma = -(0.5 * scale) * g_sym_row_sums[:, None, :]
   grad_sigma = 2.0 * sigma * grad_a + grad_log_sigma / sigma
   return grad_mu, grad_sigma, jnp.zeros_like(labels)
@@ -320,7 +340,8 @@ def _anchor_contrastive_bwd(scale, temperature, block_size, residuals, cotangent
 anchor_contrastive_losses.defvjp(_anchor_contrastive_fwd, _anchor_contrastive_bwd)
 
 
-def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, block_size=None):
+def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, block_size=None,
+                     mesh: jax.sharding.Mesh | None = None, axis_name: str = "data"):
   """Kernel contrastive loss L_con over every ordered pair of the batch.
 
   Args:
@@ -331,6 +352,10 @@ def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, 
     temperature: tau.
     block_size: anchors per block of pairwise work; None picks `default_block_size`,
       which keeps a block under 2^25 elements (128 MiB of float32).
+    mesh, axis_name: when given, the anchors are split over the mesh axis `axis_name`
+      (B must divide evenly): each device computes the loss of its B / P anchors against
+      the whole, all-gathered batch. The value is the same; per-device work and memory
+      shrink P-fold. Use it under `jit` with the batch sharded over that axis.
 
   Returns:
     Scalar float32 L_con (0 when no two samples share a label).
@@ -346,8 +371,19 @@ def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, 
     block_size = default_block_size(batch, dim, classes)
   if block_size < 1:
     raise ValueError(f"`block_size` must be a positive number of anchors or None, got {block_size}.")
-  per_anchor = anchor_contrastive_losses(mu, sigma, labels.astype(jnp.float32), float(feature_dim),
-                                         float(temperature), int(min(block_size, batch)))
+  devices = 1 if mesh is None else mesh.shape[axis_name]
+  if batch % devices:
+    raise ValueError(f"The batch of {batch} does not split evenly over the {devices} devices of "
+                     f"mesh axis {axis_name!r}.")
+  static = (float(feature_dim), float(temperature), int(min(block_size, batch // devices)))
+  labels = labels.astype(jnp.float32)
+  if devices == 1:
+    per_anchor = anchor_contrastive_losses(mu, sigma, labels, *static)
+  else:
+    per_anchor = jax.shard_map(
+        lambda *rows: anchor_contrastive_losses(*rows, *static, axis_name), mesh=mesh,
+        in_specs=jax.sharding.PartitionSpec(axis_name),
+        out_specs=jax.sharding.PartitionSpec(axis_name))(mu, sigma, labels)
   return jnp.sum(per_anchor) / batch
 
 
@@ -358,7 +394,8 @@ def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, 
 
 def kmcl_loss(features, logits, mu, var, labels, *, kernel="anisotropic", mode="all",
               temperature=0.17, gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
-              block_size=None) -> tuple[jax.Array, Mapping[str, jax.Array]]:
+              block_size=None, mesh: jax.sharding.Mesh | None = None,
+              axis_name: str = "data") -> tuple[jax.Array, Mapping[str, jax.Array]]:
   """The KMCL objective with all weights 1.
 
   Args:
@@ -368,7 +405,8 @@ def kmcl_loss(features, logits, mu, var, labels, *, kernel="anisotropic", mode="
     labels: (B, K) binary targets y.
     kernel: "anisotropic" or "isotropic".
     mode: "all" for L_asl + L_rec + L_con, "asl_only" for L_asl alone.
-    temperature, gamma_neg, gamma_pos, clip, block_size: see the individual terms.
+    temperature, gamma_neg, gamma_pos, clip, block_size, mesh, axis_name: see the
+      individual terms (`mesh` splits the contrastive term's anchors over devices).
 
   Returns:
     (total, {"asl", "reconstruction", "contrastive"}), all float32 scalars.
@@ -381,6 +419,7 @@ def kmcl_loss(features, logits, mu, var, labels, *, kernel="anisotropic", mode="
     return asl, {"asl": asl, "reconstruction": zero, "contrastive": zero}
   reconstruction = reconstruction_loss(features, logits, mu, var, labels, kernel=kernel)
   contrastive = contrastive_loss(mu, var, labels, kernel=kernel, feature_dim=features.shape[-1],
-                                 temperature=temperature, block_size=block_size)
+                                 temperature=temperature, block_size=block_size, mesh=mesh,
+                                 axis_name=axis_name)
   terms = {"asl": asl, "reconstruction": reconstruction, "contrastive": contrastive}
   return asl + reconstruction + contrastive, terms

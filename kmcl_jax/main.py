@@ -21,6 +21,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from kmcl_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, summary.")
@@ -82,14 +84,6 @@ def main(argv):
             _VARIANT.value)
 
 
-def _put_config_package_on_path(argv) -> None:
-  """Lets a config file `import configs.base` from the folder above its own."""
-  for arg in argv:
-    if arg.startswith("--config="):
-      path = arg.split("=", 1)[1].split(":", 1)[0]
-      sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
-
-
 if __name__ == "__main__":
-  _put_config_package_on_path(sys.argv)
+  cli.put_config_package_on_path(sys.argv)
   app.run(main)

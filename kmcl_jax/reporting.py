@@ -1,6 +1,8 @@
 """What a person sees of a run: progress lines, JSON lines, TensorBoard, plots, summary.
 
 Only the primary process (JAX process 0) writes files; every process logs its line.
+WORKDIR may be a local folder or a bucket (gs://...: needs the `gcs` extra); files are
+written whole (object stores have no append).
   WORKDIR/metrics.jsonl   one JSON object per report: {"step", "epoch", "split":
                           "train"|"eval", ...metrics}
   WORKDIR/tensorboard/    the same numbers as TensorBoard scalars (train/..., eval/...)
@@ -13,12 +15,12 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 PROGRESS_BAR_WIDTH = 20
 
@@ -36,14 +38,18 @@ class Reporter:
 
   def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, batch_size: int,
                is_primary: bool):
-    self.workdir, self.total_steps = workdir, total_steps
+    self.workdir, self.total_steps = epath.Path(workdir), total_steps
     self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
     self.is_primary = is_primary
     self._mark = None  # (time, step) of the previous train report
     self._tensorboard = None
     if is_primary:
       from tensorboardX import SummaryWriter
-      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tensorboard = SummaryWriter(str(self.workdir / "tensorboard"))
+    metrics_file = self.workdir / "metrics.jsonl"
+    # A resumed run continues the file: it is rewritten whole at every report.
+    resumed = is_primary and metrics_file.exists()
+    self._lines = metrics_file.read_text().splitlines() if resumed else []
 
   def epoch(self, step: int) -> float:
     return step / self.steps_per_epoch
@@ -52,8 +58,8 @@ class Reporter:
     """Appends `record` to metrics.jsonl and its scalars to TensorBoard."""
     if not self.is_primary:
       return
-    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
-      f.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+    self._lines.append(json.dumps({k: _plain(v) for k, v in record.items()}))
+    (self.workdir / "metrics.jsonl").write_text("\n".join(self._lines) + "\n")
     for name, value in record.items():
       if name not in ("step", "split", "variant") and np.ndim(value) == 0:
         self._tensorboard.add_scalar(f"{tensorboard_prefix}/{name}", float(value),
@@ -100,8 +106,8 @@ class Reporter:
     """Writes summary.json and the plots, and closes the TensorBoard writer."""
     logging.info("summary: %s", json.dumps({k: _plain(v) for k, v in summary.items()}))
     if self.is_primary:
-      with open(os.path.join(self.workdir, "summary.json"), "w") as f:
-        json.dump({k: _plain(v) for k, v in summary.items()}, f, indent=2)
+      (self.workdir / "summary.json").write_text(
+          json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2))
       write_plots(self.workdir, summary)
     self.close()
 
@@ -113,8 +119,8 @@ class Reporter:
 
 def read_metrics(workdir: str) -> list[dict]:
   """The records of WORKDIR/metrics.jsonl, in order."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = (epath.Path(workdir) / "metrics.jsonl").read_text()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def write_plots(workdir: str, summary: Mapping) -> list[str]:
@@ -126,14 +132,15 @@ def write_plots(workdir: str, summary: Mapping) -> list[str]:
 
   records = read_metrics(workdir)
   train = [r for r in records if r["split"] == "train"]
-  folder = os.path.join(workdir, "plots")
-  os.makedirs(folder, exist_ok=True)
+  folder = epath.Path(workdir) / "plots"
+  folder.mkdir(parents=True, exist_ok=True)
   paths = []
 
   def save(figure, name):
     figure.tight_layout()
-    paths.append(os.path.join(folder, name))
-    figure.savefig(paths[-1], dpi=110)
+    paths.append(str(folder / name))
+    with (folder / name).open("wb") as f:
+      figure.savefig(f, format="png", dpi=110)
     plt.close(figure)
 
   figure, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -31,6 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -113,7 +113,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   require(config.data.read_threads >= 1, "data.read_threads", "a positive integer")
   require(bool(config.data.name), "data.name", "a dataset name (see kmcl_jax.data)")
   if config.init_from:
-    require(os.path.isdir(config.init_from), "init_from",
+    require(epath.Path(config.init_from).is_dir(), "init_from",
             "a folder written by `python -m kmcl_jax.convert`")
 
 
@@ -188,17 +188,26 @@ def load_initial_weights(state: TrainState, path: str, config, num_classes: int)
   else:
     new_params = {**params, "backbone": variables["params"]}
     new_stats = {**batch_stats, "backbone": variables["batch_stats"]}
-  for name, old, new in (("params", params, new_params), ("batch_stats", batch_stats, new_stats)):
-    old_shapes = jax.tree.map(jnp.shape, old)
-    new_shapes = jax.tree.map(jnp.shape, new)
-    if old_shapes != new_shapes:
-      raise ValueError(f"config.init_from={path!r}: its {name} do not fit the configured model "
+  return with_weights(state, new_params, new_stats, f"config.init_from={path!r}")
+
+
+def with_weights(state: TrainState, params, batch_stats, source: str) -> TrainState:
+  """`state` with these params and BatchNorm statistics (host arrays of the same tree and
+  shapes, placed like the state's), the EMA starting from them; `source` names them in
+  the error raised when they do not fit."""
+  for name, old, new in (("params", state.params, params),
+                         ("batch_stats", state.batch_stats, batch_stats)):
+    if jax.tree.map(jnp.shape, old) != jax.tree.map(jnp.shape, new):
+      raise ValueError(f"{source}: its {name} do not fit the configured model "
                        "(different layers or shapes).")
-  new_params, new_stats = jax.tree.map(
-      lambda old, new: jax.device_put(jnp.asarray(new, old.dtype), old.sharding),
-      (params, batch_stats), (new_params, new_stats))
-  return state.replace(params=new_params, batch_stats=new_stats, ema_params=new_params,
-                       ema_batch_stats=new_stats)
+
+  def placed():  # new buffers on every call: the train step donates model and EMA apart
+    return jax.tree.map(lambda old, new: jax.device_put(np.asarray(new, old.dtype), old.sharding),
+                        (state.params, state.batch_stats), (params, batch_stats))
+
+  (params, batch_stats), (ema_params, ema_batch_stats) = placed(), placed()
+  return state.replace(params=params, batch_stats=batch_stats, ema_params=ema_params,
+                       ema_batch_stats=ema_batch_stats)
 
 
 # --------------------------------------------------------------------------------------
@@ -216,14 +225,18 @@ def _kmcl_loss_fn(config):
 
 def scoped_loss(config, mesh: Mesh):
   """(outputs, labels) -> (total, terms) over the global batch, or per device and averaged
-  over devices (what the reference's DistributedDataParallel script optimises)."""
+  over devices (what the reference's DistributedDataParallel script optimises).
+
+  Over the global batch, the contrastive term's anchors are split over the mesh: each
+  device pairs its own rows with the all-gathered batch (`losses.contrastive_loss`).
+  """
   kmcl_loss = _kmcl_loss_fn(config)
 
-  def loss(out, labels):
-    return kmcl_loss(out["features"], out["pi"], out["mu"], out["var"], labels)
+  def loss(out, labels, mesh=None):
+    return kmcl_loss(out["features"], out["pi"], out["mu"], out["var"], labels, mesh=mesh)
 
   if config.contrastive_scope == "global":
-    return loss
+    return functools.partial(loss, mesh=mesh)
 
   def per_device(out, labels):
     return jax.lax.pmean(loss(out, labels), "data")
@@ -296,8 +309,8 @@ RUN_FILE = "run.json"
 def write_run_description(workdir: str, config, class_names) -> None:
   """WORKDIR/run.json: the config and the class names, for --mode=eval/predict."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, RUN_FILE), "w") as f:
-      json.dump({"class_names": list(class_names), "config": config.to_dict()}, f, indent=2)
+    (epath.Path(workdir) / RUN_FILE).write_text(
+        json.dumps({"class_names": list(class_names), "config": config.to_dict()}, indent=2))
 
 
 def jit_steps(config, model: KMCLModel, optimizer: optax.GradientTransformation, mesh: Mesh,
@@ -353,7 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   # Checks and setup. ---------------------------------------------------------------
   validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   mesh = Mesh(np.array(jax.devices()), ("data",))
   batch_sharding = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())

@@ -1,5 +1,7 @@
 """Prints the KMCL loss of one batch under both contrastive scopes on 4 simulated CPU
-devices, and the per-device reference values, as JSON (tests/test_train.py runs it)."""
+devices, the per-device reference values, and how far the gradients of the loss with its
+contrastive anchors split over the devices are from the unsplit loss's, as JSON
+(tests/test_train.py runs it)."""
 
 import json
 import os
@@ -41,7 +43,38 @@ def main():
       **{t: float(np.mean([c[1][t] for c in chunks])) for t in chunks[0][1]}}
   whole = losses.kmcl_loss(out["features"], out["pi"], out["mu"], out["var"], labels)
   result["whole_batch"] = {"total": float(whole[0]), **{t: float(v) for t, v in whole[1].items()}}
+  result["split_anchors"] = split_anchor_differences(mesh, rng)
+  try:  # 6 rows do not split over 4 devices
+    losses.contrastive_loss(np.ones((6, 3)), np.ones((6, 3)), np.ones((6, 3)), kernel="isotropic",
+                            feature_dim=4, mesh=mesh)
+  except ValueError as error:
+    result["uneven_split_error"] = str(error)
   print(json.dumps(result))
+
+
+def split_anchor_differences(mesh, rng):
+  """Max relative differences, split over `mesh` vs not, of the loss and its gradients.
+
+  B = 12 is 3 anchors per device, walked in blocks of 2: an uneven last block.
+  """
+  b, d, k = 12, 16, 6
+  differences = {}
+  for kernel, shape in (("anisotropic", (b, d, k)), ("isotropic", (b, k))):
+    args = [rng.normal(size=(b, d)), rng.normal(size=(b, k)), 0.5 * rng.normal(size=shape),
+            2 + rng.random(shape), rng.random((b, k)) < 0.4]
+    args = [np.asarray(a, np.float32) for a in args]
+
+    def loss(features, logits, mu, var, labels, split):
+      return losses.kmcl_loss(features, logits, mu, var, labels, kernel=kernel, block_size=2,
+                              mesh=mesh if split else None)[0]
+
+    whole = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), static_argnums=5)(*args, False)
+    split = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), static_argnums=5)(
+        *jax.device_put(args, NamedSharding(mesh, P("data"))), True)
+    differences[kernel] = {"loss": abs(float(split[0]) / float(whole[0]) - 1)}
+    for name, g_split, g_whole in zip(("features", "logits", "mu", "var"), split[1], whole[1]):
+      differences[kernel][name] = float(np.max(np.abs(g_split - g_whole)) / np.max(np.abs(g_whole)))
+  return differences
 
 
 if __name__ == "__main__":

@@ -334,7 +334,7 @@ def test_reconstruction_floor_has_finite_gradients():
 
 
 def test_peak_memory_of_large_batch_under_two_gib():
-  from kmcl_jax.benchmarks.loss import peak_temporary_bytes
+  from kmcl_jax.benchmarks.loss_programs import peak_temporary_bytes
 
   assert peak_temporary_bytes(1024, 80, 128) < 2 * 2**30
 

@@ -5,7 +5,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -52,11 +51,20 @@ def assert_trees_close(a, b, atol):
                                err_msg=jax.tree_util.keystr(path))
 
 
-def launch(workdir, devices=1, overrides=None, distributed=None):
+def launch(workdir, devices=1, overrides=None):
   args = [sys.executable, RUN, str(workdir), str(devices),
           json.dumps({**RUN_OVERRIDES, **(overrides or {})})]
-  return subprocess.Popen(args + [str(a) for a in distributed or ()], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def launch_two_processes(workdir):
+  """The same run as `launch`, as 2 processes of one JAX job, by launch/multiprocess_local.sh."""
+  flags = [f"--config.{name}={value}" for name, value in RUN_OVERRIDES.items()]
+  return subprocess.Popen(
+      ["bash", os.path.join(ROOT, "launch", "multiprocess_local.sh"), "2",
+       "--config=configs/demo.py:smoke", f"--workdir={workdir}", *flags],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(process, timeout=600):
@@ -145,13 +153,13 @@ def test_resume_after_sigkill_ends_with_the_parameters_of_an_uninterrupted_run(
 
 
 def test_four_devices_and_two_processes_match_one_device(tmp_path, reference_run):
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  """Two processes as launch/multiprocess_local.sh runs them (the script CI exercises)."""
   four = launch(tmp_path / "four", devices=4)
-  hosts = [launch(tmp_path / "hosts", devices=1, distributed=(port, p, 2)) for p in (0, 1)]
-  for process in [four, *hosts]:
-    finish(process)
+  hosts = launch_two_processes(tmp_path / "hosts")
+  finish(four)
+  output = finish(hosts)
+  for process in (0, 1):
+    assert f"process {process} saw 2 global devices" in output
   reference = checkpoint_state(reference_run, 6)
   reference_summary = json.loads((reference_run / "summary.json").read_text())
   want = records(reference_run, "train")
@@ -167,6 +175,7 @@ def test_four_devices_and_two_processes_match_one_device(tmp_path, reference_run
 
 
 def test_contrastive_scope_global_is_the_whole_batch_and_device_the_mean_of_devices():
+  """Also: splitting the contrastive anchors over devices changes no value or gradient."""
   result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "scoped_loss_run.py")],
                           cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -176,6 +185,29 @@ def test_contrastive_scope_global_is_the_whole_batch_and_device_the_mean_of_devi
       assert values[scope][term] == pytest.approx(value, rel=1e-5), (scope, term)
   assert values["device"]["contrastive"] != pytest.approx(values["global"]["contrastive"],
                                                           rel=1e-2)
+  for kernel, differences in values["split_anchors"].items():
+    for name, difference in differences.items():
+      assert difference < 1e-5, (kernel, name, difference)
+  assert values["uneven_split_error"] == ("The batch of 6 does not split evenly over the 4 "
+                                          "devices of mesh axis 'data'.")
+
+
+def test_training_starts_from_converted_weights(tmp_path, reference_run):
+  """A converted KMCL model as init_from: one Adam step moves no weight by more than the
+  learning rate (and the step runs: model and EMA are separate donated buffers)."""
+  from kmcl_jax import convert
+
+  config = run_config()
+  saved = checkpoint_state(reference_run, 6)
+  description = {"arch": config.model.backbone, "kind": "kmcl", "num_classes": 10,
+                 "kernel": config.model.kernel, "variance": config.model.variance}
+  convert.save_converted({"params": saved["params"], "batch_stats": saved["batch_stats"]},
+                         description, str(tmp_path / "converted"))
+  config.train_steps, config.init_from = 1, str(tmp_path / "converted")
+  state = train.train_and_evaluate(config, str(tmp_path / "run"))
+  moves = jax.tree.leaves(jax.tree.map(lambda new, old: np.max(np.abs(np.asarray(new) - old)),
+                                       state.params, saved["params"]))
+  assert 0 < max(moves) <= config.optim.lr * (1 + 1e-3)
 
 
 def test_a_non_finite_step_is_skipped_and_counted(reference_run):

@@ -1,7 +1,7 @@
-"""Runs `train_and_evaluate` in a fresh process with N simulated CPU devices, optionally
-as one process of a `jax.distributed` group on 127.0.0.1 (gloo); tests call it.
+"""Runs `train_and_evaluate` in a fresh process with N simulated CPU devices; tests call it.
+(Several processes run through launch/multiprocess_local.sh instead.)
 
-  python tests/training_run.py WORKDIR DEVICES OVERRIDES_JSON [PORT PROCESS_ID PROCESSES]
+  python tests/training_run.py WORKDIR DEVICES OVERRIDES_JSON
 """
 
 import json
@@ -11,12 +11,8 @@ import sys
 import jax
 
 
-def main(workdir, devices, overrides, port=None, process_id=None, processes=None):
+def main(workdir, devices, overrides):
   jax.config.update("jax_num_cpu_devices", int(devices))
-  if port is not None:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=int(processes),
-                               process_id=int(process_id))
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from configs import demo
   from kmcl_jax.train import train_and_evaluate

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from kmcl_jax import losses
+from kmcl_jax.benchmarks.loss_programs import (jax_value_and_grad, make_inputs,
+                                              peak_temporary_bytes)
 from kmcl_jax.benchmarks.timing import median_seconds
 
 _BASELINE_DIR = flags.DEFINE_string(
@@ -32,28 +33,6 @@ _MEMORY_SIZE = flags.DEFINE_string("memory_size", "1024x80x128", "BxKxD of the m
 TERMS = ("asl", "reconstruction", "contrastive")
 
 
-def make_inputs(batch: int, classes: int, dim: int, kernel: str, seed: int = 0) -> dict:
-  """Random float32 inputs shaped as the KMM head emits them (about 3 labels per row)."""
-  rng = np.random.default_rng(seed)
-  gaussian_shape = (batch, dim, classes) if kernel == "anisotropic" else (batch, classes)
-  return {
-      "features": rng.normal(size=(batch, dim)).astype(np.float32),
-      "logits": rng.normal(size=(batch, classes)).astype(np.float32),
-      "mu": rng.normal(scale=0.5, size=gaussian_shape).astype(np.float32),
-      "var": (2.0 + rng.exponential(size=gaussian_shape)).astype(np.float32),
-      "labels": (rng.random((batch, classes)) < min(1.0, 3.0 / classes)).astype(np.float32),
-  }
-
-
-def jax_value_and_grad(kernel: str, block_size=None):
-  """jit(inputs -> ((total, terms), grads w.r.t. features, logits, mu, var))."""
-
-  def loss(features, logits, mu, var, labels):
-    return losses.kmcl_loss(features, logits, mu, var, labels, kernel=kernel, block_size=block_size)
-
-  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
-
-
 def run_jax(inputs: dict, kernel: str, repeats: int):
   step = jax_value_and_grad(kernel)
   args = [jnp.asarray(inputs[k]) for k in ("features", "logits", "mu", "var", "labels")]
@@ -63,40 +42,20 @@ def run_jax(inputs: dict, kernel: str, repeats: int):
 
 
 def run_baseline(inputs: dict, kernel: str, repeats: int, baseline_dir: str):
-  """Their KMCL_Loss forward + backward on the CPU; mu/var passed flat as their head emits."""
-  import torch
-
+  """Their KMCL_Loss forward + backward on the CPU, on the same inputs."""
   from kmcl_jax.benchmarks import baseline
 
-  criterion = baseline.kmcl_loss_class(baseline_dir)(
-      gamma_neg=4, gamma_pos=0, clip=0.05, disable_torch_grad_focal_loss=True,
-      loss_case=kernel, loss_opt="all")
-  batch = inputs["features"].shape[0]
+  forward = baseline.loss_terms(baseline_dir, kernel, inputs)
 
   def forward_backward():
-    leaves = {k: torch.tensor(inputs[k], requires_grad=True)
-              for k in ("features", "logits", "mu", "var")}
-    output = {"pi": leaves["logits"], "mu": leaves["mu"].reshape(batch, -1),
-              "var": leaves["var"].reshape(batch, -1)}
-    total, asl, reconstruction, contrastive = criterion(
-        leaves["features"], output, torch.tensor(inputs["labels"]))
-    total.backward()
-    return {"asl": asl.item(), "reconstruction": reconstruction.item(),
-            "contrastive": contrastive.item()}
+    _, terms = forward()
+    sum(terms.values()).backward()
+    return {name: term.item() for name, term in terms.items()}
 
   with baseline.cuda_is_cpu():
     terms = forward_backward()
     seconds = median_seconds(forward_backward, repeats)
   return seconds, terms
-
-
-def peak_temporary_bytes(batch: int, classes: int, dim: int, kernel: str = "anisotropic") -> int:
-  """Compiled temporary memory of value-and-grad at this size, default block size."""
-  shapes = make_inputs(1, classes, dim, kernel)
-  specs = [jax.ShapeDtypeStruct((batch,) + shapes[k].shape[1:], jnp.float32)
-           for k in ("features", "logits", "mu", "var", "labels")]
-  compiled = jax_value_and_grad(kernel).lower(*specs).compile()
-  return int(compiled.memory_analysis().temp_size_in_bytes)
 
 
 def _parse_size(text: str) -> tuple[int, int, int]:

@@ -1,0 +1,363 @@
+r"""Side by side with the authors' PyTorch code: the loss term by term, and a training step.
+
+  python -m kmcl_jax.compare --baseline_dir=/path/to/KMCL
+  python -m kmcl_jax.compare --baseline_dir=/path/to/KMCL --json=compare.json --batch=64
+
+Needs torch and timm (`pip install -e '.[test]'`) and a checkout of the authors'
+repository mahdihosseini/KMCL; their files run as they are (on the CPU their `.cuda()`
+calls are made the identity, see `benchmarks/baseline.py`). Runs on a GPU when both
+JAX and torch see one, otherwise on the CPU. Run it from the repository root (the
+default --config is `configs/voc.py`, the reference's VOC recipe).
+
+Loss: on the same random head outputs (B = --loss_batch, K = --classes, D = 128), their
+`KMCL_Loss` against `losses.kmcl_loss`, both in float32: every term's value and its
+gradient with respect to features, logits, mu and var, and the time of the total's
+forward + backward (median of --repeats).
+
+Step: timm's TResNet with their `KMCL` head (`Kmcl_Class.py`), their loss and torch Adam
+with the reference's parameter groups and OneCycleLR, against our jitted train step
+(`train.make_train_step`, EMA included) started from the same weights (converted with
+`convert.convert_state_dict`), on the same batch. First the loss of each of --steps
+steps with both in float32 (TF32 off): the same weights, then the same updates. Then
+the median step time over --repeats steps in the training precision: on a GPU theirs
+under autocast with a GradScaler, as their train.py runs, and ours in bfloat16; on the
+CPU both in float32. The timing starts once their GradScaler stops skipping steps.
+
+Prints one table; with --json=FILE also writes
+{"loss": {"max_rel_diff", "speedup", ...}, "step": {"speedup", "device", ...}}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from ml_collections import config_flags
+
+from kmcl_jax import cli, convert, losses, optim, train
+from kmcl_jax.benchmarks import baseline
+from kmcl_jax.benchmarks.loss_programs import jax_value_and_grad, make_inputs
+from kmcl_jax.benchmarks.timing import median_seconds
+from kmcl_jax.data import transforms
+
+_BASELINE_DIR = flags.DEFINE_string("baseline_dir", None,
+                                    "Checkout of the authors' repository mahdihosseini/KMCL.")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/voc.py",
+                                          "Recipe of the step (model, image size, optimiser).")
+_JSON = flags.DEFINE_string("json", None, "Also write the summary to this JSON file.")
+_BATCH = flags.DEFINE_integer("batch", 0, "Images per training step; 0: 64 on a GPU, 8 on the CPU.")
+_CLASSES = flags.DEFINE_integer("classes", 20, "K, classes of the random labels (VOC: 20).")
+_LOSS_BATCH = flags.DEFINE_integer("loss_batch", 64, "B of the loss comparison.")
+_KERNELS = flags.DEFINE_list("kernels", list(losses.KERNELS), "Kernels of the loss comparison.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Training steps whose losses are compared.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs (median reported).")
+
+TERMS = ("asl", "reconstruction", "contrastive")
+INPUTS = ("features", "logits", "mu", "var")
+FEATURE_DIM = 128  # the reference's projection width, D
+
+
+def relative_difference(ours, theirs) -> float:
+  """max |ours - theirs| / max |theirs| (0 when both are all zero)."""
+  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+  scale = float(np.max(np.abs(theirs))) if theirs.size else 0.0
+  error = float(np.max(np.abs(ours - theirs))) if theirs.size else 0.0
+  return error / scale if scale > 0 else error
+
+
+def _synchronize(on_gpu: bool) -> None:
+  if on_gpu:
+    import torch
+    torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------------------
+# The loss, term by term.
+# --------------------------------------------------------------------------------------
+
+
+def compare_loss(baseline_dir: str, kernel: str, batch: int, classes: int, on_gpu: bool,
+                 repeats: int) -> dict:
+  """Values and input gradients of every term, ours vs theirs, and forward + backward times."""
+  import torch
+
+  inputs = make_inputs(batch, classes, FEATURE_DIM, kernel)
+  args = [jnp.asarray(inputs[k]) for k in (*INPUTS, "labels")]
+  ours = {}
+  for term in TERMS:
+    value_and_grad = jax.jit(jax.value_and_grad(
+        lambda *a, term=term: losses.kmcl_loss(*a, kernel=kernel)[1][term], argnums=(0, 1, 2, 3)))
+    value, grads = value_and_grad(*args)
+    ours[term] = (float(value), [np.asarray(g) for g in grads])
+  total_step = jax_value_and_grad(kernel)
+  ours_seconds = median_seconds(lambda: jax.block_until_ready(total_step(*args)), repeats)
+
+  forward = baseline.loss_terms(baseline_dir, kernel, inputs, on_gpu)
+
+  def forward_backward():
+    _, terms = forward()
+    sum(terms.values()).backward()
+    _synchronize(on_gpu)
+
+  rows = {}
+  with baseline.device_context(on_gpu):
+    leaves, terms = forward()
+    for term in TERMS:
+      grads = torch.autograd.grad(terms[term], leaves, retain_graph=True, allow_unused=True)
+      theirs = [np.zeros(leaf.shape, np.float32) if g is None else g.detach().cpu().numpy()
+                for leaf, g in zip(leaves, grads)]
+      value, ours_grads = ours[term]
+      rows[term] = {
+          "ours": value, "theirs": terms[term].item(),
+          "value_rel_diff": relative_difference(value, terms[term].item()),
+          "grad_rel_diff": max(relative_difference(o, t) for o, t in zip(ours_grads, theirs))}
+    theirs_seconds = median_seconds(forward_backward, repeats)
+  return {"terms": rows, "ours_ms": ours_seconds * 1e3, "theirs_ms": theirs_seconds * 1e3,
+          "speedup": theirs_seconds / ours_seconds}
+
+
+# --------------------------------------------------------------------------------------
+# A training step.
+# --------------------------------------------------------------------------------------
+
+
+def random_batch(batch: int, image_size: int, classes: int, seed: int = 0) -> dict:
+  """uint8 images (B, S, S, 3) and binary labels (B, K) with at least one label per row."""
+  rng = np.random.default_rng(seed)
+  labels = rng.random((batch, classes)) < 2.0 / classes
+  labels[np.arange(batch), rng.integers(0, classes, batch)] = True
+  return {"image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
+          "labels": labels.astype(np.float32), "skipped": np.zeros((batch,), bool)}
+
+
+def their_training(baseline_dir: str, config, classes: int, total_steps: int, on_gpu: bool,
+                   mixed: bool):
+  """(model, step(images, labels) -> ([total, asl, rec, con], skipped)) as their train.py
+  trains: autocast forward and a GradScaler when `mixed`, whose overflowing steps are
+  skipped (skipped = True)."""
+  import timm
+  import torch
+
+  torch.manual_seed(config.seed)
+  with baseline.device_context(on_gpu):
+    encoder = timm.create_model(config.model.backbone, pretrained=False, num_classes=0)
+    head_options = types.SimpleNamespace(loss_opt="all", loss_case=config.model.kernel,
+                                         similarity=config.model.variance)
+    model = baseline.kmcl_model_class(baseline_dir, on_gpu)(
+        encoder.cuda() if on_gpu else encoder, encoder.num_features, classes, head_options)
+    criterion = baseline.kmcl_loss_class(baseline_dir, on_gpu)(
+        gamma_neg=4, gamma_pos=0, clip=0.05, disable_torch_grad_focal_loss=True,
+        loss_case=config.model.kernel, loss_opt="all")
+  model.train()
+  # The reference's parameter groups: coupled L2 on weights, none on biases and 1-D params.
+  decayed = [p for n, p in model.named_parameters() if p.ndim > 1 and not n.endswith(".bias")]
+  plain = [p for n, p in model.named_parameters() if not (p.ndim > 1 and not n.endswith(".bias"))]
+  settings = config.optim
+  optimizer = torch.optim.Adam(
+      [{"params": plain, "weight_decay": 0.0},
+       {"params": decayed, "weight_decay": settings.weight_decay}],
+      lr=settings.lr, betas=(settings.beta1_peak, settings.b2), eps=settings.eps)
+  scheduler = torch.optim.lr_scheduler.OneCycleLR(
+      optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=settings.pct_start,
+      div_factor=settings.div_factor, final_div_factor=settings.final_div_factor,
+      base_momentum=settings.beta1_base, max_momentum=settings.beta1_peak)
+  scaler = torch.amp.GradScaler("cuda", enabled=mixed)
+
+  def step(images, labels):
+    with baseline.device_context(on_gpu):
+      with torch.autocast("cuda", enabled=mixed):
+        features, gaussians = model(images)
+      total, asl, reconstruction, contrastive = criterion(features, gaussians, labels)
+      model.zero_grad()
+      scale = scaler.get_scale()
+      scaler.scale(total).backward()
+      scaler.step(optimizer)
+      scaler.update()
+      scheduler.step()
+      skipped = mixed and scaler.get_scale() < scale  # the scaler backs off after an overflow
+      return [v.item() for v in (total, asl, reconstruction, contrastive)], skipped
+
+  return model, step
+
+
+@contextlib.contextmanager
+def float32_products():
+  """Matrix products and convolutions in full float32 in both frameworks (on GPUs both
+  default to TF32); JAX programs first traced inside keep it."""
+  import torch
+
+  flags_before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+  torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+  try:
+    with jax.default_matmul_precision("float32"):
+      yield
+  finally:
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags_before
+
+
+def paired_steps(baseline_dir: str, config, classes: int, total_steps: int, on_gpu: bool,
+                 mixed: bool):
+  """(ours, theirs): two step functions from the same weights on the same batch, each
+  () -> ([total, asl, rec, con], skipped). Ours computes in bfloat16 when `mixed`."""
+  import torch
+
+  config = config.copy_and_resolve_references()
+  config.dtype = "bfloat16" if mixed else "float32"
+  config.train_steps = total_steps
+  their_model, their_step = their_training(baseline_dir, config, classes, total_steps, on_gpu,
+                                           mixed)
+  host_batch = random_batch(config.batch_size, config.data.image_size, classes, config.seed)
+  device = "cuda" if on_gpu else "cpu"
+  images = torch.tensor(transforms.normalize(host_batch["image"], config.data.mean,
+                                             config.data.std), device=device)
+  images = images.permute(0, 3, 1, 2).contiguous()
+  labels = torch.tensor(host_batch["labels"], device=device)
+
+  model = train.create_model(config, classes)
+  optimizer = optim.create_optimizer(config.optim, total_steps)
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  state = train.initial_state(config, model, optimizer, NamedSharding(mesh, P()))
+  variables = convert.convert_state_dict(
+      {k: v.detach().cpu() for k, v in their_model.state_dict().items()}, config.model.backbone)
+  state = train.with_weights(state, variables["params"], variables["batch_stats"],
+                             "The baseline model's converted weights")
+  train_step, _ = train.jit_steps(config, model, optimizer, mesh, state)
+  batch = train.global_batch(host_batch, NamedSharding(mesh, P("data")))
+
+  def ours():
+    nonlocal state
+    skipped_before = int(state.skipped_steps)  # read before the step donates the state
+    state, metrics = train_step(state, batch)
+    return ([float(metrics[k]) for k in ("loss", *TERMS)],
+            int(metrics["skipped_steps"]) > skipped_before)
+
+  return ours, lambda: their_step(images, labels)
+
+
+def compare_step(baseline_dir: str, config, classes: int, steps: int, repeats: int,
+                 on_gpu: bool) -> dict:
+  """Losses of `steps` steps in float32 from the same weights on the same batch, then step
+  times in the training precision (bfloat16 vs autocast on a GPU, float32 on the CPU)."""
+  # Every step run counts in the schedule; torch's OneCycleLR also divides by zero when
+  # pct_start * total_steps <= 1.
+  max_warmup = 50
+  total_steps = max(steps + max_warmup + repeats + 1, 20)
+  start = time.perf_counter()
+  # On the CPU both already compute in float32, and the timed steps reuse the compiled
+  # step, which a change of JAX's matmul precision would recompile.
+  with float32_products() if on_gpu else contextlib.nullcontext():
+    ours, theirs = paired_steps(baseline_dir, config, classes, total_steps, on_gpu, mixed=False)
+    losses_by_step = [{"ours": ours()[0], "theirs": theirs()[0]} for _ in range(steps)]
+  logging.info("step: %d float32 steps of both compared (%.0f s, compilation included)", steps,
+               time.perf_counter() - start)
+  if on_gpu:
+    ours, theirs = paired_steps(baseline_dir, config, classes, total_steps, on_gpu, mixed=True)
+  # Warm up (compilation, autotuning) until their GradScaler has found a scale that does
+  # not overflow: the steps it skips do no optimizer work and would flatter their time.
+  ours()
+  warmup = 1
+  while theirs()[1] and warmup < max_warmup:
+    warmup += 1
+  timed_skips = []
+  ours_seconds = median_seconds(ours, repeats)
+  theirs_seconds = median_seconds(lambda: timed_skips.append(theirs()[1]), repeats)
+  logging.info("step: timed after %d warm-up steps (%.0f s in all)", warmup,
+               time.perf_counter() - start)
+  return {
+      "losses": losses_by_step,
+      "max_rel_diff": max(relative_difference(s["ours"][0], s["theirs"][0])
+                          for s in losses_by_step),
+      "ours_ms": ours_seconds * 1e3, "theirs_ms": theirs_seconds * 1e3,
+      "ours_images_per_s": config.batch_size / ours_seconds,
+      "theirs_images_per_s": config.batch_size / theirs_seconds,
+      "speedup": theirs_seconds / ours_seconds,
+      "theirs_warmup_steps": warmup, "theirs_skipped_timed_steps": int(sum(timed_skips[1:])),
+  }
+
+
+# --------------------------------------------------------------------------------------
+# The program.
+# --------------------------------------------------------------------------------------
+
+
+def device_description(on_gpu: bool) -> str:
+  if on_gpu:
+    import torch
+    return torch.cuda.get_device_name(0)
+  return f"CPU ({jax.devices()[0].device_kind}, {jax.device_count()} JAX device(s))"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not _BASELINE_DIR.value:
+    sys.exit("kmcl_jax.compare needs --baseline_dir=PATH, a checkout of the authors' repository "
+             "(git clone https://github.com/mahdihosseini/KMCL), with torch and timm installed "
+             "(pip install -e '.[test]').")
+  import torch
+
+  on_gpu = torch.cuda.is_available() and jax.default_backend() == "gpu"
+  config = _CONFIG.value
+  config.batch_size = _BATCH.value or (64 if on_gpu else 8)
+  classes = _CLASSES.value
+  print(f"device: {device_description(on_gpu)}; JAX {jax.__version__}, torch {torch.__version__}"
+        f" ({torch.get_num_threads()} threads); baseline: {_BASELINE_DIR.value}")
+
+  loss_results = {}
+  for kernel in _KERNELS.value:
+    start = time.perf_counter()
+    loss_results[kernel] = compare_loss(_BASELINE_DIR.value, kernel, _LOSS_BATCH.value, classes,
+                                        on_gpu, _REPEATS.value)
+    logging.info("loss: %s kernel compared (%.0f s)", kernel, time.perf_counter() - start)
+  step = compare_step(_BASELINE_DIR.value, config, classes, _STEPS.value, _REPEATS.value, on_gpu)
+
+  header = (f"{'':<44} {'JAX':>11} {'PyTorch':>11} {'rel diff':>9} {'grad diff':>9} "
+            f"{'JAX ms':>9} {'torch ms':>9} {'speedup':>8}")
+  print(header)
+  for kernel, result in loss_results.items():
+    print(f"loss, {kernel}, B={_LOSS_BATCH.value} K={classes} D={FEATURE_DIM}, float32")
+    for term, row in result["terms"].items():
+      print(f"  {term:<42} {row['ours']:>11.5f} {row['theirs']:>11.5f} "
+            f"{row['value_rel_diff']:>9.1e} {row['grad_rel_diff']:>9.1e}")
+    print(f"  {'forward + backward':<42} {'':>11} {'':>11} {'':>9} {'':>9} "
+          f"{result['ours_ms']:>9.1f} {result['theirs_ms']:>9.1f} {result['speedup']:>7.1f}x")
+  precision = "JAX bfloat16 vs torch autocast float16" if on_gpu else "float32"
+  print(f"train step, {config.model.backbone} {config.data.image_size} px, batch "
+        f"{config.batch_size}: losses in float32, time in {precision}")
+  for i, losses_at in enumerate(step["losses"], 1):
+    ours, theirs = losses_at["ours"][0], losses_at["theirs"][0]
+    print(f"  {f'loss at step {i}':<42} {ours:>11.5f} {theirs:>11.5f} "
+          f"{relative_difference(ours, theirs):>9.1e}")
+  rates = (f"step (images/s: {step['ours_images_per_s']:.1f} JAX, "
+           f"{step['theirs_images_per_s']:.1f} torch)")
+  print(f"  {rates:<42} {'':>11} {'':>11} {'':>9} {'':>9} {step['ours_ms']:>9.1f} "
+        f"{step['theirs_ms']:>9.1f} {step['speedup']:>7.2f}x")
+
+  if _JSON.value:
+    loss_rows = [row for result in loss_results.values() for row in result["terms"].values()]
+    summary = {
+        "loss": {"max_rel_diff": max(max(r["value_rel_diff"], r["grad_rel_diff"])
+                                     for r in loss_rows),
+                 "speedup": min(r["speedup"] for r in loss_results.values()),
+                 "by_kernel": loss_results},
+        "step": {"speedup": step["speedup"], "device": device_description(on_gpu),
+                 "precision": precision, "batch": config.batch_size,
+                 "image_size": config.data.image_size, "backbone": config.model.backbone,
+                 **step},
+    }
+    with open(_JSON.value, "w") as f:
+      json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+  cli.put_config_package_on_path(sys.argv, default="configs/voc.py")
+  app.run(main)
