@@ -21,10 +21,13 @@ with the reference's parameter groups and OneCycleLR, against our jitted train s
 steps with both in float32 (TF32 off): the same weights, then the same updates. Then
 the median step time over --repeats steps in the training precision: on a GPU theirs
 under autocast with a GradScaler, as their train.py runs, and ours in bfloat16; on the
-CPU both in float32. The timing starts once their GradScaler stops skipping steps.
+CPU both in float32. The timing starts once their GradScaler stops skipping steps (or
+after 50 warm-up steps; the JSON counts the timed steps it skipped).
 
 Prints one table; with --json=FILE also writes
-{"loss": {"max_rel_diff", "speedup", ...}, "step": {"speedup", "device", ...}}.
+{"loss": {"max_rel_diff", "speedup", ...}, "step": {"speedup", "device", ...}}: the
+largest relative difference of any term's value or gradient, the smaller of the
+kernels' loss speed-ups, and the step's speed-up (their time / ours).
 """
 
 from __future__ import annotations

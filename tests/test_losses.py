@@ -253,7 +253,7 @@ def test_blocked_equals_unblocked(kernel, batch):
 
   full_value, full_grads = value_and_grads(batch)
   assert all(np.all(np.isfinite(g)) for g in full_grads)
-  for block in sorted({1, 2, 3, 4, 5, batch - 1, batch + 3} - {0}):
+  for block in sorted({1, 3, batch - 1, batch + 3} - {0}):
     value, grads = value_and_grads(block)
     np.testing.assert_allclose(value, full_value, rtol=1e-6, err_msg=f"block {block}")
     for g, g_full in zip(grads, full_grads):

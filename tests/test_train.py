@@ -20,7 +20,6 @@ from configs import demo
 from kmcl_jax import optim, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = os.path.join(ROOT, "tests", "training_run.py")
 # 6 steps of 8 images at 32 px, one evaluation at the end, a checkpoint every 2 steps.
 # Runs on different device layouts sum in different orders; Adam turns that round-off,
 # on gradients that are zero but for it, into steps of up to the learning rate, so a
@@ -51,19 +50,12 @@ def assert_trees_close(a, b, atol):
                                err_msg=jax.tree_util.keystr(path))
 
 
-def launch(workdir, devices=1, overrides=None):
-  args = [sys.executable, RUN, str(workdir), str(devices),
-          json.dumps({**RUN_OVERRIDES, **(overrides or {})})]
-  return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-
-
-def launch_two_processes(workdir):
-  """The same run as `launch`, as 2 processes of one JAX job, by launch/multiprocess_local.sh."""
-  flags = [f"--config.{name}={value}" for name, value in RUN_OVERRIDES.items()]
+def launch_local_processes(workdir, processes, devices_per_process):
+  """The reference run's config as one JAX job of several processes on this machine, by
+  launch/multiprocess_local.sh."""
   return subprocess.Popen(
-      ["bash", os.path.join(ROOT, "launch", "multiprocess_local.sh"), "2",
-       "--config=configs/demo.py:smoke", f"--workdir={workdir}", *flags],
+      ["bash", os.path.join(ROOT, "launch", "multiprocess_local.sh"), str(processes),
+       f"--devices_per_process={devices_per_process}", *main_flags(workdir)],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -77,12 +69,13 @@ def finish(process, timeout=600):
 def reference_run(tmp_path_factory):
   """The uninterrupted single-device run every other run is compared with."""
   workdir = tmp_path_factory.mktemp("reference")
-  finish(launch(workdir))
+  finish(subprocess.Popen(main_command(workdir), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True))
   return workdir
 
 
 def run_config():
-  """The config of every run here (what tests/training_run.py builds)."""
+  """The config of every run here (what `main_command` runs)."""
   config = demo.get_config("smoke")
   config.update_from_flattened_dict(RUN_OVERRIDES)
   return config
@@ -128,10 +121,8 @@ def test_smoke_training_and_evaluation_then_a_resume_that_scores_the_same(
 
 def test_resume_after_sigkill_ends_with_the_parameters_of_an_uninterrupted_run(
     tmp_path, reference_run):
-  process = subprocess.Popen(
-      [sys.executable, "-m", "kmcl_jax.main", "--config=configs/demo.py:smoke",
-       f"--workdir={tmp_path}"] + [f"--config.{k}={v}" for k, v in RUN_OVERRIDES.items()],
-      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  process = subprocess.Popen(main_command(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
   deadline = time.time() + 600
   while not os.path.isdir(tmp_path / "checkpoints" / "2") and process.poll() is None:
     assert time.time() < deadline
@@ -142,36 +133,31 @@ def test_resume_after_sigkill_ends_with_the_parameters_of_an_uninterrupted_run(
   assert killed_at < 6, "the run finished before it could be killed"
   # A save that was cut off never becomes the one restored.
   os.makedirs(tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp-1234" / "state")
-  finish(subprocess.Popen(
-      [sys.executable, "-m", "kmcl_jax.main", "--config=configs/demo.py:smoke",
-       f"--workdir={tmp_path}"] + [f"--config.{k}={v}" for k, v in RUN_OVERRIDES.items()],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  finish(subprocess.Popen(main_command(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True))
   resumed, reference = checkpoint_state(tmp_path, 6), checkpoint_state(reference_run, 6)
   assert_trees_close(resumed, reference, atol=0)
   steps = [r["step"] for r in records(tmp_path, "train")]
   assert steps[-1] == 6 and killed_at + 1 in steps
 
 
-def test_four_devices_and_two_processes_match_one_device(tmp_path, reference_run):
-  """Two processes as launch/multiprocess_local.sh runs them (the script CI exercises)."""
-  four = launch(tmp_path / "four", devices=4)
-  hosts = launch_two_processes(tmp_path / "hosts")
-  finish(four)
-  output = finish(hosts)
+def test_four_devices_over_two_processes_match_one_device(tmp_path, reference_run):
+  """2 processes of 2 simulated devices each, as launch/multiprocess_local.sh runs them
+  (the script CI exercises): one mesh of 4 devices over 2 hosts, the loss over the
+  global batch, each host feeding its rows."""
+  output = finish(launch_local_processes(tmp_path, processes=2, devices_per_process=2))
   for process in (0, 1):
-    assert f"process {process} saw 2 global devices" in output
+    assert f"process {process} saw 4 global devices" in output
   reference = checkpoint_state(reference_run, 6)
+  state = checkpoint_state(tmp_path, 6)
+  for part in ("params", "batch_stats", "ema_params"):
+    assert_trees_close(state[part], reference[part], atol=1e-5)
+  got, want = records(tmp_path, "train"), records(reference_run, "train")
+  np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
+  summary = json.loads((tmp_path / "summary.json").read_text())
   reference_summary = json.loads((reference_run / "summary.json").read_text())
-  want = records(reference_run, "train")
-  for run in ("four", "hosts"):
-    state = checkpoint_state(tmp_path / run, 6)
-    for part in ("params", "batch_stats", "ema_params"):
-      assert_trees_close(state[part], reference[part], atol=1e-5)
-    got = records(tmp_path / run, "train")
-    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
-    summary = json.loads((tmp_path / run / "summary.json").read_text())
-    for key in ("map_model", "map_ema"):
-      assert summary[key] == pytest.approx(reference_summary[key], abs=0.05), (run, key)
+  for key in ("map_model", "map_ema"):
+    assert summary[key] == pytest.approx(reference_summary[key], abs=0.05), key
 
 
 def test_contrastive_scope_global_is_the_whole_batch_and_device_the_mean_of_devices():
@@ -203,11 +189,25 @@ def test_training_starts_from_converted_weights(tmp_path, reference_run):
                  "kernel": config.model.kernel, "variance": config.model.variance}
   convert.save_converted({"params": saved["params"], "batch_stats": saved["batch_stats"]},
                          description, str(tmp_path / "converted"))
-  config.train_steps, config.init_from = 1, str(tmp_path / "converted")
-  state = train.train_and_evaluate(config, str(tmp_path / "run"))
+  model = train.create_model(config, 10)
+  optimizer = optim.create_optimizer(config.optim, config.train_steps)
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  state = train.initial_state(config, model, optimizer, NamedSharding(mesh, P()))
+  state = train.load_initial_weights(state, str(tmp_path / "converted"), config, 10)
+  step, _ = train.jit_steps(config, model, optimizer, mesh, state)
+  state, metrics = step(state, synthetic_batch())
+  assert np.isfinite(metrics["loss"]) and int(state.skipped_steps) == 0
   moves = jax.tree.leaves(jax.tree.map(lambda new, old: np.max(np.abs(np.asarray(new) - old)),
                                        state.params, saved["params"]))
   assert 0 < max(moves) <= config.optim.lr * (1 + 1e-3)
+
+
+def synthetic_batch():
+  """One batch of the runs' shape (8 images of 32 px, 10 classes) from a fixed seed."""
+  rng = np.random.default_rng(0)
+  return {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+          "labels": (rng.random((8, 10)) < 0.3).astype(np.float32),
+          "ignore": np.zeros((8, 10), bool), "skipped": np.zeros(8, np.int32)}
 
 
 def test_a_non_finite_step_is_skipped_and_counted(reference_run):
@@ -217,10 +217,7 @@ def test_a_non_finite_step_is_skipped_and_counted(reference_run):
   mesh = Mesh(np.array(jax.devices()), ("data",))
   state = train.initial_state(config, model, optimizer, NamedSharding(mesh, P()))
   step, _ = train.jit_steps(config, model, optimizer, mesh, state)
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-           "labels": (rng.random((8, 10)) < 0.3).astype(np.float32),
-           "ignore": np.zeros((8, 10), bool), "skipped": np.zeros(8, np.int32)}
+  batch = synthetic_batch()
   poisoned = {**batch, "labels": batch["labels"].copy()}
   poisoned["labels"][0, 0] = np.nan
   before = jax.device_get(state)
@@ -264,10 +261,14 @@ def test_bad_config_values_fail_before_compiling(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+def main_flags(workdir, *flags):
+  """kmcl_jax.main's flags for the reference run's config in `workdir`, then `flags`."""
+  return (["--config=configs/demo.py:smoke", f"--workdir={workdir}"]
+          + [f"--config.{k}={v}" for k, v in RUN_OVERRIDES.items()] + list(flags))
+
+
 def main_command(workdir, *flags):
-  return ([sys.executable, "-m", "kmcl_jax.main", "--config=configs/demo.py:smoke",
-           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in RUN_OVERRIDES.items()]
-          + list(flags))
+  return [sys.executable, "-m", "kmcl_jax.main", *main_flags(workdir, *flags)]
 
 
 def test_eval_mode_reproduces_the_trained_map(reference_run):
