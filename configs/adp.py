@@ -7,15 +7,15 @@ Normalised with the ADP statistics the reference uses. Variant: `:tresnet_l` (TR
 448 px, batch 128, lr 4e-4, 80 epochs).
 """
 
-from configs import base
+from kmcl_jax.config import apply_variants, defaults
 
 VARIANTS = ("", "tresnet_l")
 
 
 def get_config(arg=None):
-  config = base.get_config()
+  config = defaults()
   config.data.name = "adp"
   config.data.train_split, config.data.eval_split = "train", "test"
   config.data.mean = (0.81233799, 0.64032477, 0.81902153)
   config.data.std = (0.18129702, 0.25731668, 0.16800649)
-  return base.apply_variants(config, arg, "configs/adp.py")
+  return apply_variants(config, arg, "configs/adp.py")

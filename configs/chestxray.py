@@ -9,16 +9,16 @@ translation 15%, scale 0.85-1.15) instead of RandAugment, and the scans' mean gr
 lr 4e-4, 80 epochs).
 """
 
-from configs import base
+from kmcl_jax.config import apply_variants, defaults
 
 VARIANTS = ("", "tresnet_l")
 
 
 def get_config(arg=None):
-  config = base.get_config()
+  config = defaults()
   config.data.name = "chestxray14"
   config.data.train_split, config.data.eval_split = "train_val", "test"
   config.data.augment = "affine"
   config.data.mean = (0.50576189,) * 3
   config.data.std = (1.0, 1.0, 1.0)
-  return base.apply_variants(config, arg, "configs/chestxray.py")
+  return apply_variants(config, arg, "configs/chestxray.py")

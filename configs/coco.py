@@ -7,13 +7,13 @@ Variants: `:tresnet_l` (TResNet-L, 448 px, batch 128, lr 4e-4, 80 epochs), `:tfd
 (TFDS `coco/2014`, needs TensorFlow installed; data.root = the TFDS data_dir).
 """
 
-from configs import base
+from kmcl_jax.config import apply_variants, defaults
 
 VARIANTS = ("", "tresnet_l", "tfds", "tresnet_l,tfds")
 
 
 def get_config(arg=None):
-  config = base.get_config()
+  config = defaults()
   config.data.name = "coco2014"
   config.data.train_split, config.data.eval_split = "train", "val"
-  return base.apply_variants(config, arg, "configs/coco.py", tfds_name="tfds:coco/2014")
+  return apply_variants(config, arg, "configs/coco.py", tfds_name="tfds:coco/2014")

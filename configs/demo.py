@@ -7,13 +7,13 @@ Trains from scratch on 2 CPU cores in a few minutes to a test mAP above 90:
 Variants: `configs/demo.py:smoke` (a few steps, for tests and for trying the program).
 """
 
-from configs import base
+from kmcl_jax.config import defaults
 
 VARIANTS = ("", "smoke")
 
 
 def get_config(arg=None):
-  config = base.get_config()
+  config = defaults()
   config.model.backbone = "tresnet_tiny"
   config.data.name = "demo"
   config.data.train_split, config.data.eval_split = "train", "test"

@@ -6,13 +6,13 @@ r"""NUS-WIDE, 81 concepts, in ASL's list layout (nus_wid_data.csv).
 Variant: `:tresnet_l` (TResNet-L, 448 px, batch 128, lr 4e-4, 80 epochs).
 """
 
-from configs import base
+from kmcl_jax.config import apply_variants, defaults
 
 VARIANTS = ("", "tresnet_l")
 
 
 def get_config(arg=None):
-  config = base.get_config()
+  config = defaults()
   config.data.name = "nuswide"
   config.data.train_split, config.data.eval_split = "train", "val"
-  return base.apply_variants(config, arg, "configs/nuswide.py")
+  return apply_variants(config, arg, "configs/nuswide.py")

@@ -9,13 +9,13 @@ Variants: `configs/voc.py:tresnet_l` (TResNet-L, 448 px, batch 128, lr 4e-4, 80 
 `python -m kmcl_jax.convert`; without it the backbone starts from scratch.
 """
 
-from configs import base
+from kmcl_jax.config import apply_variants, defaults
 
 VARIANTS = ("", "tresnet_l", "tfds", "tresnet_l,tfds")
 
 
 def get_config(arg=None):
-  config = base.get_config()
+  config = defaults()
   config.data.name = "voc2007"
   config.data.train_split, config.data.eval_split = "trainval", "test"
-  return base.apply_variants(config, arg, "configs/voc.py", tfds_name="tfds:voc/2007")
+  return apply_variants(config, arg, "configs/voc.py", tfds_name="tfds:voc/2007")

@@ -16,7 +16,7 @@ forward + backward (median of --repeats).
 
 Step: timm's TResNet with their `KMCL` head (`Kmcl_Class.py`), their loss and torch Adam
 with the reference's parameter groups and OneCycleLR, against our jitted train step
-(`train.make_train_step`, EMA included) started from the same weights (converted with
+(`steps.make_train_step`, EMA included) started from the same weights (converted with
 `convert.convert_state_dict`), on the same batch. First the loss of each of --steps
 steps with both in float32 (TF32 off): the same weights, then the same updates. Then
 the median step time over --repeats steps in the training precision: on a GPU theirs
@@ -42,15 +42,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from kmcl_jax import cli, convert, losses, optim, train
+from kmcl_jax import convert, losses, optim
 from kmcl_jax.benchmarks import baseline
 from kmcl_jax.benchmarks.loss_programs import jax_value_and_grad, make_inputs
 from kmcl_jax.benchmarks.timing import median_seconds
 from kmcl_jax.data import transforms
+from kmcl_jax.mesh import create_mesh, replicated, to_global_batch
+from kmcl_jax.state import create_model, initial_state, with_weights
+from kmcl_jax.steps import jit_steps
 
 _BASELINE_DIR = flags.DEFINE_string("baseline_dir", None,
                                     "Checkout of the authors' repository mahdihosseini/KMCL.")
@@ -225,16 +226,16 @@ def paired_steps(baseline_dir: str, config, classes: int, total_steps: int, on_g
   images = images.permute(0, 3, 1, 2).contiguous()
   labels = torch.tensor(host_batch["labels"], device=device)
 
-  model = train.create_model(config, classes)
+  model = create_model(config, classes)
   optimizer = optim.create_optimizer(config.optim, total_steps)
-  mesh = Mesh(np.array(jax.devices()), ("data",))
-  state = train.initial_state(config, model, optimizer, NamedSharding(mesh, P()))
+  mesh = create_mesh()
+  state = initial_state(config, model, optimizer, replicated(mesh))
   variables = convert.convert_state_dict(
       {k: v.detach().cpu() for k, v in their_model.state_dict().items()}, config.model.backbone)
-  state = train.with_weights(state, variables["params"], variables["batch_stats"],
-                             "The baseline model's converted weights")
-  train_step, _ = train.jit_steps(config, model, optimizer, mesh, state)
-  batch = train.global_batch(host_batch, NamedSharding(mesh, P("data")))
+  state = with_weights(state, variables["params"], variables["batch_stats"],
+                       "The baseline model's converted weights")
+  train_step, _ = jit_steps(config, model, optimizer, mesh, state)
+  batch = to_global_batch(host_batch, mesh)
 
   def ours():
     nonlocal state
@@ -362,5 +363,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.put_config_package_on_path(sys.argv, default="configs/voc.py")
   app.run(main)

@@ -16,43 +16,48 @@ import jax
 import numpy as np
 from absl import logging
 from etils import epath
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
+from kmcl_jax import config as config_lib
 from kmcl_jax import metrics as metrics_lib
-from kmcl_jax import optim, train
+from kmcl_jax import optim
 from kmcl_jax.checkpointing import Checkpoints
 from kmcl_jax.data import create_eval_dataset, get_source, transforms
 from kmcl_jax.data.image_files import CorruptImageError, decode_image
+from kmcl_jax.evaluation import evaluate, result_record
+from kmcl_jax.mesh import create_mesh, replicated
+from kmcl_jax.models import KMCLModel
+from kmcl_jax.state import (TrainState, abstract_state, create_model, initial_state,
+                            load_initial_weights)
+from kmcl_jax.steps import class_probabilities, make_eval_step
+from kmcl_jax.reporting import to_json
+from kmcl_jax.workdir import read_run
 
 EVAL_FILE = "eval.json"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-F1_METRICS = ("OP", "OR", "OF1", "CP", "CR", "CF1", "OP_3", "OR_3", "OF1_3", "CP_3", "CR_3",
-              "CF1_3")
 
 
 def _class_names(config, workdir: str) -> list[str]:
   """From WORKDIR/run.json (written by training), else from the dataset's eval split."""
-  run_file = epath.Path(workdir) / train.RUN_FILE
-  if run_file.exists():
-    return json.loads(run_file.read_text())["class_names"]
+  run = read_run(workdir)
+  if run is not None:
+    return run["class_names"]
   return list(get_source(config.data.name, config.data.eval_split, config.data.root).class_names)
 
 
 def load_state(config, workdir: str, class_names, mesh: Mesh, step: int | None = None
-               ) -> tuple[train.KMCLModel, train.TrainState, str]:
+               ) -> tuple[KMCLModel, TrainState, str]:
   """(model, state, where the weights came from) for inference."""
-  model = train.create_model(config, len(class_names))
+  model = create_model(config, len(class_names))
   # Only the optimiser state's structure matters here, not its schedule's length.
   optimizer = optim.create_optimizer(config.optim, total_steps=100)
-  replicated = NamedSharding(mesh, P())
   if config.init_from:
-    state = train.initial_state(config, model, optimizer, replicated)
-    return (model, train.load_initial_weights(state, config.init_from, config, len(class_names)),
+    state = initial_state(config, model, optimizer, replicated(mesh))
+    return (model, load_initial_weights(state, config.init_from, config, len(class_names)),
             config.init_from)
   checkpoints = Checkpoints(workdir)
   try:
-    restored = checkpoints.restore(train.abstract_state(config, model, optimizer, replicated),
+    restored = checkpoints.restore(abstract_state(config, model, optimizer, replicated(mesh)),
                                    best=True, step=step)
   finally:
     checkpoints.close()
@@ -66,27 +71,22 @@ def load_state(config, workdir: str, class_names, mesh: Mesh, step: int | None =
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Scores the evaluation split with the model and its EMA, logs the per-class AP
   table and writes WORKDIR/eval.json; returns what it wrote."""
-  train.validate_config(config)
+  config_lib.validate(config)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  mesh = Mesh(np.array(jax.devices()), ("data",))
+  mesh = create_mesh()
   eval_batches, source = create_eval_dataset(config)
   class_names = list(source.class_names)
   model, state, origin = load_state(config, workdir, class_names, mesh, step)
-  eval_step = jax.jit(train.make_eval_step(config, model), out_shardings=NamedSharding(mesh, P()))
-  results = train.evaluate(eval_step, state, eval_batches, NamedSharding(mesh, P("data")),
-                           config.threshold)
-  best = "model" if results["model"]["map"] >= results["ema"]["map"] else "ema"
+  eval_step = jax.jit(make_eval_step(config, model), out_shardings=replicated(mesh))
+  results = evaluate(eval_step, state, eval_batches, mesh, config.threshold)
+  report = {"weights": origin, **result_record(results, class_names),
+            "ema": {k: results["ema"][k] for k in metrics_lib.THRESHOLD_METRICS}}
+  best = report["best_of"]
   logging.info("%s on %s: mAP model %.2f, EMA %.2f. Per-class AP of the %s:\n%s", origin,
                source.name, results["model"]["map"], results["ema"]["map"], best,
                metrics_lib.ap_table(results[best]["ap"], class_names))
-  report = {"weights": origin, "images": results["model"]["images"],
-            "map": results[best]["map"], "map_model": results["model"]["map"],
-            "map_ema": results["ema"]["map"], "best_of": best,
-            "ap": dict(zip(class_names, (100 * results[best]["ap"]).tolist())),
-            **{k: results[best][k] for k in F1_METRICS},
-            "ema": {k: results["ema"][k] for k in F1_METRICS}}
   if jax.process_index() == 0:
-    (epath.Path(workdir) / EVAL_FILE).write_text(json.dumps(report, indent=2))
+    (epath.Path(workdir) / EVAL_FILE).write_text(to_json(report, indent=2))
   return report
 
 
@@ -114,10 +114,10 @@ def predict(config, workdir: str, inputs: str, output: str, step: int | None = N
     raise ValueError("--mode=predict runs as a single process.")
   if not output.endswith((".csv", ".json")):
     raise ValueError(f"--output={output!r}: expected a .csv or .json file name.")
-  train.validate_config(config)
+  config_lib.validate(config)
   paths = find_images(inputs)
   class_names = _class_names(config, workdir)
-  mesh = Mesh(np.array(jax.devices()), ("data",))
+  mesh = create_mesh()
   model, state, origin = load_state(config, workdir, class_names, mesh, step)
   if variant == "auto":  # the one that scored the best checkpoint's mAP
     variant = "model"
@@ -125,11 +125,8 @@ def predict(config, workdir: str, inputs: str, output: str, step: int | None = N
       checkpoints = Checkpoints(workdir)
       variant = checkpoints.best_variant() or variant
       checkpoints.close()
-  params, batch_stats = ((state.params, state.batch_stats) if variant == "model"
-                         else (state.ema_params, state.ema_batch_stats))
-
-  probabilities = jax.jit(
-      lambda images: train.class_probabilities(config, model, params, batch_stats, images))
+  weights = state.weights(variant)
+  probabilities = jax.jit(lambda images: class_probabilities(config, model, weights, images))
 
   readable, unreadable, scores = [], [], []
   batch = config.eval_batch_size

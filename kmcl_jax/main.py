@@ -10,18 +10,25 @@ r"""The KMCL program: train, evaluate or predict per an ml_collections config.
 On a TPU pod or several GPU hosts run the same command on every host; JAX's
 multi-controller runtime is initialised from the environment (Cloud TPU, SLURM, or
 --coordinator_address with --num_processes and --process_id).
+
+Exit status: 0 when the run finished, 75 when it stopped on a preemption notice or
+SIGTERM with its current step saved (rerun the same command to resume), 1 on an error.
+A bad input or a run that cannot go on ends with one sentence that says why; the
+traceback is printed with --verbosity=1, and always for an unexpected error (a bug).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kmcl_jax import cli
+import kmcl_jax
+from kmcl_jax.errors import Preempted, RunStopped
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
@@ -58,15 +65,75 @@ def _multi_host_environment() -> bool:
           or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
 
 
-def _quiet_library_info(record) -> bool:
-  """Keeps orbax's per-save INFO chatter (dozens of lines a checkpoint) out of the log."""
-  return record.levelno >= logging.converter.STANDARD_WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+def _quiet_orbax(record) -> bool:
+  """Keeps orbax's per-save INFO chatter (dozens of lines a checkpoint) out of the log,
+  and the tracebacks with which its background threads and their asyncio tasks repeat
+  one failure (a full disk) a few hundred lines at a time: the run reports it in one
+  sentence. --verbosity=1 keeps everything."""
+  if logging.get_verbosity() >= 1:
+    return True
+  if f"{os.sep}orbax{os.sep}" in record.pathname:
+    if record.levelno >= logging.converter.STANDARD_ERROR:
+      record.exc_info, record.exc_text = None, None
+    return record.levelno >= logging.converter.STANDARD_WARNING
+  if record.name == "asyncio" and record.exc_info:
+    frames = traceback.extract_tb(record.exc_info[2])
+    return not any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
+  return True
+
+
+def _raised_on_purpose(error: BaseException) -> bool:
+  """Whether `error` is one of this program's one-sentence errors about its input: a
+  RunStopped, or a ValueError or OSError raised by kmcl_jax's own code (a missing
+  file, a bad config value, an undecodable image...), not by a library."""
+  if isinstance(error, RunStopped):
+    return True
+  frames = traceback.extract_tb(error.__traceback__)
+  package = os.path.dirname(os.path.abspath(kmcl_jax.__file__))
+  return (isinstance(error, (ValueError, OSError)) and bool(frames)
+          and os.path.abspath(frames[-1].filename).startswith(package + os.sep))
+
+
+def _is_failed_save_noise(error: BaseException, where: object = None) -> bool:
+  """Whether `error` is an echo of an orbax save that failed: its write callbacks
+  finding their event loop closed, its coroutines finalised at exit. After a full disk
+  they print a few hundred tracebacks of these; the failure itself is reported in one
+  sentence."""
+  closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+  finalised = (isinstance(error, (RuntimeError, ImportError))
+               and "coroutine" in repr(where))
+  return logging.get_verbosity() < 1 and (closed_loop or finalised)
+
+
+def _excepthook(kind, error, trace) -> None:
+  if not _is_failed_save_noise(error):
+    sys.__excepthook__(kind, error, trace)
+
+
+def _unraisablehook(unraisable) -> None:
+  if not _is_failed_save_noise(unraisable.exc_value, unraisable.object):
+    sys.__unraisablehook__(unraisable)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_quiet_library_info)
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  sys.excepthook, sys.unraisablehook = _excepthook, _unraisablehook
+  try:
+    _run()
+  except KeyboardInterrupt:
+    logging.warning("Interrupted; rerunning the same command resumes from the latest "
+                    "checkpoint.")
+    sys.exit(130)
+  except Exception as error:  # sorted into one sentence or a traceback
+    if logging.get_verbosity() >= 1 or not _raised_on_purpose(error):
+      raise
+    (logging.warning if isinstance(error, Preempted) else logging.error)("%s", error)
+    sys.exit(error.exit_code if isinstance(error, RunStopped) else 1)
+
+
+def _run() -> None:
   _initialize_distributed()
   logging.info("JAX process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
@@ -85,5 +152,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.put_config_package_on_path(sys.argv)
   app.run(main)

@@ -16,6 +16,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# The thresholded metrics `multilabel_metrics` reports besides mAP, fractions in [0, 1]:
+# overall and per-class-averaged precision, recall and F1, then the same over each
+# image's top-3 scores.
+THRESHOLD_METRICS = ("OP", "OR", "OF1", "CP", "CR", "CF1",
+                     "OP_3", "OR_3", "OF1_3", "CP_3", "CR_3", "CF1_3")
+
 
 def average_precision(scores: np.ndarray, targets: np.ndarray,
                       ignore: np.ndarray | None = None) -> np.ndarray:
@@ -59,7 +65,7 @@ def multilabel_metrics(scores: np.ndarray, targets: np.ndarray, *,
     threshold: score at or above which a class is predicted.
 
   Returns:
-    {"map", "ap", "OP", "OR", "OF1", "CP", "CR", "CF1", "OP_3", ..., "CF1_3"}.
+    {"map", "ap", *THRESHOLD_METRICS}.
   """
   scores = np.asarray(scores, np.float64)
   targets = np.asarray(targets)

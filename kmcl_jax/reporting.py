@@ -1,13 +1,17 @@
 """What a person sees of a run: progress lines, JSON lines, TensorBoard, plots, summary.
 
 Only the primary process (JAX process 0) writes files; every process logs its line.
-WORKDIR may be a local folder or a bucket (gs://...: needs the `gcs` extra); files are
-written whole (object stores have no append).
+WORKDIR may be a local folder or a bucket (gs://...: needs the `gcs` extra).
   WORKDIR/metrics.jsonl   one JSON object per report: {"step", "epoch", "split":
-                          "train"|"eval", ...metrics}
+                          "train"|"eval", ...metrics}; strict JSON (a non-finite
+                          number is null)
   WORKDIR/tensorboard/    the same numbers as TensorBoard scalars (train/..., eval/...)
   WORKDIR/plots/          PNGs at the end: loss terms, mAP over evaluations, per-class AP
   WORKDIR/summary.json    written once, at the end
+
+A resumed run continues the logs from the step it restored: records of later steps (the
+interrupted run's, since its last checkpoint) are dropped from metrics.jsonl and purged
+from TensorBoard, so that every step is logged once.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 
@@ -22,34 +27,133 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from kmcl_jax.errors import RunStopped
+
 PROGRESS_BAR_WIDTH = 20
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
 
 
 def _plain(value):
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  if isinstance(value, (np.floating, np.integer)):
-    return value.item()
+  """NumPy values as Python ones, and non-finite floats as None (JSON has no NaN)."""
+  if isinstance(value, Mapping):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple, np.ndarray)):
+    return [_plain(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+  if isinstance(value, (np.floating, np.integer, np.bool_)):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
   return value
 
 
+def to_json(record: Mapping, **kwargs) -> str:
+  """Strict JSON of a record of NumPy or Python values (NaN and infinities as null)."""
+  return json.dumps(_plain(record), allow_nan=False, **kwargs)
+
+
+def parse_metrics(text: str, name: str) -> list[dict]:
+  """The records of a metrics.jsonl text. A cut-off last line (a write interrupted by a
+  full disk or a kill) is dropped with a warning; a bad line elsewhere is an error
+  naming `name` and the line."""
+  lines = text.split("\n")
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as error:
+      if all(not rest.strip() for rest in lines[number:]):
+        logging.warning("%s, line %d: dropping a cut-off last record.", name, number)
+        break
+      raise ValueError(f"{name}, line {number}: not a JSON record ({error}).") from error
+  return records
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of WORKDIR/metrics.jsonl, in order ([] if there is none)."""
+  path = epath.Path(workdir) / METRICS_FILE
+  return parse_metrics(path.read_text(), os.fspath(path)) if path.exists() else []
+
+
+class MetricsLog:
+  """WORKDIR/metrics.jsonl, opened to continue after `step`.
+
+  Records of later steps are dropped first (the file is rewritten whole, through a
+  temporary file, so a failure leaves the old one). Then records are appended one
+  line at a time, so a failed write can cut off at most the line being written. An
+  object store (gs://) cannot append: there every record rewrites the object, which
+  is replaced whole or not at all.
+  """
+
+  def __init__(self, workdir: str, step: int):
+    self.path = epath.Path(workdir) / METRICS_FILE
+    self._local = "://" not in workdir
+    records = read_metrics(workdir)
+    self.records = [r for r in records if r.get("step", 0) <= step]
+    self._lines = [to_json(r) for r in self.records]
+    if self.path.exists() and (len(self.records) != len(records) or self._torn()):
+      self._guard(self._rewrite)
+    self._file = self._guard(lambda: open(self.path, "a")) if self._local else None
+
+  def _torn(self) -> bool:
+    text = self.path.read_text()
+    return bool(text) and not text.endswith("\n")
+
+  def _rewrite(self) -> None:
+    text = "".join(line + "\n" for line in self._lines)
+    if self._local:
+      temporary = f"{self.path}.tmp"
+      with open(temporary, "w") as f:
+        f.write(text)
+      os.replace(temporary, self.path)
+    else:
+      self.path.write_text(text)
+
+  def _guard(self, write):
+    try:
+      return write()
+    except OSError as error:
+      raise RunStopped(f"Writing {self.path} failed ({error}); the checkpoints saved so "
+                       "far are intact: fix the cause (free disk space, say) and rerun the "
+                       "same command to resume.") from error
+
+  def append(self, record: Mapping) -> None:
+    line = to_json(record)
+    self.records.append(json.loads(line))
+    self._lines.append(line)
+    if self._local:
+      def write():
+        self._file.write(line + "\n")
+        self._file.flush()
+      self._guard(write)
+    else:
+      self._guard(self._rewrite)
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+
 class Reporter:
-  """Progress lines and `metrics.jsonl` for one run of `total_steps` steps."""
+  """Progress lines, metrics.jsonl and TensorBoard for a run of `total_steps` steps
+  that starts (or resumes) after step `start_step`."""
 
   def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, batch_size: int,
-               is_primary: bool):
+               is_primary: bool, start_step: int = 0):
     self.workdir, self.total_steps = epath.Path(workdir), total_steps
     self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
     self.is_primary = is_primary
     self._mark = None  # (time, step) of the previous train report
-    self._tensorboard = None
+    self._tensorboard = self._log = None
     if is_primary:
       from tensorboardX import SummaryWriter
-      self._tensorboard = SummaryWriter(str(self.workdir / "tensorboard"))
-    metrics_file = self.workdir / "metrics.jsonl"
-    # A resumed run continues the file: it is rewritten whole at every report.
-    resumed = is_primary and metrics_file.exists()
-    self._lines = metrics_file.read_text().splitlines() if resumed else []
+      self._log = MetricsLog(workdir, start_step)
+      # Events after start_step, left by an interrupted run, are hidden from TensorBoard.
+      self._tensorboard = SummaryWriter(os.fspath(self.workdir / "tensorboard"),
+                                        purge_step=start_step + 1)
 
   def epoch(self, step: int) -> float:
     return step / self.steps_per_epoch
@@ -58,10 +162,10 @@ class Reporter:
     """Appends `record` to metrics.jsonl and its scalars to TensorBoard."""
     if not self.is_primary:
       return
-    self._lines.append(json.dumps({k: _plain(v) for k, v in record.items()}))
-    (self.workdir / "metrics.jsonl").write_text("\n".join(self._lines) + "\n")
-    for name, value in record.items():
-      if name not in ("step", "split", "variant") and np.ndim(value) == 0:
+    self._log.append(record)
+    for name, value in record.items():  # non-finite values are gaps, as in the plots
+      if (name not in ("step", "split", "variant") and np.ndim(value) == 0
+          and np.isfinite(value)):
         self._tensorboard.add_scalar(f"{tensorboard_prefix}/{name}", float(value),
                                      record["step"])
 
@@ -92,35 +196,39 @@ class Reporter:
                 "images_per_second": images_per_s, **metrics}, "train")
 
   def evaluation(self, step: int, results: Mapping[str, Mapping]) -> None:
-    """Logs mAP and F1 of the model and its EMA and writes one record per variant."""
+    """Logs mAP and F1 of the model and its EMA and writes one record per variant (unless
+    the log holds this step's already: a finished run evaluated again)."""
     for variant, metrics in results.items():
       logging.info("eval step %d %-5s mAP %.2f  OF1 %.4f CF1 %.4f  OF1_3 %.4f CF1_3 %.4f",
                    step, variant, metrics["map"], metrics["OF1"], metrics["CF1"],
                    metrics["OF1_3"], metrics["CF1_3"])
+      if self.is_primary and any(r.get("split") == "eval" and r.get("step") == step
+                                 and r.get("variant") == variant for r in self._log.records):
+        continue
       self.write({"step": step, "epoch": self.epoch(step), "split": "eval", "variant": variant,
                   **metrics}, f"eval/{variant}")
     if self._tensorboard is not None:
       self._tensorboard.flush()
 
+  def last_train_loss(self) -> float | None:
+    """The loss of the last train record (None off the primary process or before one)."""
+    train = [r for r in self._log.records if r.get("split") == "train"] if self._log else []
+    return train[-1]["loss"] if train else None
+
   def summary(self, summary: Mapping) -> None:
-    """Writes summary.json and the plots, and closes the TensorBoard writer."""
-    logging.info("summary: %s", json.dumps({k: _plain(v) for k, v in summary.items()}))
+    """Writes summary.json and the plots."""
+    logging.info("summary: %s", to_json(summary))
     if self.is_primary:
-      (self.workdir / "summary.json").write_text(
-          json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2))
+      (self.workdir / SUMMARY_FILE).write_text(to_json(summary, indent=2))
       write_plots(self.workdir, summary)
-    self.close()
 
   def close(self) -> None:
     if self._tensorboard is not None:
       self._tensorboard.close()
       self._tensorboard = None
-
-
-def read_metrics(workdir: str) -> list[dict]:
-  """The records of WORKDIR/metrics.jsonl, in order."""
-  text = (epath.Path(workdir) / "metrics.jsonl").read_text()
-  return [json.loads(line) for line in text.splitlines() if line.strip()]
+    if self._log is not None:
+      self._log.close()
+      self._log = None
 
 
 def write_plots(workdir: str, summary: Mapping) -> list[str]:
@@ -145,20 +253,23 @@ def write_plots(workdir: str, summary: Mapping) -> list[str]:
 
   figure, axes = plt.subplots(1, 2, figsize=(11, 4))
   steps = [r["step"] for r in train]
+  def series(records, name):  # null (a non-finite value) plots as a gap
+    return np.array([np.nan if r[name] is None else r[name] for r in records], float)
+
   for name, label in (("loss", "total"), ("asl", "ASL"), ("reconstruction", "reconstruction"),
                       ("contrastive", "contrastive")):
-    axes[0].plot(steps, [r[name] for r in train], label=label)
+    axes[0].plot(steps, series(train, name), label=label)
   axes[0].set(title="Training loss (mean per logging interval)", xlabel="step", ylabel="loss",
               yscale="log")
   axes[0].legend()
-  axes[1].plot(steps, [r["learning_rate"] for r in train], color="tab:purple")
+  axes[1].plot(steps, series(train, "learning_rate"), color="tab:purple")
   axes[1].set(title="Learning rate (OneCycle)", xlabel="step", ylabel="learning rate")
   save(figure, "loss.png")
 
   figure, axis = plt.subplots(figsize=(6, 4))
   for variant in ("model", "ema"):
     evaluations = [r for r in records if r["split"] == "eval" and r.get("variant") == variant]
-    axis.plot([r["step"] for r in evaluations], [r["map"] for r in evaluations], marker="o",
+    axis.plot([r["step"] for r in evaluations], series(evaluations, "map"), marker="o",
               label=variant)
   axis.set(title="Test mAP", xlabel="step", ylabel="mAP (%)")
   axis.grid(alpha=0.3)

@@ -5,24 +5,24 @@ contrastive anchors split over the devices are from the unsplit loss's, as JSON
 
 import json
 import os
-import sys
 
 import jax
 
 jax.config.update("jax_num_cpu_devices", 4)
 
 import numpy as np  # noqa: E402
-from jax.sharding import Mesh, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import demo  # noqa: E402
-from kmcl_jax import losses, train  # noqa: E402
+from kmcl_jax import config as config_lib  # noqa: E402
+from kmcl_jax import losses  # noqa: E402
+from kmcl_jax.mesh import batch_sharded, create_mesh  # noqa: E402
+from kmcl_jax.steps import scoped_loss  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():
-  config = demo.get_config("smoke")
-  mesh = Mesh(np.array(jax.devices()), ("data",))
+  config = config_lib.load(os.path.join(ROOT, "configs", "demo.py:smoke"))
+  mesh = create_mesh()
   rng = np.random.default_rng(0)
   b, d, k = 8, 128, 10
   out = {"features": rng.normal(size=(b, d)).astype(np.float32),
@@ -30,11 +30,11 @@ def main():
          "mu": rng.normal(size=(b, d, k)).astype(np.float32) * 0.1,
          "var": (2 + rng.random((b, d, k))).astype(np.float32)}
   labels = (rng.random((b, k)) < 0.3).astype(np.float32)
-  sharded = jax.device_put((out, labels), NamedSharding(mesh, P("data")))
+  sharded = jax.device_put((out, labels), batch_sharded(mesh))
   result = {}
   for scope in ("global", "device"):
     config.contrastive_scope = scope
-    total, terms = jax.jit(train.scoped_loss(config, mesh))(*sharded)
+    total, terms = jax.jit(scoped_loss(config, mesh))(*sharded)
     result[scope] = {"total": float(total), **{t: float(v) for t, v in terms.items()}}
   chunks = [losses.kmcl_loss(out["features"][i:i + 2], out["pi"][i:i + 2], out["mu"][i:i + 2],
                              out["var"][i:i + 2], labels[i:i + 2]) for i in range(0, b, 2)]
@@ -70,7 +70,7 @@ def split_anchor_differences(mesh, rng):
 
     whole = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), static_argnums=5)(*args, False)
     split = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), static_argnums=5)(
-        *jax.device_put(args, NamedSharding(mesh, P("data"))), True)
+        *jax.device_put(args, batch_sharded(mesh)), True)
     differences[kernel] = {"loss": abs(float(split[0]) / float(whole[0]) - 1)}
     for name, g_split, g_whole in zip(("features", "logits", "mu", "var"), split[1], whole[1]):
       differences[kernel][name] = float(np.max(np.abs(g_split - g_whole)) / np.max(np.abs(g_whole)))

@@ -13,11 +13,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from configs import demo
+from kmcl_jax import config as config_lib
 from kmcl_jax import optim, train
+from kmcl_jax.mesh import create_mesh, replicated
+from kmcl_jax.state import create_model, initial_state, load_initial_weights
+from kmcl_jax.steps import jit_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 6 steps of 8 images at 32 px, one evaluation at the end, a checkpoint every 2 steps.
@@ -76,7 +77,7 @@ def reference_run(tmp_path_factory):
 
 def run_config():
   """The config of every run here (what `main_command` runs)."""
-  config = demo.get_config("smoke")
+  config = config_lib.load(os.path.join(ROOT, "configs", "demo.py:smoke"))
   config.update_from_flattened_dict(RUN_OVERRIDES)
   return config
 
@@ -107,16 +108,43 @@ def test_smoke_training_and_evaluation_then_a_resume_that_scores_the_same(
   assert any(name.startswith("events.out.tfevents") for name in
              os.listdir(tmp_path / "tensorboard"))
   assert json.loads((tmp_path / "run.json").read_text())["class_names"] == list("0123456789")
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["6"]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]  # keep_checkpoints=2
   assert sorted(os.listdir(tmp_path / "best")) == ["6"]
   # The same program in another process computed the same parameters, bit for bit.
   assert_trees_close(checkpoint_state(tmp_path, 6), checkpoint_state(reference_run, 6), atol=0)
-  # A second run of the same workdir resumes at step 6, trains nothing and scores the
-  # restored checkpoint: the same numbers.
+  # A run killed after its last checkpoint but before its summary: the rerun scores the
+  # restored state, logs nothing twice and writes the same summary.
   os.remove(tmp_path / "summary.json")
   train.train_and_evaluate(config, str(tmp_path))
   again = json.loads((tmp_path / "summary.json").read_text())
-  assert again["map_model"] == summary["map_model"] and again["map_ema"] == summary["map_ema"]
+  for key in ("map", "map_model", "map_ema", "final_loss", "steps", "ap"):
+    assert again[key] == summary[key], key
+  assert records(tmp_path, "train") == train_records
+  assert records(tmp_path, "eval") == eval_records
+  # A finished run: nothing to do, nothing rewritten.
+  modified = (tmp_path / "summary.json").stat().st_mtime_ns
+  train.train_and_evaluate(config, str(tmp_path))
+  assert (tmp_path / "summary.json").stat().st_mtime_ns == modified
+  assert len(records(tmp_path, "eval")) == 2
+
+
+def tensorboard_restarts(folder):
+  """Steps of the SessionLog START events in the event files under `folder`: where a
+  writer opened with purge_step tells TensorBoard to drop later events of earlier runs."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+  starts = []
+  for name in sorted(os.listdir(folder)):
+    data = (folder / name).read_bytes()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+        starts.append(event.step)
+  return starts
 
 
 def test_resume_after_sigkill_ends_with_the_parameters_of_an_uninterrupted_run(
@@ -137,8 +165,14 @@ def test_resume_after_sigkill_ends_with_the_parameters_of_an_uninterrupted_run(
                           stderr=subprocess.STDOUT, text=True))
   resumed, reference = checkpoint_state(tmp_path, 6), checkpoint_state(reference_run, 6)
   assert_trees_close(resumed, reference, atol=0)
-  steps = [r["step"] for r in records(tmp_path, "train")]
-  assert steps[-1] == 6 and killed_at + 1 in steps
+  # Every step is logged once: what the killed run logged after its checkpoint is dropped
+  # from metrics.jsonl and purged from TensorBoard.
+  assert [r["step"] for r in records(tmp_path, "train")] == [1, 2, 3, 4, 5, 6]
+  assert [(r["step"], r["variant"]) for r in records(tmp_path, "eval")] == [(6, "model"),
+                                                                           (6, "ema")]
+  assert tensorboard_restarts(tmp_path / "tensorboard")[-1] == killed_at + 1
+  run = json.loads((tmp_path / "run.json").read_text())
+  assert [r["step"] for r in run["resumes"]] == [killed_at]
 
 
 def test_four_devices_over_two_processes_match_one_device(tmp_path, reference_run):
@@ -189,12 +223,12 @@ def test_training_starts_from_converted_weights(tmp_path, reference_run):
                  "kernel": config.model.kernel, "variance": config.model.variance}
   convert.save_converted({"params": saved["params"], "batch_stats": saved["batch_stats"]},
                          description, str(tmp_path / "converted"))
-  model = train.create_model(config, 10)
+  model = create_model(config, 10)
   optimizer = optim.create_optimizer(config.optim, config.train_steps)
-  mesh = Mesh(np.array(jax.devices()), ("data",))
-  state = train.initial_state(config, model, optimizer, NamedSharding(mesh, P()))
-  state = train.load_initial_weights(state, str(tmp_path / "converted"), config, 10)
-  step, _ = train.jit_steps(config, model, optimizer, mesh, state)
+  mesh = create_mesh()
+  state = initial_state(config, model, optimizer, replicated(mesh))
+  state = load_initial_weights(state, str(tmp_path / "converted"), config, 10)
+  step, _ = jit_steps(config, model, optimizer, mesh, state)
   state, metrics = step(state, synthetic_batch())
   assert np.isfinite(metrics["loss"]) and int(state.skipped_steps) == 0
   moves = jax.tree.leaves(jax.tree.map(lambda new, old: np.max(np.abs(np.asarray(new) - old)),
@@ -212,11 +246,11 @@ def synthetic_batch():
 
 def test_a_non_finite_step_is_skipped_and_counted(reference_run):
   config = run_config()
-  model = train.create_model(config, 10)
+  model = create_model(config, 10)
   optimizer = optim.create_optimizer(config.optim, config.train_steps)
-  mesh = Mesh(np.array(jax.devices()), ("data",))
-  state = train.initial_state(config, model, optimizer, NamedSharding(mesh, P()))
-  step, _ = train.jit_steps(config, model, optimizer, mesh, state)
+  mesh = create_mesh()
+  state = initial_state(config, model, optimizer, replicated(mesh))
+  step, _ = jit_steps(config, model, optimizer, mesh, state)
   batch = synthetic_batch()
   poisoned = {**batch, "labels": batch["labels"].copy()}
   poisoned["labels"][0, 0] = np.nan
@@ -245,14 +279,14 @@ def test_bad_config_values_fail_before_compiling(tmp_path):
       ("data.image_size", 50, "config.data.image_size=50: expected a multiple of 32"),
       ("contrastive_scope", "host", "config.contrastive_scope='host'"),
       ("optim.pct_start", 1.5, "config.optim.pct_start=1.5")):
-    config = demo.get_config("smoke")
+    config = run_config()
     node = config
     *parents, leaf = field.split(".")
     for parent in parents:
       node = node[parent]
     node[leaf] = value
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-      train.validate_config(config)
+      config_lib.validate(config)
   result = subprocess.run(
       [sys.executable, "-m", "kmcl_jax.main", "--config=configs/demo.py",
        f"--workdir={tmp_path}", "--config.model.backbon=tresnet_m"],
@@ -331,12 +365,131 @@ def test_sigterm_saves_the_current_step_and_the_rerun_finishes_the_same(
     time.sleep(0.05)
   process.send_signal(signal.SIGTERM)
   _, log = process.communicate(timeout=600)
-  assert process.returncode == 0, log[-3000:]
-  if "Stopped at step" not in log:
+  if process.returncode == 0:
     pytest.skip("the run finished before SIGTERM arrived")
+  assert process.returncode == 75, log[-3000:]  # "preempted: rerun me"
+  assert "Traceback" not in log
   stopped = int(log.split("Stopped at step ")[1].split(" ")[0])
   assert 2 <= stopped < 6 and str(stopped) in os.listdir(tmp_path / "checkpoints")
   assert not (tmp_path / "summary.json").exists()
   finish(subprocess.Popen(main_command(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True))
   assert_trees_close(checkpoint_state(tmp_path, 6), checkpoint_state(reference_run, 6), atol=0)
+
+
+def test_an_update_that_makes_the_parameters_non_finite_is_skipped(reference_run):
+  """The loss and the gradients are finite, the update is not (a learning rate beyond
+  float32): applying it would poison every later step."""
+  config = run_config()
+  config.optim.lr = 1e40
+  model = create_model(config, 10)
+  optimizer = optim.create_optimizer(config.optim, config.train_steps)
+  mesh = create_mesh()
+  state = initial_state(config, model, optimizer, replicated(mesh))
+  step, _ = jit_steps(config, model, optimizer, mesh, state)
+  before = jax.device_get(state)
+  after, metrics = step(state, synthetic_batch())
+  assert np.isfinite(metrics["loss"]) and int(metrics["skipped_steps"]) == 1
+  assert int(after.consecutive_skipped_steps) == 1 and int(after.opt_state.count) == 0
+  assert_trees_close(jax.device_get(after.params), before.params, atol=0)
+
+
+def test_a_diverged_run_stops_with_one_sentence_after_consecutive_skipped_steps(tmp_path):
+  """lr 1e30: the first update is finite but huge, every later forward pass overflows;
+  the skip counter stops the run instead of skipping to the end and exiting 0."""
+  result = subprocess.run(main_command(tmp_path, "--config.optim.lr=1e30",
+                                       "--config.train_steps=12",
+                                       "--config.max_consecutive_skipped_steps=3"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert "its last 3 steps had a non-finite loss, gradient or update" in last
+  assert "config.max_consecutive_skipped_steps=3" in last and "Traceback" not in result.stderr
+  stopped = int(last.split("Stopped at step ")[1].split(":")[0])
+  assert 4 <= stopped <= 5  # step 1 updates, steps 2-4 skip (seen at step 4 or one later)
+  assert not (tmp_path / "summary.json").exists()
+  for saved in os.listdir(tmp_path / "checkpoints"):
+    state = checkpoint_state(tmp_path, int(saved))
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state))
+
+
+def test_a_damaged_newest_checkpoint_falls_back_and_the_run_ends_as_if_uninterrupted(
+    tmp_path, reference_run):
+  """Bytes flipped in the newest checkpoint's array data: the checksums catch it, the
+  run resumes from the one before and retrains the lost steps to the same digits."""
+  import shutil
+  shutil.copytree(reference_run, tmp_path / "run")
+  workdir = tmp_path / "run"
+  os.remove(workdir / "summary.json")
+  data = workdir / "checkpoints" / "6" / "state" / "ocdbt.process_0" / "d"
+  largest = max(data.iterdir(), key=lambda f: f.stat().st_size)
+  content = bytearray(largest.read_bytes())
+  content[len(content) // 2] ^= 0x08
+  largest.write_bytes(bytes(content))
+  result = subprocess.run(main_command(workdir), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "checkpoints/6 cannot be restored: checksum mismatch" in result.stderr
+  assert "Restored" in result.stderr and "checkpoints/4 instead" in result.stderr
+  assert os.listdir(workdir / "damaged") == ["checkpoints-6"]
+  assert_trees_close(checkpoint_state(workdir, 6), checkpoint_state(reference_run, 6), atol=0)
+  assert [r["step"] for r in records(workdir, "train")] == [1, 2, 3, 4, 5, 6]
+  assert json.loads((workdir / "summary.json").read_text())["map"] == json.loads(
+      (reference_run / "summary.json").read_text())["map"]
+
+
+def test_resuming_with_another_batch_size_is_refused_before_anything_changes(
+    tmp_path, reference_run):
+  import shutil
+  shutil.copytree(reference_run, tmp_path / "run")
+  workdir = tmp_path / "run"
+  def files():  # all but the lock, which every run takes
+    return {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"}
+
+  before = files()
+  result = subprocess.run(main_command(workdir, "--config.batch_size=16",
+                                       "--config.model.backbone=tresnet_m"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert "batch_size (8 -> 16), model.backbone ('tresnet_tiny' -> 'tresnet_m')" in last
+  assert "use a new --workdir to start a new run" in last and "Traceback" not in result.stderr
+  assert files() == before
+
+
+def test_a_full_disk_stops_the_run_in_one_sentence_and_loses_no_checkpoint(
+    tmp_path, reference_run):
+  """A real full disk: the workdir is a tmpfs (in a user and mount namespace of its own)
+  with room for about 1.5 checkpoints. The save of step 4 fails; the run stops with one
+  sentence, checkpoint 2 is intact, and with room made the rerun finishes with the
+  parameters of the uninterrupted run."""
+  import shutil
+  unshare = shutil.which("unshare")
+  if unshare is None or subprocess.run([unshare, "-rm", "true"]).returncode != 0:
+    pytest.skip("needs unshare -rm (user and mount namespaces) to mount a small tmpfs")
+  checkpoint_bytes = sum(p.stat().st_size for p in (reference_run / "checkpoints" / "6").rglob("*")
+                         if p.is_file())
+  room_kib = (3 * checkpoint_bytes // 2 + (1 << 20)) // 1024
+  workdir, copy = tmp_path / "full", tmp_path / "copy"
+  workdir.mkdir()
+  command = " ".join(f"'{arg}'" for arg in main_command(workdir))
+  script = f"""
+    mount -t tmpfs -o size={room_kib}k tmpfs '{workdir}' || exit 99
+    {command} > '{tmp_path}/first.log' 2>&1; echo $? > '{tmp_path}/first.code'
+    mount -o remount,size={4 * room_kib}k '{workdir}'
+    {command} > '{tmp_path}/second.log' 2>&1; echo $? > '{tmp_path}/second.code'
+    cp -a '{workdir}' '{copy}'
+  """
+  result = subprocess.run([unshare, "-rm", "sh", "-c", script], cwd=ROOT, timeout=1200)
+  if result.returncode == 99:
+    pytest.skip("this sandbox does not allow mounting a tmpfs")
+  first_log = (tmp_path / "first.log").read_text()
+  assert (tmp_path / "first.code").read_text().strip() == "1", first_log[-3000:]
+  last = first_log.strip().splitlines()[-1]
+  assert "No space left on device" in last and "rerun the same command to resume" in last
+  assert "Traceback" not in first_log and len(first_log.splitlines()) < 80
+  second_log = (tmp_path / "second.log").read_text()
+  assert (tmp_path / "second.code").read_text().strip() == "0", second_log[-3000:]
+  assert "Resumed from step 2" in second_log
+  assert_trees_close(checkpoint_state(copy, 6), checkpoint_state(reference_run, 6), atol=0)
+  assert [r["step"] for r in records(copy, "train")] == [1, 2, 3, 4, 5, 6]

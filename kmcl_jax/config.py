@@ -1,0 +1,175 @@
+r"""The run configuration: defaults, the variants every dataset config shares, checks.
+
+The files in `configs/` (one per dataset, run as `--config=configs/voc.py[:variant]`)
+start from `defaults()` and fill in their data. The defaults are the reference's VOC
+recipe (docs/method.md, "Training recipe"); every key a config may set exists here, so a
+misspelt `--config.x=y` override is an error.
+
+`RESUMABLE_FIELDS` names what may change when a run is resumed from its workdir; every
+other field is part of the run's identity (see `kmcl_jax.workdir`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import jax
+import ml_collections
+from etils import epath
+
+from kmcl_jax import losses
+from kmcl_jax.data import transforms
+from kmcl_jax.models.kmm import VARIANCES
+from kmcl_jax.models.tresnet import ARCHITECTURES
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SCOPES = ("global", "device")
+DTYPES = ("auto", "float32", "bfloat16")
+
+# Fields that change how a run is executed, observed or stored, not what it computes: a
+# resumed run may change them (the change is logged). Dotted prefixes: "data.root" covers
+# data.root only, "model" would cover every model field.
+RESUMABLE_FIELDS = (
+    "eval_every_epochs", "checkpoint_every_steps", "log_every_steps", "eval_batch_size",
+    "threshold", "init_from", "keep_checkpoints", "max_consecutive_skipped_steps",
+    "model.remat", "loss.block_size",
+    "data.root", "data.worker_count", "data.read_threads", "data.skip_corrupt",
+)
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """Every field, set to the reference's VOC recipe; the data fields are left empty."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict(dict(
+      backbone="tresnet_m",   # tresnet_m, tresnet_l, tresnet_xl, tresnet_tiny (tests)
+      kernel="anisotropic",   # anisotropic (D = 128 projection) or isotropic
+      variance="BC",          # BC, MKS (anisotropic), RBF (isotropic)
+      mode="all",             # all: ASL + reconstruction + contrastive; asl_only
+      remat=False,            # rematerialise each block in the backward pass
+  ))
+  config.dtype = "auto"       # compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU
+  config.init_from = ""       # folder written by `python -m kmcl_jax.convert`
+
+  config.loss = ml_collections.ConfigDict(dict(
+      temperature=0.17, gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
+      block_size=0,           # anchors per block of the contrastive term; 0 = automatic
+  ))
+  # global: the KMCL loss over the whole batch (every device, every host);
+  # device: each device's batch on its own, averaged (the reference's DDP script).
+  config.contrastive_scope = "global"
+
+  config.batch_size = 64      # global, all hosts
+  config.eval_batch_size = 64
+  config.num_epochs = 40
+  config.train_steps = 0      # > 0: train (and schedule) this many steps instead
+
+  config.optim = ml_collections.ConfigDict(dict(
+      lr=2e-4, weight_decay=1e-4, b2=0.999, eps=1e-8,
+      pct_start=0.2, div_factor=25.0, final_div_factor=1e4,  # torch OneCycleLR
+      beta1_base=0.85, beta1_peak=0.95,
+  ))
+  config.ema_decay = 0.9997
+  config.threshold = 0.8      # score at which a class counts as predicted (OP, CF1, ...)
+
+  config.eval_every_epochs = 1
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 2  # latest checkpoints kept; an older one is the fallback
+  # Consecutive steps with a non-finite loss, gradient or update after which the run
+  # stops with an error instead of skipping on.
+  config.max_consecutive_skipped_steps = 20
+  config.log_every_steps = 50
+
+  config.data = ml_collections.ConfigDict(dict(
+      name="", root="", train_split="", eval_split="",
+      image_size=224, augment="randaugment", cutout=0.5,
+      mean=IMAGENET_MEAN, std=IMAGENET_STD,
+      worker_count=4, read_threads=8, skip_corrupt=False,
+  ))
+  return config
+
+
+def apply_variants(config: ml_collections.ConfigDict, arg: str | None, file_name: str,
+                   tfds_name: str | None = None) -> ml_collections.ConfigDict:
+  """Applies the comma-separated variants in `arg` that the dataset configs share:
+  `tresnet_l` (the reference's multi-GPU settings: TResNet-L, 448 px, batch 128,
+  lr 4e-4, 80 epochs) and, where the dataset has one, `tfds` (its TFDS source)."""
+  variants = set(arg.split(",")) if arg else set()
+  known = {"tresnet_l"} | ({"tfds"} if tfds_name else set())
+  if variants - known:
+    raise ValueError(f"{file_name}: unknown variant(s) {sorted(variants - known)}; expected "
+                     f"{sorted(known)}.")
+  if "tresnet_l" in variants:
+    config.model.backbone = "tresnet_l"
+    config.data.image_size = 448
+    config.batch_size = config.eval_batch_size = 128
+    config.optim.lr = 4e-4
+    config.num_epochs = 80
+  if "tfds" in variants:
+    config.data.name = tfds_name
+  return config
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The config of a config file given as `path[:variant]` (what --config takes), from
+  any working directory."""
+  path, _, variant = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--config={spec!r}: no config file {path!r}.")
+  module_spec = importlib.util.spec_from_file_location(
+      f"kmcl_config_{os.path.splitext(os.path.basename(path))[0]}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant or None)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first config field with a bad value."""
+  def value(field: str):
+    node = config
+    for part in field.split("."):
+      node = node[part]
+    return node
+
+  def require(ok: bool, field: str, expected: str) -> None:
+    if not ok:
+      raise ValueError(f"config.{field}={value(field)!r}: expected {expected}.")
+
+  require(config.model.backbone in ARCHITECTURES, "model.backbone", f"one of {sorted(ARCHITECTURES)}")
+  require(config.model.kernel in losses.KERNELS, "model.kernel", f"one of {losses.KERNELS}")
+  require(config.model.variance in VARIANCES, "model.variance", f"one of {VARIANCES}")
+  require(config.model.mode in losses.MODES, "model.mode", f"one of {losses.MODES}")
+  require(config.dtype in DTYPES, "dtype", f"one of {DTYPES}")
+  require(config.contrastive_scope in SCOPES, "contrastive_scope", f"one of {SCOPES}")
+  for field in ("batch_size", "eval_batch_size", "num_epochs", "eval_every_epochs",
+                "checkpoint_every_steps", "log_every_steps", "keep_checkpoints",
+                "max_consecutive_skipped_steps"):
+    require(isinstance(value(field), int) and value(field) > 0, field, "a positive integer")
+  require(isinstance(config.train_steps, int) and config.train_steps >= 0, "train_steps",
+          "0 (use num_epochs) or a positive integer")
+  for field in ("batch_size", "eval_batch_size"):
+    require(value(field) % jax.device_count() == 0, field,
+            f"a multiple of the {jax.device_count()} devices")
+  require(config.optim.lr > 0, "optim.lr", "a positive learning rate")
+  require(config.optim.weight_decay >= 0, "optim.weight_decay", "a non-negative number")
+  require(0 < config.optim.pct_start < 1, "optim.pct_start", "a fraction in (0, 1)")
+  require(0 <= config.ema_decay < 1, "ema_decay", "a number in [0, 1)")
+  require(0 < config.threshold < 1, "threshold", "a probability in (0, 1)")
+  require(config.loss.block_size >= 0, "loss.block_size", "0 (automatic) or a positive integer")
+  require(config.data.image_size >= 32 and config.data.image_size % 32 == 0, "data.image_size",
+          "a multiple of 32 (TResNet downsamples 32x)")
+  require(config.data.augment in transforms.AUGMENTATIONS, "data.augment",
+          f"one of {transforms.AUGMENTATIONS}")
+  require(0 <= config.data.cutout < 1, "data.cutout", "a fraction in [0, 1) (0 disables)")
+  require(len(config.data.mean) == 3, "data.mean", "three numbers, one per channel")
+  require(len(config.data.std) == 3 and min(config.data.std) > 0, "data.std",
+          "three positive numbers, one per channel")
+  require(config.data.worker_count >= 0, "data.worker_count", "a non-negative integer")
+  require(config.data.read_threads >= 1, "data.read_threads", "a positive integer")
+  require(bool(config.data.name), "data.name", "a dataset name (see kmcl_jax.data)")
+  if config.init_from:
+    require(epath.Path(config.init_from).is_dir(), "init_from",
+            "a folder written by `python -m kmcl_jax.convert`")
