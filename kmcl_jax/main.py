@@ -8,8 +8,9 @@ r"""The KMCL program: train, evaluate or predict per an ml_collections config.
       --inputs='photos/*.jpg' --output=predictions.csv
 
 On a TPU pod or several GPU hosts run the same command on every host; JAX's
-multi-controller runtime is initialised from the environment (Cloud TPU, SLURM, or
---coordinator_address with --num_processes and --process_id).
+multi-controller runtime starts by itself where JAX detects the cluster (Cloud TPU VM
+slices, GKE, SLURM, Open MPI: --distributed=auto), or from --coordinator_address with
+--num_processes and --process_id.
 
 Exit status: 0 when the run finished, 75 when it stopped on a preemption notice or
 SIGTERM with its current step saved (rerun the same command to resume), 1 on an error.
@@ -28,6 +29,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import kmcl_jax
+from kmcl_jax import distributed
 from kmcl_jax.errors import Preempted, RunStopped
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
@@ -41,28 +43,16 @@ _INPUTS = flags.DEFINE_string("inputs", None, "predict: an image, a folder or a 
 _OUTPUT = flags.DEFINE_string("output", None, "predict: the .csv or .json file to write.")
 _VARIANT = flags.DEFINE_enum("variant", "auto", ["auto", "model", "ema"],
                              "predict: which weights; auto = the better in the best checkpoint.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", distributed.MODES,
+    "Start jax.distributed: auto = where JAX detects a cluster of several processes "
+    "(Cloud TPU slice, GKE, SLURM, Open MPI; never on a plain machine), on, off.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0, for multi-process runs off TPU.")
+                                   "host:port of process 0, for multi-process runs JAX does "
+                                   "not detect (then also --num_processes, --process_id).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in that run.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _initialize_distributed() -> None:
-  """jax.distributed.initialize when this is one process of several."""
-  if _COORDINATOR.value or _NUM_PROCESSES.value:
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  elif any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS",
-                                      "OMPI_COMM_WORLD_SIZE")) and _multi_host_environment():
-    jax.distributed.initialize()
-
-
-def _multi_host_environment() -> bool:
-  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  return (len([h for h in hosts.split(",") if h]) > 1
-          or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-          or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
 
 
 def _quiet_orbax(record) -> bool:
@@ -134,7 +124,8 @@ def main(argv):
 
 
 def _run() -> None:
-  _initialize_distributed()
+  distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                         _PROCESS_ID.value)
   logging.info("JAX process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   if _MODE.value == "train":

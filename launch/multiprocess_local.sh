@@ -11,7 +11,9 @@ multi-controller job (jax.distributed over 127.0.0.1, gloo collectives on the CP
 the way the tests simulate a pod: process i gets --process_id=i, every process builds
 the same mesh over all N x K devices and reads its own share of every global batch.
 Each process's output is prefixed with [process i]; at the end the script prints the
-global device count each process saw.
+global device count each process saw. SIGTERM (or Ctrl-C) to the script reaches every
+process; each saves its current step. Exit status: 0 finished, 75 stopped with the step
+saved (run the same command again to resume), otherwise the first failing process's.
 
   N                       processes (>= 1)
   --devices_per_process=K simulated CPU devices per process (default 1)
@@ -72,32 +74,40 @@ cleanup() {
   rm -rf "$logs"
 }
 trap cleanup EXIT
+# SIGTERM or Ctrl-C here reaches every process: each saves its step and exits 75.
+forward() { kill -TERM "${pids[@]+"${pids[@]}"}" 2>/dev/null || true; }
+trap forward TERM INT
 
 echo "multiprocess_local.sh: $processes processes x $devices_per_process CPU device(s), coordinator 127.0.0.1:$port"
 for ((i = 0; i < processes; i++)); do
-  (
-    export JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES=$devices_per_process
-    export JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo
+  JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES=$devices_per_process \
+    JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo \
     "$python" -m kmcl_jax.main "${main_flags[@]}" --coordinator_address="127.0.0.1:$port" \
-      --num_processes="$processes" --process_id="$i" 2>&1 | tee "$logs/$i.log" |
-      sed -u "s/^/[process $i] /"
-    exit "${PIPESTATUS[0]}"
-  ) &
+    --num_processes="$processes" --process_id="$i" \
+    > >(tee "$logs/$i.log" | sed -u "s/^/[process $i] /") 2>&1 &
   pids+=($!)
 done
 
+# Exit status: 0 when every process finished, 75 when they stopped on SIGTERM or a
+# preemption notice with their step saved (rerun to resume), else the first failure's.
 status=0
 for ((i = 0; i < processes; i++)); do
-  if ! wait "${pids[$i]}"; then
-    echo "multiprocess_local.sh: process $i failed; stopping the others." >&2
-    status=1
+  while true; do
+    wait "${pids[$i]}" && code=0 || code=$?
+    # A trapped signal interrupts `wait` (status > 128) while the process runs on.
+    if [[ $code -gt 128 ]] && kill -0 "${pids[$i]}" 2>/dev/null; then continue; fi
     break
+  done
+  if [[ $code -ne 0 && $code -ne 75 ]]; then
+    echo "multiprocess_local.sh: process $i failed (exit $code); stopping the others." >&2
+    exit "$code"
   fi
+  [[ $code -eq 75 ]] && status=75
 done
-if [[ $status -ne 0 ]]; then exit "$status"; fi
 pids=()
 
 for ((i = 0; i < processes; i++)); do
   seen=$(grep -o "[0-9]* global devices" "$logs/$i.log" | head -n 1 || true)
   echo "process $i saw ${seen:-an unknown number of global devices}"
 done
+exit "$status"
