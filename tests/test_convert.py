@@ -149,3 +149,15 @@ def test_kmcl_checkpoint_without_head_is_named():
   state = {"encoder.body.conv1.conv.weight": np.zeros((64, 48, 3, 3), np.float32)}
   with pytest.raises(ValueError, match="KMCL encoder .* but no head: expected kmm.pi.weight"):
     convert.convert_state_dict(state, "tresnet_m")
+
+
+def test_the_library_defines_no_flags_and_imports_beside_a_benchmark():
+  """The converter's flags belong to its program: importing the library next to another
+  program that defines --arch works (it raised DuplicateFlagError when both defined it)."""
+  result = subprocess.run(
+      [sys.executable, "-c",
+       "from absl import flags; import kmcl_jax.convert as c; import kmcl_jax.benchmarks.backbone; "
+       "print(flags.FLAGS['arch'].default, callable(c.convert_state_dict), 'src' in flags.FLAGS)"],
+      capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ["tresnet_m", "True", "False"]

@@ -1,7 +1,5 @@
-r"""PyTorch TResNet / KMCL checkpoints -> Flax variables and orbax checkpoints.
-
-  python -m kmcl_jax.convert --src=tresnet_m.pth --arch=tresnet_m --dst=/ckpt/tresnet_m
-  python -m kmcl_jax.convert --src=kmcl_voc.ckpt --arch=tresnet_m --dst=/ckpt/kmcl_voc
+r"""PyTorch TResNet / KMCL checkpoints -> Flax variables and orbax checkpoints: the
+library (no flags; the program is `python -m kmcl_jax.convert`, in `__main__.py`).
 
 Reads `.pth`/`.pt`/`.ckpt` (torch needed; nested "state_dict"/"model" keys and a
 DataParallel "module." prefix are handled) or `.safetensors` (no torch). Understands
@@ -24,7 +22,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 from etils import epath
 
 from kmcl_jax.models.kmcl import KMCLModel
@@ -264,24 +261,3 @@ def load_converted(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
   with ocp.StandardCheckpointer() as checkpointer:
     variables = checkpointer.restore(folder / "variables")
   return variables, description
-
-
-_SRC = flags.DEFINE_string("src", None, "PyTorch checkpoint (.pth/.pt/.ckpt/.safetensors).")
-_ARCH = flags.DEFINE_enum("arch", "tresnet_m", sorted(ARCHITECTURES), "Backbone architecture.")
-_DST = flags.DEFINE_string("dst", None, "Output folder for the orbax checkpoint.")
-
-
-def main(argv):
-  del argv
-  if not _SRC.value or not _DST.value:
-    raise app.UsageError("Both --src=FILE and --dst=DIR are required.")
-  state = read_state_dict(_SRC.value)
-  variables = convert_state_dict(state, _ARCH.value)
-  description = model_description(state, _ARCH.value)
-  save_converted(variables, description, _DST.value)
-  count = sum(v.size for v in jax.tree.leaves(variables.get("params", {})))
-  print(f"Converted {_SRC.value} ({description['kind']}, {count:,} parameters) -> {_DST.value}")
-
-
-if __name__ == "__main__":
-  app.run(main)
