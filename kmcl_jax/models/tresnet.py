@@ -75,15 +75,13 @@ class ConvBN(nn.Module):
   stride: int = 1
   slope: float | None = BLOCK_SLOPE  # None: no activation
   dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding="SAME",
                 use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                     dtype=self.dtype, param_dtype=jnp.float32, axis_name=self.bn_axis_name,
-                     name="bn")(x)
+                     dtype=self.dtype, param_dtype=jnp.float32, name="bn")(x)
     if self.slope is not None:
       x = nn.leaky_relu(x, self.slope)
     if self.stride == 2:
@@ -115,11 +113,10 @@ class Block(nn.Module):
   use_se: bool
   downsample: bool
   dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(ConvBN, dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    conv = functools.partial(ConvBN, dtype=self.dtype)
     out_channels = self.planes * (4 if self.bottleneck else 1)
     shortcut = x
     if self.downsample:
@@ -143,19 +140,19 @@ class Block(nn.Module):
 class TResNet(nn.Module):
   """TResNet backbone returning globally average-pooled features (B, 32 * planes) float32.
 
+  BatchNorm statistics in training are over the whole input batch: under jit with a
+  batch sharded over devices that is the global batch, with no axis name to pass.
+
   Attributes:
     layers: blocks per stage.
     width: channel width factor (M 1.0, L 1.2, XL 1.3).
     dtype: compute dtype (bfloat16 on accelerators); params stay float32.
-    bn_axis_name: mapped axis to average BatchNorm statistics over (None under jit
-      with a sharded batch: the global batch is already one array there).
     remat: rematerialise each block in the backward pass (large images, less memory).
   """
 
   layers: Sequence[int]
   width: float = 1.0
   dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
   remat: bool = False
 
   @property
@@ -169,8 +166,7 @@ class TResNet(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     x = space_to_depth(images.astype(self.dtype))
-    x = ConvBN(self.planes, 3, slope=STEM_SLOPE, dtype=self.dtype,
-               bn_axis_name=self.bn_axis_name, name="conv1")(x, train)
+    x = ConvBN(self.planes, 3, slope=STEM_SLOPE, dtype=self.dtype, name="conv1")(x, train)
     block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     in_channels = self.planes
     stages = [(1, False, True), (2, False, True), (2, True, True), (2, True, False)]
@@ -181,8 +177,7 @@ class TResNet(nn.Module):
         first = index == 0
         x = block_cls(planes, stride if first else 1, bottleneck, use_se,
                       downsample=first and (stride != 1 or in_channels != out_channels),
-                      dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                      name=f"layer{stage + 1}_{index}")(x, train)
+                      dtype=self.dtype, name=f"layer{stage + 1}_{index}")(x, train)
         in_channels = out_channels
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
