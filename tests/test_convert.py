@@ -1,10 +1,13 @@
 """PyTorch checkpoints -> Flax variables: timm and original ASL/KMCL names, the KMCL
 wrapper, errors that list every bad key, and the command."""
 
+import argparse
+import copy
 import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -15,13 +18,25 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 from timm_oracle import (assert_features_match, images, numpy_state,  # noqa: E402
-                         randomised_timm, timm_features)
+                         randomised_timm, randomised_tiny_timm, timm_features)
 
 
 @pytest.fixture(scope="module")
 def tresnet_m():
   """One randomised timm TResNet-M shared by this module's tests."""
   return randomised_timm("tresnet_m", seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A randomised timm TResNet with `tresnet_tiny`'s settings (fast to save and convert)."""
+  return randomised_tiny_timm(seed=9)
+
+
+def convert_command(*flags):
+  """`python -m kmcl_jax.convert FLAGS` in a fresh process."""
+  return subprocess.run([sys.executable, "-m", "kmcl_jax.convert", *flags], capture_output=True,
+                        text=True)
 
 
 def to_original_layout(state):
@@ -161,3 +176,106 @@ def test_the_library_defines_no_flags_and_imports_beside_a_benchmark():
       capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split() == ["tresnet_m", "True", "False"]
+
+
+# --------------------------------------------------------------------------------------
+# Reading torch files safely.
+# --------------------------------------------------------------------------------------
+
+
+class FileCreatingPayload:
+  """Unpickling this calls open(path, "w"): the file appears iff the loader ran the pickle."""
+
+  def __init__(self, path):
+    self.path = str(path)
+
+  def __reduce__(self):
+    return (open, (self.path, "w"))
+
+
+def tiny_kmcl_state(tiny, dim=128, classes=3, seed=10):
+  """The authors' KMCL wrapper state dict around `tiny` (original layout, anisotropic BC
+  head with a `dim`-d projection), as torch tensors."""
+  rng = np.random.default_rng(seed)
+  width = 512  # tresnet_tiny's pooled features
+  head = {"downsampler.weight": rng.normal(scale=0.05, size=(dim, width, 1)),
+          "downsampler.bias": rng.normal(size=(dim,)),
+          "kmm.pi.weight": rng.normal(size=(classes, dim)), "kmm.pi.bias": rng.normal(size=(classes,)),
+          "kmm.mean.weight": rng.uniform(0, 0.1, size=(dim * classes, dim)),
+          "kmm.mean.bias": rng.normal(size=(dim * classes,)),
+          "kmm.var.weight": rng.normal(scale=0.1, size=(dim * classes, dim)),
+          "kmm.var.bias": rng.normal(size=(dim * classes,))}
+  encoder = {"encoder." + k: v for k, v in to_original_layout(numpy_state(tiny)).items()}
+  return {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in {**encoder, **head}.items()}
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_a_pickle_that_would_run_code_is_refused_and_not_run(tmp_path, tiny, zip_format):
+  marker = tmp_path / "created_by_unpickling"
+  src = tmp_path / "crafted.pth"
+  torch.save({"state_dict": tiny.state_dict(), "payload": FileCreatingPayload(marker)}, src,
+             _use_new_zipfile_serialization=zip_format)
+  with pytest.raises(ValueError) as error:
+    convert.read_state_dict(str(src))
+  assert not marker.exists()
+  assert str(error.value) == (
+      f"--src={str(src)!r} contains the type io.open, which a safe (weights-only) load does "
+      "not read: load it yourself in a session you trust and save its state dict as "
+      ".safetensors (safetensors.torch.save_file), or pass --allow_unsafe_pickle if you "
+      "trust the file.")
+
+
+def test_the_command_reads_a_pickle_only_with_allow_unsafe_pickle_after_a_warning(tmp_path, tiny):
+  marker = tmp_path / "created_by_unpickling"
+  src = tmp_path / "crafted.pth"
+  torch.save({"state_dict": tiny.state_dict(), "payload": FileCreatingPayload(marker)}, src)
+  flags = [f"--src={src}", "--arch=tresnet_tiny", f"--dst={tmp_path / 'out'}"]
+  refused = convert_command(*flags)
+  assert refused.returncode != 0 and "contains the type io.open" in refused.stderr
+  assert not marker.exists() and not (tmp_path / "out").exists()
+
+  allowed = convert_command(*flags, "--allow_unsafe_pickle")
+  assert allowed.returncode == 0, allowed.stderr[-2000:]
+  assert marker.exists()  # the flag really unpickles everything
+  assert f"--allow_unsafe_pickle: unpickling {src}, which can run any code" in allowed.stderr
+  assert allowed.stdout.startswith(f"Converted {src} (backbone, ")
+
+
+def optimizer_state(tiny):
+  """torch Adam's state dict after one step on a copy of `tiny` (step counts, moments,
+  param groups with tuples, booleans and None)."""
+  model = copy.deepcopy(tiny).train()
+  optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+  model(torch.zeros(2, 3, 32, 32)).square().mean().backward()
+  optimizer.step()
+  return optimizer.state_dict()
+
+
+CHECKPOINT_FORMATS = {
+    "timm_state_dict.pth": lambda tiny: tiny.state_dict(),
+    "imagenet_tresnet.pth": lambda tiny: {"state_dict": tiny.state_dict()},
+    "asl_model_zoo.pth": lambda tiny: {"model": tiny.state_dict(), "num_classes": 3,
+                                       "idx_to_class": {0: "cat", 1: "dog", 2: "bird"}},
+    "training_checkpoint.pt": lambda tiny: {"epoch": 7, "state_dict": tiny.state_dict(),
+                                            "optimizer": optimizer_state(tiny)},
+    "timm_train_py_last.pth.tar": lambda tiny: {
+        "epoch": 7, "arch": "tresnet_tiny", "state_dict": tiny.state_dict(),
+        "optimizer": optimizer_state(tiny), "version": 2, "metric": 61.5,
+        "args": argparse.Namespace(model="tresnet_tiny", lr=4e-4, epochs=80)},
+    "kmcl_wrapper.ckpt": tiny_kmcl_state,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKPOINT_FORMATS))
+def test_known_checkpoint_formats_are_read_safely_and_convert_unchanged(tmp_path, tiny, name):
+  checkpoint = CHECKPOINT_FORMATS[name](tiny)
+  torch.save(checkpoint, tmp_path / name)
+  assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / name) == (
+      ["argparse.Namespace"] if "args" in checkpoint else [])
+  from_file = convert.convert_state_dict(convert.read_state_dict(str(tmp_path / name)),
+                                         "tresnet_tiny")
+  in_memory = convert.convert_state_dict(
+      tiny_kmcl_state(tiny) if name == "kmcl_wrapper.ckpt" else tiny.state_dict(), "tresnet_tiny")
+  assert jax.tree.structure(from_file) == jax.tree.structure(in_memory)
+  for a, b in zip(jax.tree.leaves(from_file), jax.tree.leaves(in_memory)):
+    np.testing.assert_array_equal(a, b)

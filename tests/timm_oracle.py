@@ -4,18 +4,18 @@ features, and the tolerance both test modules compare features with."""
 import numpy as np
 import timm
 import torch
+from timm.models.tresnet import TResNet
 
 IMAGE = 64  # small images keep CI fast; every stage still downsamples, 3x3 taps all used
 
 
-def randomised_timm(arch: str, seed: int = 0) -> torch.nn.Module:
-  """timm TResNet without classifier, eval mode, every weight and BN statistic random.
+def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+  """`model` in eval mode with every weight and BN statistic random (in place).
 
   Random BN statistics and scales matter: timm initialises residual BN scales to 0,
   which would hide most of the network from the comparison.
   """
-  torch.manual_seed(seed)
-  model = timm.create_model(arch, pretrained=False, num_classes=0).eval()
+  model.eval()
   generator = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, tensor in model.state_dict().items():
@@ -29,6 +29,20 @@ def randomised_timm(arch: str, seed: int = 0) -> torch.nn.Module:
         fan_in = tensor[0].numel()
         tensor.copy_(torch.randn(tensor.shape, generator=generator) * (1.0 / fan_in) ** 0.5)
   return model
+
+
+def randomised_timm(arch: str, seed: int = 0) -> torch.nn.Module:
+  """timm's `arch` without classifier, eval mode, every weight and BN statistic random."""
+  torch.manual_seed(seed)
+  return randomise(timm.create_model(arch, pretrained=False, num_classes=0), seed)
+
+
+def randomised_tiny_timm(seed: int = 0) -> torch.nn.Module:
+  """timm's TResNet class with kmcl_jax's `tresnet_tiny` settings (one block per stage,
+  width 0.25), randomised like `randomised_timm`: a checkpoint that converts in a blink."""
+  torch.manual_seed(seed)
+  tiny = TResNet(layers=[1, 1, 1, 1], width_factor=0.25, num_classes=0)
+  return randomise(tiny, seed)
 
 
 def numpy_state(model: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -1,8 +1,10 @@
 r"""PyTorch TResNet / KMCL checkpoints -> Flax variables and orbax checkpoints: the
 library (no flags; the program is `python -m kmcl_jax.convert`, in `__main__.py`).
 
-Reads `.pth`/`.pt`/`.ckpt` (torch needed; nested "state_dict"/"model" keys and a
-DataParallel "module." prefix are handled) or `.safetensors` (no torch). Understands
+Reads `.pth`/`.pt`/`.ckpt`/`.pth.tar` with torch's weights-only loader (tensors and plain
+data only: a file holding other objects is refused, never executed; see
+`read_state_dict`; nested "state_dict"/"model" keys and a DataParallel "module." prefix
+are handled) or `.safetensors` (no torch). Understands
   * timm's TResNet names (`body.layer1.0.conv1.conv.weight`, `...bn.running_mean`);
   * the original ASL/KMCL TResNet names (InPlaceABN: `conv1.0` conv, `conv1.1` norm,
     strided convs one level deeper), whose norm weight is used as |w| + 1e-5;
@@ -14,14 +16,18 @@ wrong shape is an error that lists every such key, never a partially loaded mode
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import pickle
+import re
 from typing import Any, Callable, Mapping
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from etils import epath
 
 from kmcl_jax.models.kmcl import KMCLModel
@@ -59,22 +65,72 @@ def normalise_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Array]:
           for k, v in flat.items() if not k.endswith("num_batches_tracked")}
 
 
-def read_state_dict(path: str) -> dict[str, Array]:
-  """Reads a `.safetensors` (NumPy only) or `.pth`/`.pt`/`.ckpt` (torch) state dict."""
+TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".pth.tar")
+
+# What a weights-only torch.load reads besides tensors, dicts, lists, tuples, numbers,
+# strings and None: plain data classes that a known checkpoint format stores, no more.
+SAFE_EXTRA_TYPES = (
+    argparse.Namespace,  # timm's train.py checkpoints (last.pth.tar): its arguments, "args"
+)
+
+
+def _refused_content(path: str, error: Exception) -> str:
+  """What a weights-only load of `path` refused, named for the error message."""
+  import torch
+
+  try:
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # reads, runs nothing
+  except ValueError:  # a legacy (non-zip, pre-1.6) file: only torch's message names it
+    names = re.findall(r"GLOBAL (\S+) was not an allowed global", str(error))
+  if names:
+    return "the type" + ("s " if len(names) > 1 else " ") + ", ".join(names)
+  reason = re.search(r"WeightsUnpickler error: ([^\n]*)", str(error))
+  return f"data a weights-only load refuses ({reason[1] if reason else error})"
+
+
+def _load_torch_file(path: str, allow_unsafe_pickle: bool) -> Any:
+  """torch.load of `path` reading only data (tensors, containers, numbers, strings and
+  `SAFE_EXTRA_TYPES`), or, with `allow_unsafe_pickle`, any pickled object after a warning."""
+  try:
+    import torch
+  except ImportError as error:
+    raise ImportError(f"Reading {path!r} needs torch (pip install torch), or convert it to "
+                      ".safetensors first.") from error
+  if allow_unsafe_pickle:
+    logging.warning("--allow_unsafe_pickle: unpickling %s, which can run any code the file "
+                    "holds; do this only with a file from a source you trust.", path)
+    return torch.load(path, map_location="cpu", weights_only=False)
+  with torch.serialization.safe_globals(list(SAFE_EXTRA_TYPES)):
+    try:
+      return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+      refused = _refused_content(path, error)
+      raise ValueError(
+          f"--src={path!r} contains {refused}, which a safe (weights-only) load does not "
+          "read: load it yourself in a session you trust and save its state dict as "
+          ".safetensors (safetensors.torch.save_file), or pass --allow_unsafe_pickle "
+          "if you trust the file.") from None
+
+
+def read_state_dict(path: str, allow_unsafe_pickle: bool = False) -> dict[str, Array]:
+  """The state dict (NumPy arrays by key) in a `.safetensors` file (NumPy only) or a
+  torch `.pth`/`.pt`/`.ckpt`/`.pth.tar` file.
+
+  Torch files are read with a weights-only load, which builds tensors, containers,
+  numbers and strings but never calls what the pickle names; a file that needs anything
+  else is refused (ValueError naming it) unless `allow_unsafe_pickle` is set, which
+  unpickles it fully after a warning.
+  """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--src={path!r} does not exist.")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
 
     return normalise_state_dict(load_file(path))
-  if not path.endswith((".pth", ".pt", ".ckpt")):
-    raise ValueError(f"--src={path!r}: expected a .pth, .pt, .ckpt or .safetensors file.")
-  try:
-    import torch
-  except ImportError as error:
-    raise ImportError(f"Reading {path!r} needs torch (pip install torch), or convert it to "
-                      ".safetensors first.") from error
-  return normalise_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+  if not path.endswith(TORCH_SUFFIXES):
+    raise ValueError(f"--src={path!r}: expected a .pth, .pt, .ckpt, .pth.tar or .safetensors "
+                     "file.")
+  return normalise_state_dict(_load_torch_file(path, allow_unsafe_pickle))
 
 
 # --------------------------------------------------------------------------------------
