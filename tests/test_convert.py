@@ -81,7 +81,7 @@ def test_original_layout_with_kmcl_head_reproduces_reference_forward(tresnet_m):
   assert description == {"arch": arch, "kind": "kmcl", "num_classes": classes,
                          "kernel": "anisotropic", "variance": "BC", "mode": "all"}
   x = images(seed=5)
-  out = KMCLModel(arch, classes).apply(variables, x, train=False)
+  out = KMCLModel(backbone=arch, num_classes=classes).apply(variables, x, train=False)
 
   # The reference forward, as the authors' KMCL wrapper computes it.
   pooled = timm_features(tresnet_m, x).astype(np.float64)
@@ -146,8 +146,8 @@ def test_convert_command_writes_orbax_checkpoints_that_load(tmp_path, tresnet_m)
       assert_features_match(np.asarray(out), timm_features(tresnet_m, x))
     else:
       assert description["kernel"] == "isotropic" and description["variance"] == "RBF"
-      module = KMCLModel("tresnet_m", description["num_classes"], description["kernel"],
-                         description["variance"])
+      module = KMCLModel(backbone="tresnet_m", num_classes=description["num_classes"],
+                         kernel=description["kernel"], variance=description["variance"])
       out = module.apply(variables, x, train=False)
       pooled = timm_features(tresnet_m, x).astype(np.float64)
       assert_features_match(np.asarray(out["pi"]), pooled @ head["kmm.pi.weight"].T + head["kmm.pi.bias"])

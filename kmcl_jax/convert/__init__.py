@@ -188,6 +188,9 @@ def _backbone_key(path: tuple[str, ...], collection: str, layout: str) -> tuple[
   return f"{prefix}.1.{name}", (_ABN_SCALE if name == "weight" else _SAME)
 
 
+_REFERENCE_HEAD_NAMES = {"pi": "pi", "mu": "mean", "var": "var"}  # our KMM layer -> theirs
+
+
 def _head_key(path: tuple[str, ...]) -> tuple[str, Callable]:
   """PyTorch key of one head leaf: ("projection", "kernel") or ("kmm", "pi", "bias")."""
   leaf = path[-1]
@@ -195,7 +198,7 @@ def _head_key(path: tuple[str, ...]) -> tuple[str, Callable]:
     return f"downsampler.{'weight' if leaf == 'kernel' else 'bias'}", (
         _POINTWISE if leaf == "kernel" else _SAME)
   # kmm.mean/var output index d*K + k is Flax Dense output index d*K + k: W^T as is.
-  return f"kmm.{path[1]}.{'weight' if leaf == 'kernel' else 'bias'}", (
+  return f"kmm.{_REFERENCE_HEAD_NAMES[path[1]]}.{'weight' if leaf == 'kernel' else 'bias'}", (
       _DENSE if leaf == "kernel" else _SAME)
 
 
@@ -226,7 +229,7 @@ def _is_kmcl_checkpoint(state_dict: Mapping[str, Array]) -> bool:
 
 def _target_module(state_dict: Mapping[str, Array], arch: str):
   if _is_kmcl_checkpoint(state_dict):
-    return KMCLModel(arch, **kmcl_head_settings(state_dict)), True
+    return KMCLModel(backbone=arch, **kmcl_head_settings(state_dict)), True
   return create_backbone(arch), False
 
 

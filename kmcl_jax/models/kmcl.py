@@ -12,7 +12,7 @@ from kmcl_jax.models.kmm import KMCLHead
 from kmcl_jax.models.tresnet import create_backbone
 
 
-class KMCLModel(nn.Module):
+class KMCLModel(nn.Module, kw_only=True):
   """images (B, H, W, 3) -> {"features" (B, D), "pi" (B, K), "mu", "var"}, all float32.
 
   Variables: {"params": {"backbone": ..., "head": {"projection", "kmm"}},
@@ -31,5 +31,5 @@ class KMCLModel(nn.Module):
   def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array | None]:
     pooled = create_backbone(self.backbone, dtype=self.dtype, remat=self.remat,
                              name="backbone")(images, train)
-    return KMCLHead(self.num_classes, self.kernel, self.variance, self.mode, self.dtype,
-                    name="head")(pooled)
+    return KMCLHead(num_classes=self.num_classes, kernel=self.kernel, variance=self.variance,
+                    mode=self.mode, dtype=self.dtype, name="head")(pooled)

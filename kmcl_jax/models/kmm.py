@@ -47,8 +47,8 @@ def _uniform(low: float, high: float):
   return init
 
 
-class KMM(nn.Module):
-  """pi / mu / var heads on features f (B, D).
+class KMM(nn.Module, kw_only=True):
+  """pi / mu / var heads on features f (B, D): Dense layers named `pi`, `mu` and `var`.
 
   Attributes:
     num_classes: K.
@@ -73,33 +73,42 @@ class KMM(nn.Module):
     classes = self.num_classes
     dense = lambda n, name, **kw: nn.Dense(n, dtype=self.dtype, param_dtype=jnp.float32,
                                            name=name, **kw)
-    logits = dense(classes, "pi")(features).astype(jnp.float32)
+    pi = dense(classes, "pi")(features).astype(jnp.float32)
     if self.mode == "asl_only":
-      return {"pi": logits, "mu": None, "var": None}
+      return {"pi": pi, "mu": None, "var": None}
 
     anisotropic = self.kernel == "anisotropic"
-    mean_shape = (batch, dim, classes) if anisotropic else (batch, classes)
-    mean_size = dim * classes if anisotropic else classes
-    mu = dense(mean_size, "mean", kernel_init=_uniform(0.0, 0.1))(features)
+    mu_shape = (batch, dim, classes) if anisotropic else (batch, classes)
+    mu_size = dim * classes if anisotropic else classes
+    mu = dense(mu_size, "mu", kernel_init=_uniform(0.0, 0.1))(features)
     # MKS: one variance per dimension, shared by every class; RBF: one per sample.
-    var_size, var_shape = {"BC": (mean_size, mean_shape), "MKS": (dim, (batch, dim, 1)),
+    var_size, var_shape = {"BC": (mu_size, mu_shape), "MKS": (dim, (batch, dim, 1)),
                            "RBF": (1, (batch, 1))}[self.variance]
     raw_var = dense(var_size, "var", kernel_init=nn.initializers.ones)(features)
     var = VARIANCE_OFFSET + nn.elu(raw_var.astype(jnp.float32))
     return {
-        "pi": logits,
-        "mu": mu.astype(jnp.float32).reshape(mean_shape),
-        "var": jnp.broadcast_to(var.reshape(var_shape), mean_shape),
+        "pi": pi,
+        "mu": mu.astype(jnp.float32).reshape(mu_shape),
+        "var": jnp.broadcast_to(var.reshape(var_shape), mu_shape),
     }
 
 
-class KMCLHead(KMM):
-  """Projection (anisotropic only) followed by the KMM head; same attributes as KMM.
+class KMCLHead(nn.Module, kw_only=True):
+  """Projection (anisotropic only) followed by the KMM head.
 
   Input: pooled backbone features (B, C). Output: {"features": f (B, D) float32,
   "pi", "mu", "var"} as `KMM` returns them, D = 128 anisotropic, D = C isotropic. The
   projection is the reference's 1x1 Conv1d "downsampler", i.e. a Dense layer.
+
+  Attributes:
+    num_classes, kernel, variance, mode, dtype: as `KMM`'s.
   """
+
+  num_classes: int
+  kernel: str = "anisotropic"
+  variance: str = "BC"
+  mode: str = "all"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, pooled: jax.Array) -> dict[str, jax.Array | None]:
@@ -108,6 +117,6 @@ class KMCLHead(KMM):
     if self.kernel == "anisotropic":  # the reference projects in ASL-only mode too
       features = nn.Dense(PROJECTION_DIM, dtype=self.dtype, param_dtype=jnp.float32,
                           name="projection")(pooled)
-    outputs = KMM(self.num_classes, self.kernel, self.variance, self.mode, self.dtype,
-                  name="kmm")(features)
+    outputs = KMM(num_classes=self.num_classes, kernel=self.kernel, variance=self.variance,
+                  mode=self.mode, dtype=self.dtype, name="kmm")(features)
     return {"features": features.astype(jnp.float32), **outputs}
