@@ -1,4 +1,7 @@
-"""The KMM head: shapes, the spec's initialisation, the (D, K) reading, dtypes."""
+"""The KMM head: shapes, the spec's initialisation, the (D, K) reading, float32 behind a
+bfloat16 backbone."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +9,7 @@ import numpy as np
 import pytest
 
 from kmcl_jax import losses
-from kmcl_jax.models import KMM, KMCLHead
+from kmcl_jax.models import KMM, KMCLHead, KMCLModel
 from kmcl_jax.models.kmm import PROJECTION_DIM
 
 BATCH, POOLED, CLASSES = 3, 40, 5
@@ -66,15 +69,44 @@ def test_flat_outputs_are_read_as_dim_by_class():
     np.testing.assert_allclose(out["var"][:, d, k], flat_var[:, d * CLASSES + k], rtol=1e-5)
 
 
-def test_bfloat16_compute_keeps_float32_params_and_outputs():
-  x = jax.random.normal(jax.random.key(5), (BATCH, POOLED))
-  variables, out32 = _init_apply(KMCLHead(num_classes=CLASSES), x)
-  out16 = KMCLHead(num_classes=CLASSES, dtype=jnp.bfloat16).apply(variables, x)
-  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+@pytest.fixture(scope="module")
+def bfloat16_model():
+  """A KMCLModel with a bfloat16 tresnet_tiny backbone, its variables and 32 px images."""
+  model = KMCLModel(backbone="tresnet_tiny", num_classes=CLASSES, dtype=jnp.bfloat16)
+  images = jax.random.normal(jax.random.key(9), (2, 32, 32, 3))
+  return model, jax.jit(model.init)(jax.random.key(10), images), images
+
+
+def test_a_bfloat16_backbone_feeds_a_float32_head(bfloat16_model):
+  """The head's outputs behind a bfloat16 backbone are bit for bit those of the head
+  applied on its own to the same pooled features. Exactly, not to round-off: both
+  programs run the same float32 operations (full-precision dots, adds, ELU) on the same
+  float32 input, and a bfloat16 operation anywhere in the head would change the bits."""
+  model, variables, images = bfloat16_model
+  only_backbone = lambda module, method: module.name == "backbone"
+  out, state = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=only_backbone))(
+      variables, images)
+  (pooled,) = state["intermediates"]["backbone"]["__call__"]
+  assert pooled.dtype == jnp.float32 and pooled.shape == (2, 512)
+  alone = jax.jit(KMCLHead(num_classes=CLASSES).apply)({"params": variables["params"]["head"]},
+                                                       pooled)
   for name in ("features", "pi", "mu", "var"):
-    assert out16[name].dtype == jnp.float32
-    np.testing.assert_allclose(out16[name], out32[name], rtol=0.05, atol=0.05)
-    assert not np.array_equal(out16[name], out32[name]), f"{name} was not computed in bf16"
+    assert out[name].dtype == jnp.float32
+    np.testing.assert_array_equal(out[name], alone[name], err_msg=name)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+
+
+def test_every_head_layer_multiplies_in_float32_at_full_precision(bfloat16_model):
+  model, variables, images = bfloat16_model
+  program = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, images).as_text()
+  dots = [line for line in program.splitlines() if "stablehlo.dot_general" in line]
+  full = [line for line in dots if "precision = [HIGHEST, HIGHEST]" in line]
+  # projection (2, 128), pi (2, K), mu and var (2, 128 K): float32 operands and result.
+  assert sorted(re.search(r"-> tensor<(\S+)>", line)[1] for line in full) == sorted(
+      ["2x128xf32", f"2x{CLASSES}xf32", f"2x{128 * CLASSES}xf32", f"2x{128 * CLASSES}xf32"])
+  assert not any("bf16" in line for line in full)
+  # Every other dot is the backbone's (squeeze-excite) and stays bfloat16.
+  assert len(dots) > len(full) and all("bf16" in line for line in dots if line not in full)
 
 
 def test_asl_only_head_has_only_pi():

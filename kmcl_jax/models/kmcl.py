@@ -15,6 +15,9 @@ from kmcl_jax.models.tresnet import create_backbone
 class KMCLModel(nn.Module, kw_only=True):
   """images (B, H, W, 3) -> {"features" (B, D), "pi" (B, K), "mu", "var"}, all float32.
 
+  `dtype` is the backbone's compute dtype; the head computes in float32 from the pooled
+  features on (`KMCLHead`), whatever it is. `remat` rematerialises backbone blocks.
+
   Variables: {"params": {"backbone": ..., "head": {"projection", "kmm"}},
               "batch_stats": {"backbone": ...}}.
   """
@@ -32,4 +35,4 @@ class KMCLModel(nn.Module, kw_only=True):
     pooled = create_backbone(self.backbone, dtype=self.dtype, remat=self.remat,
                              name="backbone")(images, train)
     return KMCLHead(num_classes=self.num_classes, kernel=self.kernel, variance=self.variance,
-                    mode=self.mode, dtype=self.dtype, name="head")(pooled)
+                    mode=self.mode, name="head")(pooled)
