@@ -17,7 +17,8 @@ def get_config(arg=None):
 
   config.model = ml_collections.ConfigDict(dict(
       backbone="tresnet_m",   # tresnet_m, tresnet_l, tresnet_xl, tresnet_tiny (tests)
-      kernel="anisotropic",   # anisotropic (D = 128 projection) or isotropic
+      kernel="anisotropic",   # anisotropic (D = embedding_dim projection) or isotropic
+      embedding_dim=128,      # D of the anisotropic kernel; isotropic keeps the backbone's
       variance="BC",          # BC, MKS (anisotropic), RBF (isotropic)
       mode="all",             # all: ASL + reconstruction + contrastive; asl_only
       remat=False,            # rematerialise each block in the backward pass

@@ -79,7 +79,8 @@ def test_original_layout_with_kmcl_head_reproduces_reference_forward(tresnet_m):
   variables = convert.convert_state_dict(checkpoint, arch)
   description = convert.model_description(checkpoint, arch)
   assert description == {"arch": arch, "kind": "kmcl", "num_classes": classes,
-                         "kernel": "anisotropic", "variance": "BC", "mode": "all"}
+                         "kernel": "anisotropic", "variance": "BC", "mode": "all",
+                         "embedding_dim": dim}
   x = images(seed=5)
   out = KMCLModel(backbone=arch, num_classes=classes).apply(variables, x, train=False)
 
@@ -279,3 +280,48 @@ def test_known_checkpoint_formats_are_read_safely_and_convert_unchanged(tmp_path
   assert jax.tree.structure(from_file) == jax.tree.structure(in_memory)
   for a, b in zip(jax.tree.leaves(from_file), jax.tree.leaves(in_memory)):
     np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------------------
+# The embedding size travels with the converted model.
+# --------------------------------------------------------------------------------------
+
+
+def test_embedding_dim_is_read_off_the_checkpoint_and_must_match_the_config(tmp_path, tiny):
+  """A checkpoint whose projection has D = 64 outputs converts to a 64-d head, loads into
+  a config with model.embedding_dim = 64 and is refused, naming the field, with 128."""
+  from jax.sharding import Mesh, NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from configs import demo
+  from kmcl_jax import optim, train
+
+  classes = 3
+  checkpoint = tiny_kmcl_state(tiny, dim=64, classes=classes)
+  description = convert.model_description(checkpoint, "tresnet_tiny")
+  assert description["embedding_dim"] == 64
+  variables = convert.convert_state_dict(checkpoint, "tresnet_tiny")
+  assert variables["params"]["head"]["projection"]["kernel"].shape == (512, 64)
+  assert variables["params"]["head"]["kmm"]["mu"]["kernel"].shape == (64, 64 * classes)
+  folder = str(tmp_path / "kmcl_64")
+  convert.save_converted(variables, description, folder)
+
+  config = demo.get_config("smoke")  # tresnet_tiny
+  config.model.embedding_dim = 64
+  model = train.create_model(config, classes)
+  optimizer = optim.create_optimizer(config.optim, config.train_steps)
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  state = train.initial_state(config, model, optimizer, NamedSharding(mesh, P()))
+  loaded = train.load_initial_weights(state, folder, config, classes)
+  for name in ("projection", "kmm"):
+    for ours, theirs in zip(jax.tree.leaves(loaded.params["head"][name]),
+                            jax.tree.leaves(variables["params"]["head"][name])):
+      np.testing.assert_array_equal(ours, theirs)
+
+  config.model.embedding_dim = 128
+  with pytest.raises(ValueError) as error:
+    train.load_initial_weights(state, folder, config, classes)
+  assert str(error.value) == (
+      f"config.init_from={folder!r} is a KMCL model with {{'num_classes': 3, 'kernel': "
+      "'anisotropic', 'variance': 'BC', 'embedding_dim': 64}; the config asks for "
+      "{'num_classes': 3, 'kernel': 'anisotropic', 'variance': 'BC', 'embedding_dim': 128}.")

@@ -10,7 +10,7 @@ import pytest
 
 from kmcl_jax import losses
 from kmcl_jax.models import KMM, KMCLHead, KMCLModel
-from kmcl_jax.models.kmm import PROJECTION_DIM
+from kmcl_jax.models.kmm import DEFAULT_EMBEDDING_DIM
 
 BATCH, POOLED, CLASSES = 3, 40, 5
 
@@ -20,12 +20,15 @@ def _init_apply(module, x, seed=0):
   return variables, module.apply(variables, x)
 
 
-@pytest.mark.parametrize("kernel, variance", [
-    ("anisotropic", "BC"), ("anisotropic", "MKS"), ("isotropic", "BC"), ("isotropic", "RBF")])
-def test_shapes_and_variance_sharing(kernel, variance):
+@pytest.mark.parametrize("kernel, variance, embedding_dim, dim", [
+    ("anisotropic", "BC", None, DEFAULT_EMBEDDING_DIM), ("anisotropic", "MKS", 24, 24),
+    ("isotropic", "BC", 24, POOLED), ("isotropic", "RBF", None, POOLED)])
+def test_shapes_and_variance_sharing(kernel, variance, embedding_dim, dim):
+  """D is embedding_dim (128 unless set) for the anisotropic kernel, the input's C for the
+  isotropic one whatever embedding_dim says."""
   x = jax.random.normal(jax.random.key(1), (BATCH, POOLED))
-  _, out = _init_apply(KMCLHead(num_classes=CLASSES, kernel=kernel, variance=variance), x)
-  dim = PROJECTION_DIM if kernel == "anisotropic" else POOLED
+  size = {} if embedding_dim is None else {"embedding_dim": embedding_dim}
+  _, out = _init_apply(KMCLHead(num_classes=CLASSES, kernel=kernel, variance=variance, **size), x)
   gaussian = (BATCH, dim, CLASSES) if kernel == "anisotropic" else (BATCH, CLASSES)
   assert out["features"].shape == (BATCH, dim)
   assert out["pi"].shape == (BATCH, CLASSES)
@@ -122,6 +125,7 @@ def test_asl_only_head_has_only_pi():
     ({"kernel": "anisotropic", "variance": "RBF"}, "isotropic kernel only"),
     ({"variance": "cosine"}, "`variance` must be one of"),
     ({"mode": "ASLOnly"}, "`mode` must be one of"),
+    ({"embedding_dim": 0}, "`embedding_dim` must be a positive integer, got 0."),
 ])
 def test_bad_head_settings_raise(kwargs, message):
   with pytest.raises(ValueError, match=message):

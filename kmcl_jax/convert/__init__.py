@@ -31,6 +31,7 @@ from absl import logging
 from etils import epath
 
 from kmcl_jax.models.kmcl import KMCLModel
+from kmcl_jax.models.kmm import DEFAULT_EMBEDDING_DIM
 from kmcl_jax.models.tresnet import ARCHITECTURES, create_backbone
 
 MODEL_FILE = "kmcl_model.json"  # beside the orbax checkpoint: what the variables belong to
@@ -194,7 +195,7 @@ _REFERENCE_HEAD_NAMES = {"pi": "pi", "mu": "mean", "var": "var"}  # our KMM laye
 def _head_key(path: tuple[str, ...]) -> tuple[str, Callable]:
   """PyTorch key of one head leaf: ("projection", "kernel") or ("kmm", "pi", "bias")."""
   leaf = path[-1]
-  if path[0] == "projection":  # the reference's Conv1d(C, 128, 1) "downsampler"
+  if path[0] == "projection":  # the reference's Conv1d(C, D, 1) "downsampler"
     return f"downsampler.{'weight' if leaf == 'kernel' else 'bias'}", (
         _POINTWISE if leaf == "kernel" else _SAME)
   # kmm.mean/var output index d*K + k is Flax Dense output index d*K + k: W^T as is.
@@ -208,18 +209,24 @@ def _head_key(path: tuple[str, ...]) -> tuple[str, Callable]:
 
 
 def kmcl_head_settings(state_dict: Mapping[str, Array]) -> dict[str, Any]:
-  """num_classes, kernel, variance and mode of a KMCL wrapper checkpoint, from shapes."""
+  """num_classes, kernel, variance, mode and (anisotropic) embedding_dim of a KMCL wrapper
+  checkpoint, read off its shapes: the `KMCLModel` head settings it was trained with."""
   if "kmm.pi.weight" not in state_dict:
     raise ValueError("The checkpoint has a KMCL encoder (encoder.*) but no head: expected "
                      "kmm.pi.weight (and kmm.mean/var.* unless trained ASL-only).")
   classes, dim = state_dict["kmm.pi.weight"].shape
-  kernel = "anisotropic" if "downsampler.weight" in state_dict else "isotropic"
+  anisotropic = "downsampler.weight" in state_dict  # (D, C, 1): the projection to D
+  settings = {"num_classes": classes, "kernel": "anisotropic" if anisotropic else "isotropic"}
   if "kmm.mean.weight" not in state_dict:
-    return {"num_classes": classes, "kernel": kernel, "variance": "BC", "mode": "asl_only"}
-  var_out = state_dict["kmm.var.weight"].shape[0]
-  variance = "RBF" if var_out == 1 else ("MKS" if var_out == dim and kernel == "anisotropic"
-                                         and classes != 1 else "BC")
-  return {"num_classes": classes, "kernel": kernel, "variance": variance, "mode": "all"}
+    settings.update(variance="BC", mode="asl_only")
+  else:
+    var_out = state_dict["kmm.var.weight"].shape[0]
+    variance = "RBF" if var_out == 1 else ("MKS" if var_out == dim and anisotropic
+                                           and classes != 1 else "BC")
+    settings.update(variance=variance, mode="all")
+  if anisotropic:
+    settings["embedding_dim"] = state_dict["downsampler.weight"].shape[0]
+  return settings
 
 
 def _is_kmcl_checkpoint(state_dict: Mapping[str, Array]) -> bool:
@@ -283,7 +290,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, An
 
 
 def model_description(state_dict: Mapping[str, Any], arch: str) -> dict[str, Any]:
-  """What converted variables belong to: {"arch", "kind": "backbone"|"kmcl", head settings}."""
+  """What converted variables belong to: {"arch", "kind": "backbone"|"kmcl"} and, for a KMCL
+  model, its head settings (`kmcl_head_settings`; embedding_dim for the anisotropic kernel)."""
   state = normalise_state_dict(state_dict)
   if _is_kmcl_checkpoint(state):
     return {"arch": arch, "kind": "kmcl", **kmcl_head_settings(state)}
@@ -310,13 +318,20 @@ def save_converted(variables: Mapping[str, Any], description: Mapping[str, Any],
 
 
 def load_converted(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(variables, description) written by `save_converted`; `path` may be on gs://."""
+  """(variables, description) written by `save_converted`; `path` may be on gs://.
+
+  An anisotropic KMCL description without embedding_dim (converted before it was
+  recorded) gets 128, the only size converted then.
+  """
   import orbax.checkpoint as ocp
 
   folder = epath.Path(path if "://" in path else os.path.abspath(path))  # local or gs://
   if not (folder / MODEL_FILE).exists():
     raise FileNotFoundError(f"{path!r} is not a converted checkpoint: no {MODEL_FILE}.")
   description = json.loads((folder / MODEL_FILE).read_text())
+  if description.get("kind") == "kmcl" and description.get("kernel") == "anisotropic":
+    # Folders converted before the field was recorded: every projection then had 128 outputs.
+    description.setdefault("embedding_dim", DEFAULT_EMBEDDING_DIM)
   with ocp.StandardCheckpointer() as checkpointer:
     variables = checkpointer.restore(folder / "variables")
   return variables, description

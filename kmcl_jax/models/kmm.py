@@ -1,7 +1,7 @@
 """The kernel mixture module (KMM): the head that turns pooled backbone features into
 class logits pi and per-class Gaussian kernels (mu, var), spec section 1.
 
-    pooled (B, C) -> [anisotropic] projection Dense(C -> 128) -> f (B, D)
+    pooled (B, C) -> [anisotropic] projection Dense(C -> embedding_dim) -> f (B, D)
     f -> pi  = Dense(D -> K)                                   (B, K)
     f -> mu  = Dense(D -> D*K), read as (D, K)                  (B, D, K) | Dense(D -> K) (B, K)
     f -> var = 2 + 1e-7 + ELU(Dense(...))                      same shape as mu, > 1
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from kmcl_jax.losses import KERNELS, MODES
 
 VARIANCES = ("BC", "MKS", "RBF")
-PROJECTION_DIM = 128  # the reference's anisotropic embedding size
+DEFAULT_EMBEDDING_DIM = 128  # the reference's anisotropic projection size
 VARIANCE_OFFSET = 2.0 + 1e-7  # var = 2 + 1e-7 + ELU(x) > 1
 
 
@@ -102,25 +102,30 @@ class KMCLHead(nn.Module, kw_only=True):
   """Projection (anisotropic only) followed by the KMM head.
 
   Input: pooled backbone features (B, C), any float dtype. Output: {"features": f (B, D),
-  "pi", "mu", "var"} as `KMM` returns them, all float32 and computed in float32, D = 128
-  anisotropic, D = C isotropic. The projection is the reference's 1x1 Conv1d
-  "downsampler", i.e. a Dense layer.
+  "pi", "mu", "var"} as `KMM` returns them, all float32 and computed in float32,
+  D = embedding_dim anisotropic, D = C isotropic. The projection is the reference's 1x1
+  Conv1d "downsampler", i.e. a Dense layer.
 
   Attributes:
     num_classes, kernel, variance, mode: as `KMM`'s.
+    embedding_dim: D of the anisotropic kernel, the projection's output size (the
+      reference's 128 by default); the isotropic kernel keeps the backbone's C.
   """
 
   num_classes: int
   kernel: str = "anisotropic"
   variance: str = "BC"
   mode: str = "all"
+  embedding_dim: int = DEFAULT_EMBEDDING_DIM
 
   @nn.compact
   def __call__(self, pooled: jax.Array) -> dict[str, jax.Array | None]:
     _check_head(self.kernel, self.variance, self.mode)
+    if self.embedding_dim < 1:
+      raise ValueError(f"`embedding_dim` must be a positive integer, got {self.embedding_dim}.")
     features = pooled.astype(jnp.float32)
     if self.kernel == "anisotropic":  # the reference projects in ASL-only mode too
-      features = _float32_dense(PROJECTION_DIM, "projection")(features)
+      features = _float32_dense(self.embedding_dim, "projection")(features)
     outputs = KMM(num_classes=self.num_classes, kernel=self.kernel, variance=self.variance,
                   mode=self.mode, name="kmm")(features)
     return {"features": features, **outputs}
