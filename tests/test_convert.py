@@ -3,7 +3,6 @@ wrapper, errors that list every bad key, and the command."""
 
 import argparse
 import copy
-import re
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from kmcl_jax.models import KMCLModel, create_backbone
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
+from timm.layers import BlurPool2d  # noqa: E402
 from timm_oracle import (assert_features_match, images, numpy_state,  # noqa: E402
                          randomised_timm, randomised_tiny_timm, timm_features)
 
@@ -39,29 +39,48 @@ def convert_command(*flags):
                         text=True)
 
 
-def to_original_layout(state):
-  """timm names -> the ASL/KMCL InPlaceABN layout; BN scale w stored as +-(w - 1e-5)."""
+def to_original_layout(model):
+  """A timm TResNet's state dict in the ASL/KMCL InPlaceABN layout (`conv.0` conv, `conv.1`
+  norm), BN scale w stored as +-(w - 1e-5). The anti-aliased convs, those with a blur pool
+  in timm, sit one level deeper there: Sequential(conv2d_ABN, AntiAliasDownsampleLayer)."""
+  anti_aliased = {name for name, module in model.named_modules()
+                  if isinstance(getattr(module, "aa", None), BlurPool2d)}
   rng = np.random.default_rng(0)
   out = {}
-  for key, value in state.items():
+  for key, value in numpy_state(model).items():
     if key.endswith("num_batches_tracked"):
       continue
-    new = key
-    match = re.match(r"body\.layer(\d)\.(\d+)\.(conv\d)\.(.*)", key)
-    if match:
-      stage, block, conv, rest = int(match[1]), int(match[2]), match[3], match[4]
-      strided = stage >= 2 and block == 0 and conv == ("conv2" if stage >= 3 else "conv1")
-      new = f"body.layer{stage}.{block}.{conv}{'.0' if strided else ''}.{rest}"
-    new = new.replace(".conv.weight", ".0.weight").replace(".bn.", ".1.")
-    if new.endswith(".1.weight"):
-      value = (value - 1e-5) * rng.choice([-1.0, 1.0], size=value.shape)
-    out[new] = value
+    module, part, leaf = key.rsplit(".", 2)  # e.g. body.layer2.0.conv1, bn, weight
+    if part in ("conv", "bn"):
+      deeper = ".0" if module in anti_aliased else ""
+      key = f"{module}{deeper}.{0 if part == 'conv' else 1}.{leaf}"
+      if part == "bn" and leaf == "weight":
+        value = (value - 1e-5) * rng.choice([-1.0, 1.0], size=value.shape)
+    out[key] = value
   return out
 
 
-def test_original_layout_with_kmcl_head_reproduces_reference_forward(tresnet_m):
-  arch, classes = "tresnet_m", 5
-  state = numpy_state(tresnet_m)
+@pytest.fixture(scope="module")
+def tresnet_l_v2():
+  """One randomised timm tresnet_v2_l (the authors' tresnet_l_v2) for this module."""
+  return randomised_timm("tresnet_v2_l", seed=11)
+
+
+@pytest.mark.parametrize("arch, original_keys", [
+    ("tresnet_m", ["body.layer2.0.conv1.0.0.weight", "body.layer3.0.conv2.0.1.running_var",
+                   "body.layer2.0.downsample.1.0.weight"]),
+    # Bottlenecks from layer 1 on: a stride-1 widening shortcut, layer 2 strided in conv2.
+    ("tresnet_l_v2", ["body.layer1.0.downsample.0.0.weight", "body.layer1.0.conv2.1.bias",
+                      "body.layer2.0.conv2.0.0.weight", "body.layer2.0.downsample.1.1.weight"]),
+])
+def test_original_layout_with_kmcl_head_reproduces_reference_forward(request, arch,
+                                                                     original_keys):
+  """The authors' KMCL checkpoint (their TResNet layout under encoder.*, a random
+  downsampler and kmm head) converts and gives the reference forward pass."""
+  model = request.getfixturevalue(arch)
+  classes = 5
+  encoder = to_original_layout(model)
+  assert all(key in encoder for key in original_keys)  # the authors' names, as they build them
   rng = np.random.default_rng(4)
   dim, width = 128, 2048
   head = {
@@ -74,7 +93,7 @@ def test_original_layout_with_kmcl_head_reproduces_reference_forward(tresnet_m):
       "kmm.var.weight": rng.normal(scale=0.1, size=(dim * classes, dim)),
       "kmm.var.bias": rng.normal(size=(dim * classes,)),
   }
-  checkpoint = {"state_dict": {**{"encoder." + k: v for k, v in to_original_layout(state).items()},
+  checkpoint = {"state_dict": {**{"encoder." + k: v for k, v in encoder.items()},
                                **{k: v.astype(np.float32) for k, v in head.items()}}}
   variables = convert.convert_state_dict(checkpoint, arch)
   description = convert.model_description(checkpoint, arch)
@@ -82,10 +101,11 @@ def test_original_layout_with_kmcl_head_reproduces_reference_forward(tresnet_m):
                          "kernel": "anisotropic", "variance": "BC", "mode": "all",
                          "embedding_dim": dim}
   x = images(seed=5)
-  out = KMCLModel(backbone=arch, num_classes=classes).apply(variables, x, train=False)
+  module = KMCLModel(backbone=arch, num_classes=classes)
+  out = jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, x)
 
   # The reference forward, as the authors' KMCL wrapper computes it.
-  pooled = timm_features(tresnet_m, x).astype(np.float64)
+  pooled = timm_features(model, x).astype(np.float64)
   f = pooled @ head["downsampler.weight"][:, :, 0].T + head["downsampler.bias"]
   pi = f @ head["kmm.pi.weight"].T + head["kmm.pi.bias"]
   mu = (f @ head["kmm.mean.weight"].T + head["kmm.mean.bias"]).reshape(-1, dim, classes)
@@ -125,21 +145,19 @@ def test_convert_command_writes_orbax_checkpoints_that_load(tmp_path, tresnet_m)
 
   timm_file = tmp_path / "tresnet_m.pth"
   torch.save({"state_dict": tresnet_m.state_dict()}, timm_file)
-  state = numpy_state(tresnet_m)
   rng = np.random.default_rng(7)
   head = {"kmm.pi.weight": rng.normal(size=(3, 2048)), "kmm.pi.bias": rng.normal(size=(3,)),
           "kmm.mean.weight": rng.normal(size=(3, 2048)), "kmm.mean.bias": rng.normal(size=(3,)),
           "kmm.var.weight": rng.normal(size=(1, 2048)), "kmm.var.bias": rng.normal(size=(1,))}
   kmcl_file = tmp_path / "kmcl_isotropic_rbf.safetensors"
   save_file({**{"encoder." + k: np.ascontiguousarray(v, np.float32)
-                for k, v in to_original_layout(state).items()},
+                for k, v in to_original_layout(tresnet_m).items()},
              **{k: v.astype(np.float32) for k, v in head.items()}}, str(kmcl_file))
 
   x = images(seed=8)
   for src in (timm_file, kmcl_file):
     dst = tmp_path / (src.stem + "_flax")
-    result = subprocess.run([sys.executable, "-m", "kmcl_jax.convert", f"--src={src}",
-                             "--arch=tresnet_m", f"--dst={dst}"], capture_output=True, text=True)
+    result = convert_command(f"--src={src}", "--arch=tresnet_m", f"--dst={dst}")
     assert result.returncode == 0, result.stderr[-2000:]
     variables, description = convert.load_converted(str(dst))
     if description["kind"] == "backbone":
@@ -155,9 +173,8 @@ def test_convert_command_writes_orbax_checkpoints_that_load(tmp_path, tresnet_m)
       assert out["var"].shape == (2, 3)
       np.testing.assert_allclose(out["var"][:, 0], out["var"][:, 2])  # one variance per sample
 
-  again = subprocess.run([sys.executable, "-m", "kmcl_jax.convert", f"--src={timm_file}",
-                          "--arch=tresnet_m", f"--dst={tmp_path / 'tresnet_m_flax'}"],
-                         capture_output=True, text=True)
+  again = convert_command(f"--src={timm_file}", "--arch=tresnet_m",
+                          f"--dst={tmp_path / 'tresnet_m_flax'}")
   assert again.returncode != 0 and "already holds a converted checkpoint" in again.stderr
 
 
@@ -206,7 +223,7 @@ def tiny_kmcl_state(tiny, dim=128, classes=3, seed=10):
           "kmm.mean.bias": rng.normal(size=(dim * classes,)),
           "kmm.var.weight": rng.normal(scale=0.1, size=(dim * classes, dim)),
           "kmm.var.bias": rng.normal(size=(dim * classes,))}
-  encoder = {"encoder." + k: v for k, v in to_original_layout(numpy_state(tiny)).items()}
+  encoder = {"encoder." + k: v for k, v in to_original_layout(tiny).items()}
   return {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in {**encoder, **head}.items()}
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from kmcl_jax import convert
 from kmcl_jax.models import create_backbone
+from kmcl_jax.models.tresnet import TIMM_NAMES
 
 pytest.importorskip("torch")
 pytest.importorskip("timm")
@@ -15,14 +16,17 @@ from timm_oracle import (assert_features_match, images, numpy_state,  # noqa: E4
                          randomised_timm, timm_features)
 
 
-@pytest.fixture(scope="module", params=["tresnet_m", "tresnet_l"])
+@pytest.fixture(scope="module", params=["tresnet_m", "tresnet_l", "tresnet_l_v2"])
 def timm_pair(request):
+  """(arch, the same network in timm randomised, its state dict); one per arch and module."""
   arch = request.param
-  model = randomised_timm(arch)
+  model = randomised_timm(TIMM_NAMES[arch])
   return arch, model, numpy_state(model)
 
 
 def test_timm_parity_and_parameter_count(timm_pair):
+  """Converted timm weights give timm's pooled features within 1e-4 of their scale at 64 px
+  (L-v2: timm's tresnet_v2_l), with exactly timm's parameters."""
   arch, model, state = timm_pair
   variables = convert.convert_state_dict(state, arch)
   x = images()
@@ -38,8 +42,9 @@ def test_timm_parity_and_parameter_count(timm_pair):
 
 def test_feature_widths():
   widths = {name: create_backbone(name).num_features
-            for name in ("tresnet_m", "tresnet_l", "tresnet_xl")}
-  assert widths == {"tresnet_m": 2048, "tresnet_l": 2432, "tresnet_xl": 2656}
+            for name in ("tresnet_m", "tresnet_l", "tresnet_xl", "tresnet_l_v2")}
+  assert widths == {"tresnet_m": 2048, "tresnet_l": 2432, "tresnet_xl": 2656,
+                    "tresnet_l_v2": 2048}
 
 
 def test_remat_and_bfloat16_variants():

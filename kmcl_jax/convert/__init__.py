@@ -5,11 +5,15 @@ Reads `.pth`/`.pt`/`.ckpt`/`.pth.tar` with torch's weights-only loader (tensors 
 data only: a file holding other objects is refused, never executed; see
 `read_state_dict`; nested "state_dict"/"model" keys and a DataParallel "module." prefix
 are handled) or `.safetensors` (no torch). Understands
-  * timm's TResNet names (`body.layer1.0.conv1.conv.weight`, `...bn.running_mean`);
+  * timm's TResNet names (`body.layer1.0.conv1.conv.weight`, `...bn.running_mean`),
+    `tresnet_v2_l`'s for `tresnet_l_v2`;
   * the original ASL/KMCL TResNet names (InPlaceABN: `conv1.0` conv, `conv1.1` norm,
-    strided convs one level deeper), whose norm weight is used as |w| + 1e-5;
+    strided convs one level deeper), whose norm weight is used as |w| + 1e-5; their
+    `TResnetLV2` for `tresnet_l_v2` (Bottlenecks from layer 1: a `layer1.0.downsample.0`
+    shortcut, layer 2 strided in `conv2`);
   * the KMCL wrapper (`encoder.*` backbone, `downsampler.*` projection, `kmm.pi/mean/var.*`),
-    converted to the whole `KMCLModel` with the head's flat K*D outputs read as (D, K).
+    converted to the whole `KMCLModel` with the head's flat K*D outputs read as (D, K)
+    and its mean layer `kmm.mean` as our `mu`.
 Classifier heads (`head.fc.*`) are dropped. Anything else missing, left over or of the
 wrong shape is an error that lists every such key, never a partially loaded model.
 """
@@ -21,7 +25,7 @@ import json
 import os
 import pickle
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import jax
@@ -158,14 +162,17 @@ def detect_layout(backbone_state: Mapping[str, Array]) -> str:
                    "or body.conv1.0.weight (original ASL/KMCL layout).")
 
 
-def _is_strided(stage: int, block: int, conv: str) -> bool:
-  """Whether this conv is the anti-aliased stride-2 one (first block of layers 2-4)."""
-  bottleneck = stage >= 3
+def _is_strided(stage: int, block: int, conv: str, bottleneck_stages: Sequence[bool]) -> bool:
+  """Whether this conv is the anti-aliased stride-2 one: in the first block of layers 2-4,
+  conv2 of a Bottleneck, conv1 of a BasicBlock."""
+  bottleneck = bottleneck_stages[stage - 1]
   return stage >= 2 and block == 0 and conv == ("conv2" if bottleneck else "conv1")
 
 
-def _backbone_key(path: tuple[str, ...], collection: str, layout: str) -> tuple[str, Callable]:
-  """PyTorch key of one backbone leaf, e.g. ("layer2_0", "conv1", "bn", "scale")."""
+def _backbone_key(path: tuple[str, ...], collection: str, layout: str,
+                  bottleneck_stages: Sequence[bool]) -> tuple[str, Callable]:
+  """PyTorch key of one backbone leaf, e.g. ("layer2_0", "conv1", "bn", "scale"), in a
+  TResNet whose stage s (1-4) has Bottleneck blocks where bottleneck_stages[s - 1]."""
   if path[0] == "conv1":
     prefix, stage, block, rest = "body.conv1", 0, 0, path[1:]
   else:
@@ -175,10 +182,11 @@ def _backbone_key(path: tuple[str, ...], collection: str, layout: str) -> tuple[
       return f"{prefix}.{rest[0]}.{'weight' if rest[1] == 'kernel' else 'bias'}", (
           _POINTWISE if rest[1] == "kernel" else _SAME)
   conv = path[1] if path[0] != "conv1" else "conv1"
-  # Strided shortcuts are Sequential(AvgPool, ConvNormAct): the conv sits at index 1.
+  # Shortcuts are Sequential([AvgPool,] conv + norm): in the strided layers 2-4 the conv
+  # sits at index 1; in layer 1 (Bottlenecks widening 64 -> 256 channels, L-v2) at 0.
   if conv == "downsample":
-    prefix += ".1"
-  elif layout == "original" and _is_strided(stage, block, conv):
+    prefix += ".1" if stage >= 2 else ".0"
+  elif layout == "original" and _is_strided(stage, block, conv, bottleneck_stages):
     prefix += ".0"  # Sequential(conv2d_ABN, anti-alias)
   part, leaf = rest
   if part == "conv":
@@ -257,6 +265,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, An
   backbone_state = ({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
                     if is_kmcl else state)
   layout = detect_layout(backbone_state)
+  bottleneck_stages = create_backbone(arch).bottleneck_stages
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
 
   missing, mismatched, used = [], [], set()
@@ -266,7 +275,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, An
     if is_kmcl and parts[0] == "head":
       key, transform = _head_key(parts[1:])
     else:
-      key, transform = _backbone_key(parts[1:] if is_kmcl else parts, collection, layout)
+      key, transform = _backbone_key(parts[1:] if is_kmcl else parts, collection, layout,
+                                     bottleneck_stages)
       key = "encoder." + key if is_kmcl else key
     if key not in state:
       missing.append(key)
