@@ -342,3 +342,21 @@ def test_embedding_dim_is_read_off_the_checkpoint_and_must_match_the_config(tmp_
       f"config.init_from={folder!r} is a KMCL model with {{'num_classes': 3, 'kernel': "
       "'anisotropic', 'variance': 'BC', 'embedding_dim': 64}; the config asks for "
       "{'num_classes': 3, 'kernel': 'anisotropic', 'variance': 'BC', 'embedding_dim': 128}.")
+
+
+def test_a_kmcl_model_converted_by_an_earlier_version_loads_in_todays_form(tmp_path, tiny):
+  """Earlier folders named the mu layer "mean" and recorded no embedding_dim (always 128)."""
+  variables = convert.convert_state_dict(tiny_kmcl_state(tiny), "tresnet_tiny")
+  description = convert.model_description(tiny_kmcl_state(tiny), "tresnet_tiny")
+  earlier_head = {**variables["params"]["head"],
+                  "kmm": {("mean" if k == "mu" else k): v
+                          for k, v in variables["params"]["head"]["kmm"].items()}}
+  convert.save_converted({**variables, "params": {**variables["params"], "head": earlier_head}},
+                         {k: v for k, v in description.items() if k != "embedding_dim"},
+                         str(tmp_path / "earlier"))
+  loaded, loaded_description = convert.load_converted(str(tmp_path / "earlier"))
+  assert loaded_description == description and description["embedding_dim"] == 128
+  assert set(loaded["params"]["head"]["kmm"]) == {"pi", "mu", "var"}
+  assert jax.tree.structure(loaded) == jax.tree.structure(variables)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(a, b)

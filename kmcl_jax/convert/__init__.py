@@ -327,21 +327,31 @@ def save_converted(variables: Mapping[str, Any], description: Mapping[str, Any],
     json.dump(description, f, indent=2)
 
 
-def load_converted(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(variables, description) written by `save_converted`; `path` may be on gs://.
+def _in_current_form(variables: dict[str, Any], description: dict[str, Any]
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """A KMCL model converted by an earlier kmcl_jax, as this one writes it: its mu layer
+  was named "mean", and its description had no embedding_dim (every anisotropic head then
+  projected to 128)."""
+  if description.get("kind") != "kmcl":
+    return variables, description
+  if description.get("kernel") == "anisotropic" and "embedding_dim" not in description:
+    description = {**description, "embedding_dim": DEFAULT_EMBEDDING_DIM}
+  head = variables["params"]["head"]
+  if "mean" in head["kmm"]:
+    kmm = {("mu" if name == "mean" else name): layer for name, layer in head["kmm"].items()}
+    variables = {**variables, "params": {**variables["params"], "head": {**head, "kmm": kmm}}}
+  return variables, description
 
-  An anisotropic KMCL description without embedding_dim (converted before it was
-  recorded) gets 128, the only size converted then.
-  """
+
+def load_converted(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(variables, description) written by `save_converted`, also by an earlier kmcl_jax
+  (brought to today's names and fields); `path` may be on gs://."""
   import orbax.checkpoint as ocp
 
   folder = epath.Path(path if "://" in path else os.path.abspath(path))  # local or gs://
   if not (folder / MODEL_FILE).exists():
     raise FileNotFoundError(f"{path!r} is not a converted checkpoint: no {MODEL_FILE}.")
   description = json.loads((folder / MODEL_FILE).read_text())
-  if description.get("kind") == "kmcl" and description.get("kernel") == "anisotropic":
-    # Folders converted before the field was recorded: every projection then had 128 outputs.
-    description.setdefault("embedding_dim", DEFAULT_EMBEDDING_DIM)
   with ocp.StandardCheckpointer() as checkpointer:
     variables = checkpointer.restore(folder / "variables")
-  return variables, description
+  return _in_current_form(variables, description)
