@@ -121,10 +121,10 @@ def read_state_dict(path: str, allow_unsafe_pickle: bool = False) -> dict[str, A
   """The state dict (NumPy arrays by key) in a `.safetensors` file (NumPy only) or a
   torch `.pth`/`.pt`/`.ckpt`/`.pth.tar` file.
 
-  Torch files are read with a weights-only load, which builds tensors, containers,
-  numbers and strings but never calls what the pickle names; a file that needs anything
-  else is refused (ValueError naming it) unless `allow_unsafe_pickle` is set, which
-  unpickles it fully after a warning.
+  Torch files are read with a weights-only load, which rebuilds tensors, containers,
+  numbers, strings and `SAFE_EXTRA_TYPES` and calls nothing else the pickle names; a
+  file that needs anything else is refused (ValueError naming it) unless
+  `allow_unsafe_pickle` is set, which unpickles it fully after a warning.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--src={path!r} does not exist.")
@@ -165,8 +165,8 @@ def detect_layout(backbone_state: Mapping[str, Array]) -> str:
 def _is_strided(stage: int, block: int, conv: str, bottleneck_stages: Sequence[bool]) -> bool:
   """Whether this conv is the anti-aliased stride-2 one: in the first block of layers 2-4,
   conv2 of a Bottleneck, conv1 of a BasicBlock."""
-  bottleneck = bottleneck_stages[stage - 1]
-  return stage >= 2 and block == 0 and conv == ("conv2" if bottleneck else "conv1")
+  return stage >= 2 and block == 0 and conv == (
+      "conv2" if bottleneck_stages[stage - 1] else "conv1")
 
 
 def _backbone_key(path: tuple[str, ...], collection: str, layout: str,
