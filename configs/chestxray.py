@@ -5,13 +5,14 @@ r"""NIH Chest X-ray14, 14 findings, official train_val / test lists.
 
 As in the reference: Cutout then a random affine map (rotation up to 45 degrees,
 translation 15%, scale 0.85-1.15) instead of RandAugment, and the scans' mean grey level
-(0.50576) subtracted with unit std. Variant: `:tresnet_l` (TResNet-L, 448 px, batch 128,
-lr 4e-4, 80 epochs).
+(0.50576) subtracted with unit std. Variants: `:tresnet_l` (TResNet-L, 448 px, batch 128,
+lr 4e-4, 80 epochs), `:tresnet_l_v2` (the same on TResNet-L-v2, the authors' multi-GPU
+default).
 """
 
 from kmcl_jax.config import apply_variants, defaults
 
-VARIANTS = ("", "tresnet_l")
+VARIANTS = ("", "tresnet_l", "tresnet_l_v2")
 
 
 def get_config(arg=None):

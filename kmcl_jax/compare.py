@@ -50,6 +50,7 @@ from kmcl_jax.benchmarks.loss_programs import jax_value_and_grad, make_inputs
 from kmcl_jax.benchmarks.timing import median_seconds
 from kmcl_jax.data import transforms
 from kmcl_jax.mesh import create_mesh, replicated, to_global_batch
+from kmcl_jax.models.tresnet import TIMM_NAMES
 from kmcl_jax.state import create_model, initial_state, with_weights
 from kmcl_jax.steps import jit_steps
 
@@ -153,7 +154,8 @@ def their_training(baseline_dir: str, config, classes: int, total_steps: int, on
 
   torch.manual_seed(config.seed)
   with baseline.device_context(on_gpu):
-    encoder = timm.create_model(config.model.backbone, pretrained=False, num_classes=0)
+    encoder = timm.create_model(TIMM_NAMES[config.model.backbone], pretrained=False,
+                                num_classes=0)
     head_options = types.SimpleNamespace(loss_opt="all", loss_case=config.model.kernel,
                                          similarity=config.model.variance)
     model = baseline.kmcl_model_class(baseline_dir, on_gpu)(

@@ -45,8 +45,9 @@ def defaults() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.model = ml_collections.ConfigDict(dict(
-      backbone="tresnet_m",   # tresnet_m, tresnet_l, tresnet_xl, tresnet_tiny (tests)
-      kernel="anisotropic",   # anisotropic (D = 128 projection) or isotropic
+      backbone="tresnet_m",   # tresnet_m/l/xl, tresnet_l_v2, tresnet_tiny (tests)
+      kernel="anisotropic",   # anisotropic (D = embedding_dim projection) or isotropic
+      embedding_dim=128,      # D of the anisotropic kernel; isotropic keeps the backbone's
       variance="BC",          # BC, MKS (anisotropic), RBF (isotropic)
       mode="all",             # all: ASL + reconstruction + contrastive; asl_only
       remat=False,            # rematerialise each block in the backward pass
@@ -92,18 +93,27 @@ def defaults() -> ml_collections.ConfigDict:
   return config
 
 
+# Variants naming the backbone of the reference's multi-GPU recipe (448 px, batch 128, ...).
+MULTI_GPU_BACKBONES = ("tresnet_l", "tresnet_l_v2")
+
+
 def apply_variants(config: ml_collections.ConfigDict, arg: str | None, file_name: str,
                    tfds_name: str | None = None) -> ml_collections.ConfigDict:
   """Applies the comma-separated variants in `arg` that the dataset configs share:
-  `tresnet_l` (the reference's multi-GPU settings: TResNet-L, 448 px, batch 128,
-  lr 4e-4, 80 epochs) and, where the dataset has one, `tfds` (its TFDS source)."""
+  `tresnet_l` or `tresnet_l_v2` (the reference's multi-GPU settings, 448 px, batch 128,
+  lr 4e-4, 80 epochs, on TResNet-L or on TResNet-L-v2, the multi-GPU script's default
+  backbone) and, where the dataset has one, `tfds` (its TFDS source)."""
   variants = set(arg.split(",")) if arg else set()
-  known = {"tresnet_l"} | ({"tfds"} if tfds_name else set())
+  known = set(MULTI_GPU_BACKBONES) | ({"tfds"} if tfds_name else set())
   if variants - known:
     raise ValueError(f"{file_name}: unknown variant(s) {sorted(variants - known)}; expected "
                      f"{sorted(known)}.")
-  if "tresnet_l" in variants:
-    config.model.backbone = "tresnet_l"
+  backbones = sorted(variants & set(MULTI_GPU_BACKBONES))
+  if len(backbones) > 1:
+    raise ValueError(f"{file_name}: variants {backbones} each choose the backbone; expected "
+                     "one of them.")
+  if backbones:
+    config.model.backbone = backbones[0]
     config.data.image_size = 448
     config.batch_size = config.eval_batch_size = 128
     config.optim.lr = 4e-4

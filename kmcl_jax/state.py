@@ -60,7 +60,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> KMCLMod
   return KMCLModel(backbone=config.model.backbone, num_classes=num_classes,
                    kernel=config.model.kernel, variance=config.model.variance,
                    mode=config.model.mode, dtype=compute_dtype(config),
-                   remat=config.model.remat)
+                   remat=config.model.remat, embedding_dim=config.model.embedding_dim)
 
 
 def _init_fn(config, model: KMCLModel, optimizer: optax.GradientTransformation):
@@ -109,6 +109,8 @@ def load_initial_weights(state: TrainState, path: str, config, num_classes: int)
   if description.get("kind") == "kmcl":
     expected = {"num_classes": num_classes, "kernel": config.model.kernel,
                 "variance": config.model.variance}
+    if config.model.kernel == "anisotropic":  # the isotropic head has no projection
+      expected["embedding_dim"] = config.model.embedding_dim
     found = {k: description.get(k) for k in expected}
     if found != expected:
       raise ValueError(f"config.init_from={path!r} is a KMCL model with {found}; the config "

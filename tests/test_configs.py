@@ -33,8 +33,10 @@ def test_every_variant_loads_and_validates(name):
     assert config_lib.load(os.path.join(CONFIG_DIR, f"{name}.py:{variant}")) == config
     assert config.data.name in NAMES
     assert config.num_epochs > 0 and config.checkpoint_every_steps > 0
-    if "tresnet_l" in variant:
-      assert (config.model.backbone, config.data.image_size) == ("tresnet_l", 448)
+    backbones = set(variant.split(",")) & {"tresnet_l", "tresnet_l_v2"}
+    if backbones:
+      assert (config.model.backbone, config.data.image_size) == (backbones.pop(), 448)
+      assert (config.batch_size, config.optim.lr, config.num_epochs) == (128, 4e-4, 80)
     elif name != "demo":
       assert (config.model.backbone, config.data.image_size) == ("tresnet_m", 224)
   with pytest.raises(ValueError, match=f"configs/{name}.py: unknown variant"):
@@ -49,3 +51,14 @@ def test_dataset_specific_settings():
   assert voc.get_config("tfds").data.name == "tfds:voc/2007"
   assert coco.get_config("tresnet_l,tfds").data.name == "tfds:coco/2014"
   assert voc.get_config("tresnet_l").optim.lr == 4e-4
+  assert coco.get_config("tresnet_l_v2,tfds").model.backbone == "tresnet_l_v2"
+
+
+def test_every_dataset_offers_both_multi_gpu_backbones_but_not_both_at_once():
+  for name in CONFIGS:
+    module = config_module(name)
+    if name != "demo":
+      assert {"tresnet_l", "tresnet_l_v2"} <= set(module.VARIANTS), name
+      with pytest.raises(ValueError, match=f"configs/{name}.py: variants \\['tresnet_l', "
+                                           "'tresnet_l_v2'\\] each choose the backbone"):
+        module.get_config("tresnet_l,tresnet_l_v2")

@@ -1,6 +1,4 @@
-"""TResNet in Flax against timm (the oracle), and checkpoint conversion."""
-
-import re
+"""TResNet in Flax against timm (the oracle): features, widths, remat and bfloat16."""
 
 import jax
 import jax.numpy as jnp
@@ -8,60 +6,27 @@ import numpy as np
 import pytest
 
 from kmcl_jax import convert
-from kmcl_jax.models import KMCLModel, create_backbone
+from kmcl_jax.models import create_backbone
+from kmcl_jax.models.tresnet import TIMM_NAMES
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
+pytest.importorskip("torch")
+pytest.importorskip("timm")
 
-IMAGE = 64  # small images keep CI fast; every stage still downsamples
-
-
-def randomised_timm(arch: str, seed: int = 0):
-  """timm TResNet without classifier, eval mode, every weight and BN statistic random.
-
-  Random BN statistics and scales matter: timm initialises residual BN scales to 0,
-  which would hide most of the network from the comparison.
-  """
-  torch.manual_seed(seed)
-  model = timm.create_model(arch, pretrained=False, num_classes=0).eval()
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, tensor in model.state_dict().items():
-      if not tensor.is_floating_point():
-        continue
-      if name.endswith(("bn.weight", "running_var")):
-        tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
-      elif name.endswith(("bn.bias", "running_mean")):
-        tensor.copy_(0.1 * torch.randn(tensor.shape, generator=generator))
-      elif name.endswith("weight"):
-        fan_in = tensor[0].numel()
-        tensor.copy_(torch.randn(tensor.shape, generator=generator) * (1.0 / fan_in) ** 0.5)
-  return model
+from timm_oracle import (assert_features_match, images, numpy_state,  # noqa: E402
+                         randomised_timm, timm_features)
 
 
-def images(batch=2, seed=1):
-  return np.random.default_rng(seed).normal(size=(batch, IMAGE, IMAGE, 3)).astype(np.float32)
-
-
-def timm_features(model, x_nhwc):
-  with torch.no_grad():
-    return model(torch.from_numpy(x_nhwc.transpose(0, 3, 1, 2))).numpy()
-
-
-def assert_features_match(ours, reference):
-  scale = np.abs(reference).max()
-  assert np.abs(ours - reference).max() <= 1e-4 * scale, (
-      f"max abs diff {np.abs(ours - reference).max():.3e} vs scale {scale:.3e}")
-
-
-@pytest.fixture(scope="module", params=["tresnet_m", "tresnet_l"])
+@pytest.fixture(scope="module", params=["tresnet_m", "tresnet_l", "tresnet_l_v2"])
 def timm_pair(request):
+  """(arch, the same network in timm randomised, its state dict); one per arch and module."""
   arch = request.param
-  model = randomised_timm(arch)
-  return arch, model, {k: v.numpy() for k, v in model.state_dict().items()}
+  model = randomised_timm(TIMM_NAMES[arch])
+  return arch, model, numpy_state(model)
 
 
 def test_timm_parity_and_parameter_count(timm_pair):
+  """Converted timm weights give timm's pooled features within 1e-4 of their scale at 64 px
+  (L-v2: timm's tresnet_v2_l), with exactly timm's parameters."""
   arch, model, state = timm_pair
   variables = convert.convert_state_dict(state, arch)
   x = images()
@@ -77,135 +42,9 @@ def test_timm_parity_and_parameter_count(timm_pair):
 
 def test_feature_widths():
   widths = {name: create_backbone(name).num_features
-            for name in ("tresnet_m", "tresnet_l", "tresnet_xl")}
-  assert widths == {"tresnet_m": 2048, "tresnet_l": 2432, "tresnet_xl": 2656}
-
-
-def to_original_layout(state):
-  """timm names -> the ASL/KMCL InPlaceABN layout; BN scale w stored as +-(w - 1e-5)."""
-  rng = np.random.default_rng(0)
-  out = {}
-  for key, value in state.items():
-    if key.endswith("num_batches_tracked"):
-      continue
-    new = key
-    match = re.match(r"body\.layer(\d)\.(\d+)\.(conv\d)\.(.*)", key)
-    if match:
-      stage, block, conv, rest = int(match[1]), int(match[2]), match[3], match[4]
-      strided = stage >= 2 and block == 0 and conv == ("conv2" if stage >= 3 else "conv1")
-      new = f"body.layer{stage}.{block}.{conv}{'.0' if strided else ''}.{rest}"
-    new = new.replace(".conv.weight", ".0.weight").replace(".bn.", ".1.")
-    if new.endswith(".1.weight"):
-      value = (value - 1e-5) * rng.choice([-1.0, 1.0], size=value.shape)
-    out[new] = value
-  return out
-
-
-def test_original_layout_with_kmcl_head_reproduces_reference_forward():
-  arch, classes = "tresnet_m", 5
-  model = randomised_timm(arch, seed=3)
-  state = {k: v.numpy() for k, v in model.state_dict().items()}
-  rng = np.random.default_rng(4)
-  dim, width = 128, 2048
-  head = {
-      "downsampler.weight": rng.normal(scale=0.02, size=(dim, width, 1)),
-      "downsampler.bias": rng.normal(size=(dim,)),
-      "kmm.pi.weight": rng.normal(scale=0.1, size=(classes, dim)),
-      "kmm.pi.bias": rng.normal(size=(classes,)),
-      "kmm.mean.weight": rng.uniform(0, 0.1, size=(dim * classes, dim)),
-      "kmm.mean.bias": rng.normal(size=(dim * classes,)),
-      "kmm.var.weight": rng.normal(scale=0.1, size=(dim * classes, dim)),
-      "kmm.var.bias": rng.normal(size=(dim * classes,)),
-  }
-  checkpoint = {"state_dict": {**{"encoder." + k: v for k, v in to_original_layout(state).items()},
-                               **{k: v.astype(np.float32) for k, v in head.items()}}}
-  variables = convert.convert_state_dict(checkpoint, arch)
-  description = convert.model_description(checkpoint, arch)
-  assert description == {"arch": arch, "kind": "kmcl", "num_classes": classes,
-                         "kernel": "anisotropic", "variance": "BC", "mode": "all"}
-  x = images(seed=5)
-  out = KMCLModel(arch, classes).apply(variables, x, train=False)
-
-  # The reference forward, as the authors' KMCL wrapper computes it.
-  pooled = timm_features(model, x).astype(np.float64)
-  f = pooled @ head["downsampler.weight"][:, :, 0].T + head["downsampler.bias"]
-  pi = f @ head["kmm.pi.weight"].T + head["kmm.pi.bias"]
-  mu = (f @ head["kmm.mean.weight"].T + head["kmm.mean.bias"]).reshape(-1, dim, classes)
-  raw_var = f @ head["kmm.var.weight"].T + head["kmm.var.bias"]
-  var = (2 + 1e-7 + np.where(raw_var > 0, raw_var, np.expm1(raw_var))).reshape(-1, dim, classes)
-  for name, reference in (("features", f), ("pi", pi), ("mu", mu), ("var", var)):
-    assert_features_match(np.asarray(out[name]), reference)
-
-
-def test_truncated_checkpoint_lists_missing_keys():
-  state = {k: v.numpy() for k, v in randomised_timm("tresnet_m").state_dict().items()}
-  del state["body.layer3.4.conv2.bn.running_var"]
-  with pytest.raises(ValueError) as error:
-    convert.convert_state_dict(state, "tresnet_m")
-  assert "missing (1): body.layer3.4.conv2.bn.running_var" in str(error.value)
-
-
-def test_wrong_architecture_reports_shapes_and_unexpected_keys():
-  state = {k: v.numpy() for k, v in randomised_timm("tresnet_m").state_dict().items()}
-  with pytest.raises(ValueError) as error:
-    convert.convert_state_dict(state, "tresnet_l")
-  message = str(error.value)
-  assert "shape mismatch" in message and "body.conv1.conv.weight" in message
-  assert "model expects (3, 3, 48, 76)" in message
-  assert "missing" in message  # tresnet_l has more blocks than tresnet_m
-
-
-def test_unknown_key_is_reported():
-  state = {k: v.numpy() for k, v in randomised_timm("tresnet_m").state_dict().items()}
-  state["body.layer9.0.conv1.conv.weight"] = np.zeros((1,))
-  with pytest.raises(ValueError, match=r"unexpected \(1\): body.layer9.0.conv1.conv.weight"):
-    convert.convert_state_dict(state, "tresnet_m")
-
-
-def test_convert_command_writes_orbax_checkpoints_that_load(tmp_path):
-  """timm .pth and original-layout KMCL .safetensors -> orbax -> the same model outputs."""
-  import subprocess
-  import sys
-
-  from safetensors.numpy import save_file
-
-  model = randomised_timm("tresnet_m", seed=6)
-  timm_file = tmp_path / "tresnet_m.pth"
-  torch.save({"state_dict": model.state_dict()}, timm_file)
-  state = {k: v.numpy() for k, v in model.state_dict().items()}
-  rng = np.random.default_rng(7)
-  head = {"kmm.pi.weight": rng.normal(size=(3, 2048)), "kmm.pi.bias": rng.normal(size=(3,)),
-          "kmm.mean.weight": rng.normal(size=(3, 2048)), "kmm.mean.bias": rng.normal(size=(3,)),
-          "kmm.var.weight": rng.normal(size=(1, 2048)), "kmm.var.bias": rng.normal(size=(1,))}
-  kmcl_file = tmp_path / "kmcl_isotropic_rbf.safetensors"
-  save_file({**{"encoder." + k: np.ascontiguousarray(v, np.float32)
-                for k, v in to_original_layout(state).items()},
-             **{k: v.astype(np.float32) for k, v in head.items()}}, str(kmcl_file))
-
-  x = images(seed=8)
-  for src in (timm_file, kmcl_file):
-    dst = tmp_path / (src.stem + "_flax")
-    result = subprocess.run([sys.executable, "-m", "kmcl_jax.convert", f"--src={src}",
-                             "--arch=tresnet_m", f"--dst={dst}"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    variables, description = convert.load_converted(str(dst))
-    if description["kind"] == "backbone":
-      out = create_backbone("tresnet_m").apply(variables, x, train=False)
-      assert_features_match(np.asarray(out), timm_features(model, x))
-    else:
-      assert description["kernel"] == "isotropic" and description["variance"] == "RBF"
-      module = KMCLModel("tresnet_m", description["num_classes"], description["kernel"],
-                         description["variance"])
-      out = module.apply(variables, x, train=False)
-      pooled = timm_features(model, x).astype(np.float64)
-      assert_features_match(np.asarray(out["pi"]), pooled @ head["kmm.pi.weight"].T + head["kmm.pi.bias"])
-      assert out["var"].shape == (2, 3)
-      np.testing.assert_allclose(out["var"][:, 0], out["var"][:, 2])  # one variance per sample
-
-  again = subprocess.run([sys.executable, "-m", "kmcl_jax.convert", f"--src={timm_file}",
-                          "--arch=tresnet_m", f"--dst={tmp_path / 'tresnet_m_flax'}"],
-                         capture_output=True, text=True)
-  assert again.returncode != 0 and "already holds a converted checkpoint" in again.stderr
+            for name in ("tresnet_m", "tresnet_l", "tresnet_xl", "tresnet_l_v2")}
+  assert widths == {"tresnet_m": 2048, "tresnet_l": 2432, "tresnet_xl": 2656,
+                    "tresnet_l_v2": 2048}
 
 
 def test_remat_and_bfloat16_variants():
@@ -229,9 +68,3 @@ def test_remat_and_bfloat16_variants():
   assert half.dtype == jnp.float32 and half.shape == (2, backbone.num_features)
   np.testing.assert_allclose(half, full, rtol=0.1, atol=0.05 * float(jnp.abs(full).max()))
   assert not np.array_equal(half, full)
-
-
-def test_kmcl_checkpoint_without_head_is_named():
-  state = {"encoder.body.conv1.conv.weight": np.zeros((64, 48, 3, 3), np.float32)}
-  with pytest.raises(ValueError, match="KMCL encoder .* but no head: expected kmm.pi.weight"):
-    convert.convert_state_dict(state, "tresnet_m")

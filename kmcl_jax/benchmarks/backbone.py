@@ -21,6 +21,7 @@ from absl import app, flags
 
 from kmcl_jax.benchmarks.timing import median_seconds
 from kmcl_jax.models import create_backbone
+from kmcl_jax.models.tresnet import TIMM_NAMES
 
 _ARCH = flags.DEFINE_string("arch", "tresnet_m", "Backbone.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Images per step.")
@@ -59,7 +60,7 @@ def time_timm(images: np.ndarray) -> dict[str, float]:
   import torch
 
   device = "cuda" if torch.cuda.is_available() else "cpu"
-  model = timm.create_model(_ARCH.value, pretrained=False, num_classes=0).to(device)
+  model = timm.create_model(TIMM_NAMES[_ARCH.value], pretrained=False, num_classes=0).to(device)
   x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
   mixed = _DTYPE.value == "bfloat16" and device == "cuda"
   if mixed:

@@ -8,12 +8,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kmcl_jax.models.kmm import KMCLHead
+from kmcl_jax.models.kmm import DEFAULT_EMBEDDING_DIM, KMCLHead
 from kmcl_jax.models.tresnet import create_backbone
 
 
-class KMCLModel(nn.Module):
+class KMCLModel(nn.Module, kw_only=True):
   """images (B, H, W, 3) -> {"features" (B, D), "pi" (B, K), "mu", "var"}, all float32.
+
+  Head settings (num_classes, kernel, variance, mode, embedding_dim) are `KMCLHead`'s.
+  `dtype` is the backbone's compute dtype; the head computes in float32 from the pooled
+  features on, whatever it is. `remat` rematerialises backbone blocks.
 
   Variables: {"params": {"backbone": ..., "head": {"projection", "kmm"}},
               "batch_stats": {"backbone": ...}}.
@@ -24,6 +28,7 @@ class KMCLModel(nn.Module):
   kernel: str = "anisotropic"
   variance: str = "BC"
   mode: str = "all"
+  embedding_dim: int = DEFAULT_EMBEDDING_DIM
   dtype: Any = jnp.float32
   remat: bool = False
 
@@ -31,5 +36,5 @@ class KMCLModel(nn.Module):
   def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array | None]:
     pooled = create_backbone(self.backbone, dtype=self.dtype, remat=self.remat,
                              name="backbone")(images, train)
-    return KMCLHead(self.num_classes, self.kernel, self.variance, self.mode, self.dtype,
-                    name="head")(pooled)
+    return KMCLHead(num_classes=self.num_classes, kernel=self.kernel, variance=self.variance,
+                    mode=self.mode, embedding_dim=self.embedding_dim, name="head")(pooled)

@@ -1,16 +1,21 @@
-"""TResNet-M/L/XL (Ridnik et al., arXiv 2003.13630) in Flax, NHWC, computing what timm's
-`timm.models.tresnet` computes, so that its checkpoints convert one to one.
+"""TResNet-M/L/XL and L-v2 (Ridnik et al., arXiv 2003.13630 and 2104.10972) in Flax, NHWC,
+computing what timm's `timm.models.tresnet` computes, so that its checkpoints convert
+one to one.
 
     image (B, H, W, 3) -> space-to-depth /4 -> 3x3 conv (48 -> planes) + BN + LeakyReLU(0.01)
-      -> layer1: BasicBlocks      (stride 1, SE)
-      -> layer2: BasicBlocks      (stride 2, SE)
+      -> layer1: BasicBlocks      (stride 1, SE)      L-v2: Bottlenecks
+      -> layer2: BasicBlocks      (stride 2, SE)      L-v2: Bottlenecks
       -> layer3: Bottlenecks      (stride 2, SE)
       -> layer4: Bottlenecks      (stride 2, no SE)
       -> global average pool -> (B, 8 * planes * 4)
 
 Strided blocks downsample with a stride-1 convolution followed by an anti-aliasing
 3x3 binomial blur with stride 2 (reflect padding); their shortcut is a 2x2 average pool
-and a 1x1 convolution. Module names follow timm's parameter names (`layer3_0/conv2/bn`
+and a 1x1 convolution. A stage's first block whose input width differs from its output
+(L-v2's layer1: 64 -> 256 channels) has a 1x1 convolution shortcut without the pool.
+L-v2 (timm's `tresnet_v2_l`, the authors' `tresnet_l_v2`) is the same network with
+Bottlenecks in every stage, layers (3, 4, 23, 3) and width 1.0 (timm also rounds v2
+widths down to a multiple of 8, which leaves its 64 as it is). Module names follow timm's parameter names (`layer3_0/conv2/bn`
 is timm's `body.layer3.0.conv2.bn`), which is what `kmcl_jax.convert` relies on.
 """
 
@@ -75,15 +80,13 @@ class ConvBN(nn.Module):
   stride: int = 1
   slope: float | None = BLOCK_SLOPE  # None: no activation
   dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding="SAME",
                 use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                     dtype=self.dtype, param_dtype=jnp.float32, axis_name=self.bn_axis_name,
-                     name="bn")(x)
+                     dtype=self.dtype, param_dtype=jnp.float32, name="bn")(x)
     if self.slope is not None:
       x = nn.leaky_relu(x, self.slope)
     if self.stride == 2:
@@ -115,11 +118,10 @@ class Block(nn.Module):
   use_se: bool
   downsample: bool
   dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(ConvBN, dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    conv = functools.partial(ConvBN, dtype=self.dtype)
     out_channels = self.planes * (4 if self.bottleneck else 1)
     shortcut = x
     if self.downsample:
@@ -143,19 +145,22 @@ class Block(nn.Module):
 class TResNet(nn.Module):
   """TResNet backbone returning globally average-pooled features (B, 32 * planes) float32.
 
+  BatchNorm statistics in training are over the whole input batch: under jit with a
+  batch sharded over devices that is the global batch, with no axis name to pass.
+
   Attributes:
     layers: blocks per stage.
-    width: channel width factor (M 1.0, L 1.2, XL 1.3).
+    width: channel width factor (M 1.0, L 1.2, XL 1.3, L-v2 1.0).
+    bottleneck_stages: per stage, Bottleneck (expansion 4) rather than BasicBlock blocks
+      (M/L/XL: stages 3-4; L-v2: all four).
     dtype: compute dtype (bfloat16 on accelerators); params stay float32.
-    bn_axis_name: mapped axis to average BatchNorm statistics over (None under jit
-      with a sharded batch: the global batch is already one array there).
     remat: rematerialise each block in the backward pass (large images, less memory).
   """
 
   layers: Sequence[int]
   width: float = 1.0
+  bottleneck_stages: Sequence[bool] = (False, False, True, True)
   dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
   remat: bool = False
 
   @property
@@ -164,25 +169,24 @@ class TResNet(nn.Module):
 
   @property
   def num_features(self) -> int:
-    return self.planes * 8 * 4
+    return self.planes * 8 * (4 if self.bottleneck_stages[-1] else 1)
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     x = space_to_depth(images.astype(self.dtype))
-    x = ConvBN(self.planes, 3, slope=STEM_SLOPE, dtype=self.dtype,
-               bn_axis_name=self.bn_axis_name, name="conv1")(x, train)
+    x = ConvBN(self.planes, 3, slope=STEM_SLOPE, dtype=self.dtype, name="conv1")(x, train)
     block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     in_channels = self.planes
-    stages = [(1, False, True), (2, False, True), (2, True, True), (2, True, False)]
-    for stage, (blocks, (stride, bottleneck, use_se)) in enumerate(zip(self.layers, stages)):
+    strides, squeeze_excite = (1, 2, 2, 2), (True, True, True, False)
+    stages = zip(self.layers, strides, self.bottleneck_stages, squeeze_excite)
+    for stage, (blocks, stride, bottleneck, use_se) in enumerate(stages):
       planes = self.planes * 2**stage
       out_channels = planes * (4 if bottleneck else 1)
       for index in range(blocks):
         first = index == 0
         x = block_cls(planes, stride if first else 1, bottleneck, use_se,
                       downsample=first and (stride != 1 or in_channels != out_channels),
-                      dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                      name=f"layer{stage + 1}_{index}")(x, train)
+                      dtype=self.dtype, name=f"layer{stage + 1}_{index}")(x, train)
         in_channels = out_channels
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
@@ -191,9 +195,17 @@ ARCHITECTURES: dict[str, dict] = {
     "tresnet_m": {"layers": (3, 4, 11, 3), "width": 1.0},
     "tresnet_l": {"layers": (4, 5, 18, 3), "width": 1.2},
     "tresnet_xl": {"layers": (4, 5, 24, 3), "width": 1.3},
-    # A test-size TResNet: every kind of block and shortcut, a fraction of the width.
+    # The authors' multi-GPU default (ImageNet-21k weights); timm's `tresnet_v2_l`.
+    "tresnet_l_v2": {"layers": (3, 4, 23, 3), "width": 1.0,
+                     "bottleneck_stages": (True, True, True, True)},
+    # A test-size TResNet: both kinds of block, strided shortcuts, a fraction of the width.
     "tresnet_tiny": {"layers": (1, 1, 1, 1), "width": 0.25},
 }
+
+
+# The same networks in timm's registry (tests and benchmarks compare against them).
+TIMM_NAMES: dict[str, str] = {"tresnet_m": "tresnet_m", "tresnet_l": "tresnet_l",
+                              "tresnet_xl": "tresnet_xl", "tresnet_l_v2": "tresnet_v2_l"}
 
 
 def create_backbone(arch: str, **kwargs) -> TResNet:

@@ -1,33 +1,41 @@
-r"""PyTorch TResNet / KMCL checkpoints -> Flax variables and orbax checkpoints.
+r"""PyTorch TResNet / KMCL checkpoints -> Flax variables and orbax checkpoints: the
+library (no flags; the program is `python -m kmcl_jax.convert`, in `__main__.py`).
 
-  python -m kmcl_jax.convert --src=tresnet_m.pth --arch=tresnet_m --dst=/ckpt/tresnet_m
-  python -m kmcl_jax.convert --src=kmcl_voc.ckpt --arch=tresnet_m --dst=/ckpt/kmcl_voc
-
-Reads `.pth`/`.pt`/`.ckpt` (torch needed; nested "state_dict"/"model" keys and a
-DataParallel "module." prefix are handled) or `.safetensors` (no torch). Understands
-  * timm's TResNet names (`body.layer1.0.conv1.conv.weight`, `...bn.running_mean`);
+Reads `.pth`/`.pt`/`.ckpt`/`.pth.tar` with torch's weights-only loader (tensors and plain
+data only: a file holding other objects is refused, never executed; see
+`read_state_dict`; nested "state_dict"/"model" keys and a DataParallel "module." prefix
+are handled) or `.safetensors` (no torch). Understands
+  * timm's TResNet names (`body.layer1.0.conv1.conv.weight`, `...bn.running_mean`),
+    `tresnet_v2_l`'s for `tresnet_l_v2`;
   * the original ASL/KMCL TResNet names (InPlaceABN: `conv1.0` conv, `conv1.1` norm,
-    strided convs one level deeper), whose norm weight is used as |w| + 1e-5;
+    strided convs one level deeper), whose norm weight is used as |w| + 1e-5; their
+    `TResnetLV2` for `tresnet_l_v2` (Bottlenecks from layer 1: a `layer1.0.downsample.0`
+    shortcut, layer 2 strided in `conv2`);
   * the KMCL wrapper (`encoder.*` backbone, `downsampler.*` projection, `kmm.pi/mean/var.*`),
-    converted to the whole `KMCLModel` with the head's flat K*D outputs read as (D, K).
+    converted to the whole `KMCLModel` with the head's flat K*D outputs read as (D, K)
+    and its mean layer `kmm.mean` as our `mu`.
 Classifier heads (`head.fc.*`) are dropped. Anything else missing, left over or of the
 wrong shape is an error that lists every such key, never a partially loaded model.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-from typing import Any, Callable, Mapping
+import pickle
+import re
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import logging
 from etils import epath
 
 from kmcl_jax.models.kmcl import KMCLModel
+from kmcl_jax.models.kmm import DEFAULT_EMBEDDING_DIM
 from kmcl_jax.models.tresnet import ARCHITECTURES, create_backbone
 
 MODEL_FILE = "kmcl_model.json"  # beside the orbax checkpoint: what the variables belong to
@@ -62,22 +70,72 @@ def normalise_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Array]:
           for k, v in flat.items() if not k.endswith("num_batches_tracked")}
 
 
-def read_state_dict(path: str) -> dict[str, Array]:
-  """Reads a `.safetensors` (NumPy only) or `.pth`/`.pt`/`.ckpt` (torch) state dict."""
+TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".pth.tar")
+
+# What a weights-only torch.load reads besides tensors, dicts, lists, tuples, numbers,
+# strings and None: plain data classes that a known checkpoint format stores, no more.
+SAFE_EXTRA_TYPES = (
+    argparse.Namespace,  # timm's train.py checkpoints (last.pth.tar): its arguments, "args"
+)
+
+
+def _refused_content(path: str, error: Exception) -> str:
+  """What a weights-only load of `path` refused, named for the error message."""
+  import torch
+
+  try:
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # reads, runs nothing
+  except ValueError:  # a legacy (non-zip, pre-1.6) file: only torch's message names it
+    names = re.findall(r"GLOBAL (\S+) was not an allowed global", str(error))
+  if names:
+    return "the type" + ("s " if len(names) > 1 else " ") + ", ".join(names)
+  reason = re.search(r"WeightsUnpickler error: ([^\n]*)", str(error))
+  return f"data a weights-only load refuses ({reason[1] if reason else error})"
+
+
+def _load_torch_file(path: str, allow_unsafe_pickle: bool) -> Any:
+  """torch.load of `path` reading only data (tensors, containers, numbers, strings and
+  `SAFE_EXTRA_TYPES`), or, with `allow_unsafe_pickle`, any pickled object after a warning."""
+  try:
+    import torch
+  except ImportError as error:
+    raise ImportError(f"Reading {path!r} needs torch (pip install torch), or convert it to "
+                      ".safetensors first.") from error
+  if allow_unsafe_pickle:
+    logging.warning("--allow_unsafe_pickle: unpickling %s, which can run any code the file "
+                    "holds; do this only with a file from a source you trust.", path)
+    return torch.load(path, map_location="cpu", weights_only=False)
+  with torch.serialization.safe_globals(list(SAFE_EXTRA_TYPES)):
+    try:
+      return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+      refused = _refused_content(path, error)
+      raise ValueError(
+          f"--src={path!r} contains {refused}, which a safe (weights-only) load does not "
+          "read: load it yourself in a session you trust and save its state dict as "
+          ".safetensors (safetensors.torch.save_file), or pass --allow_unsafe_pickle "
+          "if you trust the file.") from None
+
+
+def read_state_dict(path: str, allow_unsafe_pickle: bool = False) -> dict[str, Array]:
+  """The state dict (NumPy arrays by key) in a `.safetensors` file (NumPy only) or a
+  torch `.pth`/`.pt`/`.ckpt`/`.pth.tar` file.
+
+  Torch files are read with a weights-only load, which rebuilds tensors, containers,
+  numbers, strings and `SAFE_EXTRA_TYPES` and calls nothing else the pickle names; a
+  file that needs anything else is refused (ValueError naming it) unless
+  `allow_unsafe_pickle` is set, which unpickles it fully after a warning.
+  """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--src={path!r} does not exist.")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
 
     return normalise_state_dict(load_file(path))
-  if not path.endswith((".pth", ".pt", ".ckpt")):
-    raise ValueError(f"--src={path!r}: expected a .pth, .pt, .ckpt or .safetensors file.")
-  try:
-    import torch
-  except ImportError as error:
-    raise ImportError(f"Reading {path!r} needs torch (pip install torch), or convert it to "
-                      ".safetensors first.") from error
-  return normalise_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+  if not path.endswith(TORCH_SUFFIXES):
+    raise ValueError(f"--src={path!r}: expected a .pth, .pt, .ckpt, .pth.tar or .safetensors "
+                     "file.")
+  return normalise_state_dict(_load_torch_file(path, allow_unsafe_pickle))
 
 
 # --------------------------------------------------------------------------------------
@@ -104,14 +162,17 @@ def detect_layout(backbone_state: Mapping[str, Array]) -> str:
                    "or body.conv1.0.weight (original ASL/KMCL layout).")
 
 
-def _is_strided(stage: int, block: int, conv: str) -> bool:
-  """Whether this conv is the anti-aliased stride-2 one (first block of layers 2-4)."""
-  bottleneck = stage >= 3
-  return stage >= 2 and block == 0 and conv == ("conv2" if bottleneck else "conv1")
+def _is_strided(stage: int, block: int, conv: str, bottleneck_stages: Sequence[bool]) -> bool:
+  """Whether this conv is the anti-aliased stride-2 one: in the first block of layers 2-4,
+  conv2 of a Bottleneck, conv1 of a BasicBlock."""
+  return stage >= 2 and block == 0 and conv == (
+      "conv2" if bottleneck_stages[stage - 1] else "conv1")
 
 
-def _backbone_key(path: tuple[str, ...], collection: str, layout: str) -> tuple[str, Callable]:
-  """PyTorch key of one backbone leaf, e.g. ("layer2_0", "conv1", "bn", "scale")."""
+def _backbone_key(path: tuple[str, ...], collection: str, layout: str,
+                  bottleneck_stages: Sequence[bool]) -> tuple[str, Callable]:
+  """PyTorch key of one backbone leaf, e.g. ("layer2_0", "conv1", "bn", "scale"), in a
+  TResNet whose stage s (1-4) has Bottleneck blocks where bottleneck_stages[s - 1]."""
   if path[0] == "conv1":
     prefix, stage, block, rest = "body.conv1", 0, 0, path[1:]
   else:
@@ -121,10 +182,11 @@ def _backbone_key(path: tuple[str, ...], collection: str, layout: str) -> tuple[
       return f"{prefix}.{rest[0]}.{'weight' if rest[1] == 'kernel' else 'bias'}", (
           _POINTWISE if rest[1] == "kernel" else _SAME)
   conv = path[1] if path[0] != "conv1" else "conv1"
-  # Strided shortcuts are Sequential(AvgPool, ConvNormAct): the conv sits at index 1.
+  # Shortcuts are Sequential([AvgPool,] conv + norm): in the strided layers 2-4 the conv
+  # sits at index 1; in layer 1 (Bottlenecks widening 64 -> 256 channels, L-v2) at 0.
   if conv == "downsample":
-    prefix += ".1"
-  elif layout == "original" and _is_strided(stage, block, conv):
+    prefix += ".1" if stage >= 2 else ".0"
+  elif layout == "original" and _is_strided(stage, block, conv, bottleneck_stages):
     prefix += ".0"  # Sequential(conv2d_ABN, anti-alias)
   part, leaf = rest
   if part == "conv":
@@ -135,14 +197,17 @@ def _backbone_key(path: tuple[str, ...], collection: str, layout: str) -> tuple[
   return f"{prefix}.1.{name}", (_ABN_SCALE if name == "weight" else _SAME)
 
 
+_REFERENCE_HEAD_NAMES = {"pi": "pi", "mu": "mean", "var": "var"}  # our KMM layer -> theirs
+
+
 def _head_key(path: tuple[str, ...]) -> tuple[str, Callable]:
   """PyTorch key of one head leaf: ("projection", "kernel") or ("kmm", "pi", "bias")."""
   leaf = path[-1]
-  if path[0] == "projection":  # the reference's Conv1d(C, 128, 1) "downsampler"
+  if path[0] == "projection":  # the reference's Conv1d(C, D, 1) "downsampler"
     return f"downsampler.{'weight' if leaf == 'kernel' else 'bias'}", (
         _POINTWISE if leaf == "kernel" else _SAME)
   # kmm.mean/var output index d*K + k is Flax Dense output index d*K + k: W^T as is.
-  return f"kmm.{path[1]}.{'weight' if leaf == 'kernel' else 'bias'}", (
+  return f"kmm.{_REFERENCE_HEAD_NAMES[path[1]]}.{'weight' if leaf == 'kernel' else 'bias'}", (
       _DENSE if leaf == "kernel" else _SAME)
 
 
@@ -152,18 +217,24 @@ def _head_key(path: tuple[str, ...]) -> tuple[str, Callable]:
 
 
 def kmcl_head_settings(state_dict: Mapping[str, Array]) -> dict[str, Any]:
-  """num_classes, kernel, variance and mode of a KMCL wrapper checkpoint, from shapes."""
+  """num_classes, kernel, variance, mode and (anisotropic) embedding_dim of a KMCL wrapper
+  checkpoint, read off its shapes: the `KMCLModel` head settings it was trained with."""
   if "kmm.pi.weight" not in state_dict:
     raise ValueError("The checkpoint has a KMCL encoder (encoder.*) but no head: expected "
                      "kmm.pi.weight (and kmm.mean/var.* unless trained ASL-only).")
   classes, dim = state_dict["kmm.pi.weight"].shape
-  kernel = "anisotropic" if "downsampler.weight" in state_dict else "isotropic"
+  anisotropic = "downsampler.weight" in state_dict  # (D, C, 1): the projection to D
+  settings = {"num_classes": classes, "kernel": "anisotropic" if anisotropic else "isotropic"}
   if "kmm.mean.weight" not in state_dict:
-    return {"num_classes": classes, "kernel": kernel, "variance": "BC", "mode": "asl_only"}
-  var_out = state_dict["kmm.var.weight"].shape[0]
-  variance = "RBF" if var_out == 1 else ("MKS" if var_out == dim and kernel == "anisotropic"
-                                         and classes != 1 else "BC")
-  return {"num_classes": classes, "kernel": kernel, "variance": variance, "mode": "all"}
+    settings.update(variance="BC", mode="asl_only")
+  else:
+    var_out = state_dict["kmm.var.weight"].shape[0]
+    variance = "RBF" if var_out == 1 else ("MKS" if var_out == dim and anisotropic
+                                           and classes != 1 else "BC")
+    settings.update(variance=variance, mode="all")
+  if anisotropic:
+    settings["embedding_dim"] = state_dict["downsampler.weight"].shape[0]
+  return settings
 
 
 def _is_kmcl_checkpoint(state_dict: Mapping[str, Array]) -> bool:
@@ -173,7 +244,7 @@ def _is_kmcl_checkpoint(state_dict: Mapping[str, Array]) -> bool:
 
 def _target_module(state_dict: Mapping[str, Array], arch: str):
   if _is_kmcl_checkpoint(state_dict):
-    return KMCLModel(arch, **kmcl_head_settings(state_dict)), True
+    return KMCLModel(backbone=arch, **kmcl_head_settings(state_dict)), True
   return create_backbone(arch), False
 
 
@@ -194,6 +265,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, An
   backbone_state = ({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
                     if is_kmcl else state)
   layout = detect_layout(backbone_state)
+  bottleneck_stages = create_backbone(arch).bottleneck_stages
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
 
   missing, mismatched, used = [], [], set()
@@ -203,7 +275,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, An
     if is_kmcl and parts[0] == "head":
       key, transform = _head_key(parts[1:])
     else:
-      key, transform = _backbone_key(parts[1:] if is_kmcl else parts, collection, layout)
+      key, transform = _backbone_key(parts[1:] if is_kmcl else parts, collection, layout,
+                                     bottleneck_stages)
       key = "encoder." + key if is_kmcl else key
     if key not in state:
       missing.append(key)
@@ -227,7 +300,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, An
 
 
 def model_description(state_dict: Mapping[str, Any], arch: str) -> dict[str, Any]:
-  """What converted variables belong to: {"arch", "kind": "backbone"|"kmcl", head settings}."""
+  """What converted variables belong to: {"arch", "kind": "backbone"|"kmcl"} and, for a KMCL
+  model, its head settings (`kmcl_head_settings`; embedding_dim for the anisotropic kernel)."""
   state = normalise_state_dict(state_dict)
   if _is_kmcl_checkpoint(state):
     return {"arch": arch, "kind": "kmcl", **kmcl_head_settings(state)}
@@ -253,8 +327,25 @@ def save_converted(variables: Mapping[str, Any], description: Mapping[str, Any],
     json.dump(description, f, indent=2)
 
 
+def _in_current_form(variables: dict[str, Any], description: dict[str, Any]
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """A KMCL model converted by an earlier kmcl_jax, as this one writes it: its mu layer
+  was named "mean", and its description had no embedding_dim (every anisotropic head then
+  projected to 128)."""
+  if description.get("kind") != "kmcl":
+    return variables, description
+  if description.get("kernel") == "anisotropic" and "embedding_dim" not in description:
+    description = {**description, "embedding_dim": DEFAULT_EMBEDDING_DIM}
+  head = variables["params"]["head"]
+  if "mean" in head["kmm"]:
+    kmm = {("mu" if name == "mean" else name): layer for name, layer in head["kmm"].items()}
+    variables = {**variables, "params": {**variables["params"], "head": {**head, "kmm": kmm}}}
+  return variables, description
+
+
 def load_converted(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(variables, description) written by `save_converted`; `path` may be on gs://."""
+  """(variables, description) written by `save_converted`, also by an earlier kmcl_jax
+  (brought to today's names and fields); `path` may be on gs://."""
   import orbax.checkpoint as ocp
 
   folder = epath.Path(path if "://" in path else os.path.abspath(path))  # local or gs://
@@ -263,25 +354,4 @@ def load_converted(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
   description = json.loads((folder / MODEL_FILE).read_text())
   with ocp.StandardCheckpointer() as checkpointer:
     variables = checkpointer.restore(folder / "variables")
-  return variables, description
-
-
-_SRC = flags.DEFINE_string("src", None, "PyTorch checkpoint (.pth/.pt/.ckpt/.safetensors).")
-_ARCH = flags.DEFINE_enum("arch", "tresnet_m", sorted(ARCHITECTURES), "Backbone architecture.")
-_DST = flags.DEFINE_string("dst", None, "Output folder for the orbax checkpoint.")
-
-
-def main(argv):
-  del argv
-  if not _SRC.value or not _DST.value:
-    raise app.UsageError("Both --src=FILE and --dst=DIR are required.")
-  state = read_state_dict(_SRC.value)
-  variables = convert_state_dict(state, _ARCH.value)
-  description = model_description(state, _ARCH.value)
-  save_converted(variables, description, _DST.value)
-  count = sum(v.size for v in jax.tree.leaves(variables.get("params", {})))
-  print(f"Converted {_SRC.value} ({description['kind']}, {count:,} parameters) -> {_DST.value}")
-
-
-if __name__ == "__main__":
-  app.run(main)
+  return _in_current_form(variables, description)
