@@ -152,6 +152,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(config.model.kernel in losses.KERNELS, "model.kernel", f"one of {losses.KERNELS}")
   require(config.model.variance in VARIANCES, "model.variance", f"one of {VARIANCES}")
   require(config.model.mode in losses.MODES, "model.mode", f"one of {losses.MODES}")
+  require(isinstance(config.model.embedding_dim, int) and config.model.embedding_dim > 0,
+          "model.embedding_dim", "a positive integer")
   require(config.dtype in DTYPES, "dtype", f"one of {DTYPES}")
   require(config.contrastive_scope in SCOPES, "contrastive_scope", f"one of {SCOPES}")
   for field in ("batch_size", "eval_batch_size", "num_epochs", "eval_every_epochs",

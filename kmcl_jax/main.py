@@ -28,9 +28,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import kmcl_jax
 from kmcl_jax import distributed
-from kmcl_jax.errors import Preempted, RunStopped
+from kmcl_jax.errors import run_program
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
@@ -72,55 +71,12 @@ def _quiet_orbax(record) -> bool:
   return True
 
 
-def _raised_on_purpose(error: BaseException) -> bool:
-  """Whether `error` is one of this program's one-sentence errors about its input: a
-  RunStopped, or a ValueError or OSError raised by kmcl_jax's own code (a missing
-  file, a bad config value, an undecodable image...), not by a library."""
-  if isinstance(error, RunStopped):
-    return True
-  frames = traceback.extract_tb(error.__traceback__)
-  package = os.path.dirname(os.path.abspath(kmcl_jax.__file__))
-  return (isinstance(error, (ValueError, OSError)) and bool(frames)
-          and os.path.abspath(frames[-1].filename).startswith(package + os.sep))
-
-
-def _is_failed_save_noise(error: BaseException, where: object = None) -> bool:
-  """Whether `error` is an echo of an orbax save that failed: its write callbacks
-  finding their event loop closed, its coroutines finalised at exit. After a full disk
-  they print a few hundred tracebacks of these; the failure itself is reported in one
-  sentence."""
-  closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-  finalised = (isinstance(error, (RuntimeError, ImportError))
-               and "coroutine" in repr(where))
-  return logging.get_verbosity() < 1 and (closed_loop or finalised)
-
-
-def _excepthook(kind, error, trace) -> None:
-  if not _is_failed_save_noise(error):
-    sys.__excepthook__(kind, error, trace)
-
-
-def _unraisablehook(unraisable) -> None:
-  if not _is_failed_save_noise(unraisable.exc_value, unraisable.object):
-    sys.__unraisablehook__(unraisable)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
   sys.excepthook, sys.unraisablehook = _excepthook, _unraisablehook
-  try:
-    _run()
-  except KeyboardInterrupt:
-    logging.warning("Interrupted; rerunning the same command resumes from the latest "
-                    "checkpoint.")
-    sys.exit(130)
-  except Exception as error:  # sorted into one sentence or a traceback
-    if logging.get_verbosity() >= 1 or not _raised_on_purpose(error):
-      raise
-    (logging.warning if isinstance(error, Preempted) else logging.error)("%s", error)
-    sys.exit(error.exit_code if isinstance(error, RunStopped) else 1)
+  run_program(_run)
 
 
 def _run() -> None:

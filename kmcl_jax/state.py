@@ -108,7 +108,7 @@ def load_initial_weights(state: TrainState, path: str, config, num_classes: int)
   params, batch_stats = state.params, state.batch_stats
   if description.get("kind") == "kmcl":
     expected = {"num_classes": num_classes, "kernel": config.model.kernel,
-                "variance": config.model.variance}
+                "variance": config.model.variance, "mode": config.model.mode}
     if config.model.kernel == "anisotropic":  # the isotropic head has no projection
       expected["embedding_dim"] = config.model.embedding_dim
     found = {k: description.get(k) for k in expected}

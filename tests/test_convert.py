@@ -340,8 +340,9 @@ def test_embedding_dim_is_read_off_the_checkpoint_and_must_match_the_config(tmp_
     load_initial_weights(state, folder, config, classes)
   assert str(error.value) == (
       f"config.init_from={folder!r} is a KMCL model with {{'num_classes': 3, 'kernel': "
-      "'anisotropic', 'variance': 'BC', 'embedding_dim': 64}; the config asks for "
-      "{'num_classes': 3, 'kernel': 'anisotropic', 'variance': 'BC', 'embedding_dim': 128}.")
+      "'anisotropic', 'variance': 'BC', 'mode': 'all', 'embedding_dim': 64}; the config asks "
+      "for {'num_classes': 3, 'kernel': 'anisotropic', 'variance': 'BC', 'mode': 'all', "
+      "'embedding_dim': 128}.")
 
 
 def test_a_kmcl_model_converted_by_an_earlier_version_loads_in_todays_form(tmp_path, tiny):
@@ -360,3 +361,24 @@ def test_a_kmcl_model_converted_by_an_earlier_version_loads_in_todays_form(tmp_p
   assert jax.tree.structure(loaded) == jax.tree.structure(variables)
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables)):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("content, message", [
+    ([1, 2, 3], "holds a list, not a state dict"),
+    (torch.zeros(3), "holds a Tensor, not a state dict"),
+    ({"epoch": 3, "lr": 0.1}, "holds a dict without tensors by name, not a state dict"),
+    (b"\x89PNG not a checkpoint", "is not a PyTorch checkpoint (neither the zip archive"),
+])
+def test_a_file_without_a_state_dict_is_named_in_one_sentence(tmp_path, content, message):
+  path = tmp_path / "model.pth"
+  if isinstance(content, bytes):
+    path.write_bytes(content)
+  else:
+    torch.save(content, path)
+  with pytest.raises(ValueError) as error:
+    convert.read_state_dict(str(path))
+  assert str(error.value).startswith(f"--src={str(path)!r} ") and message in str(error.value)
+  result = subprocess.run([sys.executable, "-m", "kmcl_jax.convert", f"--src={path}",
+                           f"--dst={tmp_path / 'out'}"], capture_output=True, text=True)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert message in result.stderr.strip().splitlines()[-1]

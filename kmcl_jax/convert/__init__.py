@@ -25,6 +25,7 @@ import json
 import os
 import pickle
 import re
+import zipfile
 from typing import Any, Callable, Mapping, Sequence
 
 import flax
@@ -135,7 +136,20 @@ def read_state_dict(path: str, allow_unsafe_pickle: bool = False) -> dict[str, A
   if not path.endswith(TORCH_SUFFIXES):
     raise ValueError(f"--src={path!r}: expected a .pth, .pt, .ckpt, .pth.tar or .safetensors "
                      "file.")
-  return normalise_state_dict(_load_torch_file(path, allow_unsafe_pickle))
+  with open(path, "rb") as f:
+    # torch.save writes a zip archive (torch >= 1.6) or, before, a protocol-2 pickle.
+    if not (zipfile.is_zipfile(f) or f.seek(0) == 0 and f.read(1) == b"\x80"):
+      raise ValueError(f"--src={path!r} is not a PyTorch checkpoint (neither the zip archive "
+                       "nor the pickle that torch.save writes).")
+  content = _load_torch_file(path, allow_unsafe_pickle)
+  state = _unwrap(content) if isinstance(content, Mapping) else content
+  if not (isinstance(state, Mapping) and state and all(
+      isinstance(k, str) and hasattr(v, "shape") for k, v in state.items())):
+    raise ValueError(f"--src={path!r} holds a {type(content).__name__}"
+                     f"{' without tensors by name' if isinstance(content, Mapping) else ''}, "
+                     "not a state dict (parameter names mapped to tensors), nor a checkpoint "
+                     "holding one under 'state_dict', 'model' or 'state_dict_ema'.")
+  return normalise_state_dict(content)
 
 
 # --------------------------------------------------------------------------------------

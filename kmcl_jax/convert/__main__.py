@@ -12,6 +12,7 @@ import jax
 from absl import app, flags
 
 from kmcl_jax import convert
+from kmcl_jax.errors import run_program
 from kmcl_jax.models.tresnet import ARCHITECTURES
 
 _SRC = flags.DEFINE_string("src", None, "Checkpoint: .pth/.pt/.ckpt/.pth.tar (torch) or .safetensors.")
@@ -27,6 +28,10 @@ def main(argv):
   del argv
   if not _SRC.value or not _DST.value:
     raise app.UsageError("Both --src=FILE and --dst=DIR are required.")
+  run_program(convert_file)
+
+
+def convert_file() -> None:
   state = convert.read_state_dict(_SRC.value, allow_unsafe_pickle=_ALLOW_UNSAFE_PICKLE.value)
   variables = convert.convert_state_dict(state, _ARCH.value)
   description = convert.model_description(state, _ARCH.value)
