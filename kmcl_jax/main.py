@@ -71,6 +71,27 @@ def _quiet_orbax(record) -> bool:
   return True
 
 
+def _is_failed_save_noise(error: BaseException, where: object = None) -> bool:
+  """Whether `error` is an echo of an orbax save that failed: its write callbacks
+  finding their event loop closed, its coroutines finalised at exit. After a full disk
+  they print a few hundred tracebacks of these; the failure itself is reported in one
+  sentence."""
+  closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+  finalised = (isinstance(error, (RuntimeError, ImportError))
+               and "coroutine" in repr(where))
+  return logging.get_verbosity() < 1 and (closed_loop or finalised)
+
+
+def _excepthook(kind, error, trace) -> None:
+  if not _is_failed_save_noise(error):
+    sys.__excepthook__(kind, error, trace)
+
+
+def _unraisablehook(unraisable) -> None:
+  if not _is_failed_save_noise(unraisable.exc_value, unraisable.object):
+    sys.__unraisablehook__(unraisable)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
