@@ -18,7 +18,7 @@ import jax
 import ml_collections
 from etils import epath
 
-from kmcl_jax import losses
+from kmcl_jax import losses, profiling
 from kmcl_jax.data import transforms
 from kmcl_jax.models.kmm import VARIANCES
 from kmcl_jax.models.tresnet import ARCHITECTURES
@@ -36,6 +36,7 @@ RESUMABLE_FIELDS = (
     "threshold", "init_from", "keep_checkpoints", "max_consecutive_skipped_steps",
     "model.remat", "loss.block_size",
     "data.root", "data.worker_count", "data.read_threads", "data.skip_corrupt",
+    "profile_steps", "compilation_cache",
 )
 
 
@@ -83,6 +84,10 @@ def defaults() -> ml_collections.ConfigDict:
   # stops with an error instead of skipping on.
   config.max_consecutive_skipped_steps = 20
   config.log_every_steps = 50
+  config.profile_steps = ""   # "START:STOP": a jax.profiler trace of those steps
+  # XLA's persistent compilation cache: "auto" (the user's cache folder; WORKDIR/xla_cache
+  # for a gs:// workdir), a folder, or "" for none.
+  config.compilation_cache = "auto"
 
   config.data = ml_collections.ConfigDict(dict(
       name="", root="", train_split="", eval_split="",
@@ -182,6 +187,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(config.data.worker_count >= 0, "data.worker_count", "a non-negative integer")
   require(config.data.read_threads >= 1, "data.read_threads", "a positive integer")
   require(bool(config.data.name), "data.name", "a dataset name (see kmcl_jax.data)")
+  profiling.parse_steps(config.profile_steps)
   if config.init_from:
     require(epath.Path(config.init_from).is_dir(), "init_from",
             "a folder written by `python -m kmcl_jax.convert`")

@@ -76,6 +76,12 @@ def _check_gaussians(mu, var, labels, kernel: str, feature_dim: int | None) -> N
     raise ValueError("`var` must be strictly positive everywhere.")
 
 
+# Every matrix product of the loss is float32: JAX's default precision for float32 dots
+# is bfloat16 passes on TPU and TF32 on recent GPUs, which would round the contrastive
+# denominators, the Jaccard intersections and the gradient sums to 8-10 bits.
+_dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+
+
 def _sigma(var: jax.Array) -> jax.Array:
   return jnp.sqrt(var.astype(jnp.float32)) + SIGMA_EPS
 
@@ -224,7 +230,7 @@ def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
   others = others_i[:, None]
   shared = y_i * y * others  # P[i, j, k], binary
   # den[i, k] over all other samples: >= B - 1 since E >= 1; the floor only guards B = 1.
-  denominator = jnp.maximum(others_i @ exp_sim, 1.0)
+  denominator = jnp.maximum(_dot(others_i, exp_sim), 1.0)
   # q = max(E, tiny) J / den, used where P = 1; there J > 0, so q > 0 and the spec's
   # "log(q + 1e-7) where q > 0, else 0" is P * log(q + 1e-7).
   ratio = jnp.maximum(exp_sim, FLOAT32_TINY) * (jaccard_i[:, None] / denominator)
@@ -232,7 +238,7 @@ def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
   loss = -jnp.sum(shared * jnp.log(ratio + LOG_EPS)) * norm
   # d log(q + eps) / d log(E), directly and through den; then d log(E) / d BD = -BC/tau.
   direct = shared * (ratio / (ratio + LOG_EPS))
-  through_denominator = others * exp_sim * ((others_i @ direct) / denominator)
+  through_denominator = others * exp_sim * (_dot(others_i, direct) / denominator)
   grad = (similarity / temperature) * (direct - through_denominator) * norm
   return loss, grad
 
@@ -264,7 +270,7 @@ def _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size, ax
   """(loss_i (b,), d loss_i / d BD[i] (b, B, K)) over blocks of this device's b anchors."""
   mu_all, sigma_all, labels_all = (_gathered(x, axis_name) for x in (mu, sigma, labels))
   rows, batch = labels.shape[0], labels_all.shape[0]
-  intersection = labels @ labels_all.T
+  intersection = _dot(labels, labels_all.T)
   union = jnp.sum(labels, axis=1)[:, None] + jnp.sum(labels_all, axis=1)[None, :] - intersection
   jaccard = jnp.where(union > 0, intersection / jnp.where(union > 0, union, 1.0), 0.0)
   first_row = 0 if axis_name is None else jax.lax.axis_index(axis_name) * rows
@@ -331,7 +337,8 @@ def _anchor_contrastive_bwd(scale, temperature, block_size, axis_name, residuals
   columns = (mu_all, sigma_all, received, cotangent_all, jnp.arange(mu_all.shape[0]))
   (grad_mu, grad_a), _ = jax.lax.scan(column, (zeros, zeros), columns)
   g_sym_row_sums = (cotangent[:, None] * jnp.sum(distance_grad, axis=1)
-                    + jnp.einsum("n,nmk->mk", cotangent_all, received))
+                    + jnp.einsum("n,nmk->mk", cotangent_all, received,
+                                 precision=jax.lax.Precision.HIGHEST))
   grad_log_sigma = -(0.5 * scale) * g_sym_row_sums[:, None, :]
   grad_sigma = 2.0 * sigma * grad_a + grad_log_sigma / sigma
   return grad_mu, grad_sigma, jnp.zeros_like(labels)

@@ -141,6 +141,13 @@ def with_weights(state: TrainState, params, batch_stats, source: str) -> TrainSt
                        ema_batch_stats=ema_batch_stats)
 
 
+def parameter_counts(params) -> dict[str, int]:
+  """Parameters of each top-level part of the model ("backbone", "head") and in all."""
+  counts = {name: sum(int(np.size(leaf)) for leaf in jax.tree.leaves(part))
+            for name, part in params.items()}
+  return {**counts, "total": sum(counts.values())}
+
+
 def all_finite(*trees) -> jax.Array:
   """Whether every array of the pytrees is finite (integer arrays always are); traceable."""
   return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(trees)]))

@@ -29,13 +29,15 @@ from kmcl_jax import metrics as metrics_lib
 from kmcl_jax import optim
 from kmcl_jax import workdir as workdir_lib
 from kmcl_jax.checkpointing import Checkpoints
+from kmcl_jax.compilation import compile_ahead, enable_cache, flops
 from kmcl_jax.data import create_datasets
 from kmcl_jax.errors import Preempted, RunStopped
 from kmcl_jax.evaluation import better_variant, evaluate, result_record
 from kmcl_jax.mesh import create_mesh, replicated, to_global_batch
+from kmcl_jax.profiling import StepProfiler
 from kmcl_jax.reporting import SUMMARY_FILE, Reporter
 from kmcl_jax.state import (TrainState, abstract_state, compute_dtype, create_model,
-                            initial_state, load_initial_weights)
+                            initial_state, load_initial_weights, parameter_counts)
 from kmcl_jax.steps import jit_steps
 
 
@@ -54,6 +56,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       workdir, a different config than the run it would resume); one sentence says why.
   """
   config_lib.validate(config)
+  enable_cache(config.compilation_cache, workdir)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   with workdir_lib.exclusive(workdir):
     return _train(config, workdir, start_time=time.time())
@@ -98,18 +101,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
     workdir_lib.write_run(workdir, config, datasets.class_names,
                           resumed_at=step if restored is not None else None, changes=changes)
 
-    # Compile. ----------------------------------------------------------------------
-    train_step, eval_step = jit_steps(config, model, optimizer, mesh, state)
-
-    # Train. ------------------------------------------------------------------------
+    # Train. The step is compiled ahead of the first one (or found in the compilation
+    # cache), timed, and its cost recorded. -------------------------------------------
+    train_jit, eval_step = jit_steps(config, model, optimizer, mesh, state)
     reporter = Reporter(workdir, total_steps, datasets.steps_per_epoch, config.batch_size,
                         jax.process_index() == 0, start_step=step)
+    profiler = StepProfiler(config.profile_steps, workdir)
     pending, previous, results, preempted, first_step = [], None, None, False, step
+    train_step = None
     with _sigterm_flag() as sigterm:
       while step < total_steps and not preempted:
-        state, step_metrics = train_step(state, to_global_batch(next(datasets.train), mesh))
+        batch = to_global_batch(next(datasets.train), mesh)
+        if train_step is None:
+          train_step = _compile_train_step(train_jit, state, batch, model, config, workdir)
+        with profiler.annotation(step + 1):
+          state, step_metrics = train_step(state, batch)
         step += 1
-        if step == first_step + 1:  # time from here: the first step includes compilation
+        profiler.after(step, state)
+        if step == first_step + 1:  # time from here: the first step warms up
           jax.block_until_ready(state.step)
           reporter.start(step)
         elif previous is not None:  # reading the previous step's count keeps this one queued
@@ -150,8 +159,32 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
   finally:
     if reporter is not None:
       reporter.close()
+      profiler.stop()
     datasets.train.close()
     checkpoints.close()
+
+
+def _compile_train_step(train_jit, state: TrainState, batch: dict, model, config, workdir: str):
+  """The train step compiled for these shapes; logs and records in run.json what it
+  costs: compile time, parameters, XLA's FLOPs per image of the whole step and of the
+  model's forward pass."""
+  compiled, seconds = compile_ahead(train_jit, state, batch)
+  image = jax.ShapeDtypeStruct((1, config.data.image_size, config.data.image_size, 3),
+                               jnp.float32)
+  forward = flops(jax.jit(lambda w, x: model.apply(w, x, train=False)).lower(
+      state.weights("model"), image))
+  step = flops(compiled)
+  costs = {"parameters": parameter_counts(state.params),
+           "flops_per_image": {"train_step": step and step / config.batch_size,
+                               "forward": forward},
+           "compile_seconds": round(seconds, 2)}
+  logging.info("Train step compiled in %.1f s (cache: %s); parameters %s; GFLOP per image: "
+               "train step %s, forward %s.", seconds,
+               jax.config.jax_compilation_cache_dir or "off",
+               ", ".join(f"{k} {v:,}" for k, v in costs["parameters"].items()),
+               *(f"{v / 1e9:.3f}" if v else "n/a" for v in costs["flops_per_image"].values()))
+  workdir_lib.record(workdir, costs)
+  return compiled
 
 
 def _average(step_metrics: list[dict]) -> dict[str, float]:

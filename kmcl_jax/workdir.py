@@ -112,6 +112,15 @@ def write_run(workdir: str, config: ml_collections.ConfigDict, class_names: Sequ
   (epath.Path(workdir) / RUN_FILE).write_text(json.dumps(run, indent=2))
 
 
+def record(workdir: str, fields: dict[str, Any]) -> None:
+  """Adds `fields` to WORKDIR/run.json (process 0): facts learnt while the run starts,
+  such as what its compiled step costs."""
+  if jax.process_index() == 0:
+    run = read_run(workdir) or {}
+    run.update(fields)
+    (epath.Path(workdir) / RUN_FILE).write_text(json.dumps(run, indent=2))
+
+
 @contextlib.contextmanager
 def exclusive(workdir: str) -> Iterator[None]:
   """Holds WORKDIR/.lock for the block (process 0 of a local workdir), so that a second

@@ -1,7 +1,8 @@
-"""Prints the KMCL loss of one batch under both contrastive scopes on 4 simulated CPU
-devices, the per-device reference values, and how far the gradients of the loss with its
-contrastive anchors split over the devices are from the unsplit loss's, as JSON
-(tests/test_train.py runs it)."""
+"""Prints, as JSON, for the KMCL loss on 4 simulated CPU devices: its value on one batch
+under both contrastive scopes with the per-device reference values, how far the
+gradients of the loss with its contrastive anchors split over the devices are from the
+unsplit loss's, and the precision of every dot product of its value and gradient
+(tests/test_steps.py runs it)."""
 
 import json
 import os
@@ -44,6 +45,7 @@ def main():
   whole = losses.kmcl_loss(out["features"], out["pi"], out["mu"], out["var"], labels)
   result["whole_batch"] = {"total": float(whole[0]), **{t: float(v) for t, v in whole[1].items()}}
   result["split_anchors"] = split_anchor_differences(mesh, rng)
+  result["dot_precision"] = dot_precisions(mesh, rng)
   try:  # 6 rows do not split over 4 devices
     losses.contrastive_loss(np.ones((6, 3)), np.ones((6, 3)), np.ones((6, 3)), kernel="isotropic",
                             feature_dim=4, mesh=mesh)
@@ -75,6 +77,27 @@ def split_anchor_differences(mesh, rng):
     for name, g_split, g_whole in zip(("features", "logits", "mu", "var"), split[1], whole[1]):
       differences[kernel][name] = float(np.max(np.abs(g_split - g_whole)) / np.max(np.abs(g_whole)))
   return differences
+
+
+def dot_precisions(mesh, rng):
+  """{kernel: {"whole" | "split": [dots, dots not at HIGHEST precision]}} in the lowered
+  value and gradient of the loss, unsplit and split over `mesh`."""
+  b, d, k = 8, 16, 6
+  counts = {}
+  for kernel, shape in (("anisotropic", (b, d, k)), ("isotropic", (b, k))):
+    args = [rng.normal(size=(b, d)), rng.normal(size=(b, k)), rng.normal(size=shape),
+            2 + rng.random(shape), rng.random((b, k)) < 0.4]
+    args = [np.asarray(a, np.float32) for a in args]
+    counts[kernel] = {}
+    for name, split in (("whole", None), ("split", mesh)):
+      def loss(features, logits, mu, var, labels, split=split):
+        return losses.kmcl_loss(features, logits, mu, var, labels, kernel=kernel,
+                                mesh=split)[0]
+      text = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3))).lower(*args).as_text()
+      dots = [line for line in text.splitlines() if "dot_general" in line]
+      counts[kernel][name] = [len(dots),
+                              sum("precision = [HIGHEST, HIGHEST]" not in dot for dot in dots)]
+  return counts
 
 
 if __name__ == "__main__":

@@ -22,11 +22,12 @@ from kmcl_jax.steps import jit_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 6 steps of 8 images at 32 px, one evaluation at the end, a checkpoint every 2 steps.
-# Runs on different device layouts sum in different orders; Adam turns that round-off,
-# on gradients that are zero but for it, into steps of up to the learning rate, so a
-# small one keeps parameter differences at round-off scale.
+# Runs on different device layouts sum in different orders. Adam divides a gradient by
+# its magnitude, so on a gradient that is zero but for round-off it takes a step of the
+# full learning rate in a direction the round-off picks; its epsilon at 1e-3 (1e-8 in the
+# recipe) keeps those steps at round-off scale while real gradients still move weights.
 RUN_OVERRIDES = {"train_steps": 6, "checkpoint_every_steps": 2, "log_every_steps": 1,
-                 "optim.lr": 1e-4}
+                 "optim.lr": 1e-4, "optim.eps": 1e-3}
 
 
 def records(workdir, split):
@@ -175,41 +176,77 @@ def test_resume_after_sigkill_ends_with_the_parameters_of_an_uninterrupted_run(
   assert [r["step"] for r in run["resumes"]] == [killed_at]
 
 
-def test_four_devices_over_two_processes_match_one_device(tmp_path, reference_run):
-  """2 processes of 2 simulated devices each, as launch/multiprocess_local.sh runs them
-  (the script CI exercises): one mesh of 4 devices over 2 hosts, the loss over the
-  global batch, each host feeding its rows."""
-  output = finish(launch_local_processes(tmp_path, processes=2, devices_per_process=2))
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  """The reference run's config with 2 processes of 2 simulated devices each, as
+  launch/multiprocess_local.sh runs them (the script CI exercises): one mesh of 4 devices
+  over 2 hosts, the loss over the global batch, each host feeding its rows."""
+  workdir = tmp_path_factory.mktemp("two_processes")
+  output = finish(launch_local_processes(workdir, processes=2, devices_per_process=2))
+  return workdir, output
+
+
+def test_four_devices_over_two_processes_match_one_device(two_process_run, reference_run):
+  workdir, output = two_process_run
   for process in (0, 1):
     assert f"process {process} saw 4 global devices" in output
   reference = checkpoint_state(reference_run, 6)
-  state = checkpoint_state(tmp_path, 6)
+  state = checkpoint_state(workdir, 6)
   for part in ("params", "batch_stats", "ema_params"):
     assert_trees_close(state[part], reference[part], atol=1e-5)
-  got, want = records(tmp_path, "train"), records(reference_run, "train")
+  got, want = records(workdir, "train"), records(reference_run, "train")
   np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
-  summary = json.loads((tmp_path / "summary.json").read_text())
+  summary = json.loads((workdir / "summary.json").read_text())
   reference_summary = json.loads((reference_run / "summary.json").read_text())
   for key in ("map_model", "map_ema"):
     assert summary[key] == pytest.approx(reference_summary[key], abs=0.05), key
 
 
-def test_contrastive_scope_global_is_the_whole_batch_and_device_the_mean_of_devices():
-  """Also: splitting the contrastive anchors over devices changes no value or gradient."""
-  result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "scoped_loss_run.py")],
-                          cwd=ROOT, capture_output=True, text=True)
-  assert result.returncode == 0, result.stderr[-3000:]
-  values = json.loads(result.stdout.splitlines()[-1])
-  for scope, want in (("global", "whole_batch"), ("device", "per_device_mean")):
-    for term, value in values[want].items():
-      assert values[scope][term] == pytest.approx(value, rel=1e-5), (scope, term)
-  assert values["device"]["contrastive"] != pytest.approx(values["global"]["contrastive"],
-                                                          rel=1e-2)
-  for kernel, differences in values["split_anchors"].items():
-    for name, difference in differences.items():
-      assert difference < 1e-5, (kernel, name, difference)
-  assert values["uneven_split_error"] == ("The batch of 6 does not split evenly over the 4 "
-                                          "devices of mesh axis 'data'.")
+def process_of(workdir, process_id):
+  """The pid of the kmcl_jax.main process `process_id` training in `workdir`."""
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      command = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+      continue
+    if (f"--workdir={workdir}".encode() in command
+        and f"--process_id={process_id}".encode() in command):
+      return int(pid)
+  return None
+
+
+def test_sigterm_to_one_of_two_processes_saves_both_and_the_rerun_ends_the_same(
+    tmp_path, two_process_run):
+  """A preemption notice reaches one host of a pod: JAX's preemption sync point makes
+  every host stop after the same step and save it; the launcher exits 75."""
+  import threading
+
+  launcher = launch_local_processes(tmp_path, processes=2, devices_per_process=2)
+  lines = []  # read as it comes: a full pipe would stall the processes
+  reader = threading.Thread(target=lambda: lines.extend(launcher.stdout), daemon=True)
+  reader.start()
+  deadline = time.time() + 600
+  while not os.path.isdir(tmp_path / "checkpoints" / "2") and launcher.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.05)
+  target = process_of(tmp_path, 1)
+  assert target is not None, "".join(lines)[-4000:]
+  os.kill(target, signal.SIGTERM)
+  launcher.wait(timeout=600)
+  reader.join()
+  output = "".join(lines)
+  if launcher.returncode == 0:
+    pytest.skip("the run finished before SIGTERM arrived")
+  assert launcher.returncode == 75, output[-4000:]
+  stops = [line for line in output.splitlines() if "Stopped at step" in line]
+  assert len(stops) == 2 and "Traceback" not in output
+  stopped = {int(line.split("Stopped at step ")[1].split(" ")[0]) for line in stops}
+  assert len(stopped) == 1  # both processes, the same step
+  (step,) = stopped
+  assert step < 6 and str(step) in os.listdir(tmp_path / "checkpoints")
+  finish(launch_local_processes(tmp_path, processes=2, devices_per_process=2))
+  assert_trees_close(checkpoint_state(tmp_path, 6), checkpoint_state(two_process_run[0], 6),
+                     atol=0)
 
 
 def test_training_starts_from_converted_weights(tmp_path, reference_run):
@@ -243,33 +280,6 @@ def synthetic_batch():
           "labels": (rng.random((8, 10)) < 0.3).astype(np.float32),
           "ignore": np.zeros((8, 10), bool), "skipped": np.zeros(8, np.int32)}
 
-
-def test_a_non_finite_step_is_skipped_and_counted(reference_run):
-  config = run_config()
-  model = create_model(config, 10)
-  optimizer = optim.create_optimizer(config.optim, config.train_steps)
-  mesh = create_mesh()
-  state = initial_state(config, model, optimizer, replicated(mesh))
-  step, _ = jit_steps(config, model, optimizer, mesh, state)
-  batch = synthetic_batch()
-  poisoned = {**batch, "labels": batch["labels"].copy()}
-  poisoned["labels"][0, 0] = np.nan
-  before = jax.device_get(state)
-  after_nan, metrics = step(state, poisoned)  # donates `state`
-  assert not np.isfinite(metrics["loss"]) and int(metrics["skipped_steps"]) == 1
-  assert int(after_nan.step) == 1 and int(after_nan.skipped_steps) == 1
-  kept = ("params", "batch_stats", "opt_state", "ema_params", "ema_batch_stats")
-  assert_trees_close({k: getattr(jax.device_get(after_nan), k) for k in kept},
-                     {k: getattr(before, k) for k in kept}, atol=0)
-  after_good, metrics = step(after_nan, batch)
-  assert np.isfinite(metrics["loss"]) and int(after_good.skipped_steps) == 1
-  assert int(after_good.step) == 2 and int(after_good.opt_state.count) == 1
-  # The schedule did not advance on the skipped step: this update used step 0's rate.
-  np.testing.assert_allclose(metrics["learning_rate"],
-                             optim.one_cycle_lr(config.train_steps, config.optim.lr)(0))
-  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), jax.device_get(
-      after_good.params), before.params)
-  assert max(jax.tree.leaves(moved)) > 0
 
 
 def test_bad_config_values_fail_before_compiling(tmp_path):
@@ -376,22 +386,6 @@ def test_sigterm_saves_the_current_step_and_the_rerun_finishes_the_same(
                           stderr=subprocess.STDOUT, text=True))
   assert_trees_close(checkpoint_state(tmp_path, 6), checkpoint_state(reference_run, 6), atol=0)
 
-
-def test_an_update_that_makes_the_parameters_non_finite_is_skipped(reference_run):
-  """The loss and the gradients are finite, the update is not (a learning rate beyond
-  float32): applying it would poison every later step."""
-  config = run_config()
-  config.optim.lr = 1e40
-  model = create_model(config, 10)
-  optimizer = optim.create_optimizer(config.optim, config.train_steps)
-  mesh = create_mesh()
-  state = initial_state(config, model, optimizer, replicated(mesh))
-  step, _ = jit_steps(config, model, optimizer, mesh, state)
-  before = jax.device_get(state)
-  after, metrics = step(state, synthetic_batch())
-  assert np.isfinite(metrics["loss"]) and int(metrics["skipped_steps"]) == 1
-  assert int(after.consecutive_skipped_steps) == 1 and int(after.opt_state.count) == 0
-  assert_trees_close(jax.device_get(after.params), before.params, atol=0)
 
 
 def test_a_diverged_run_stops_with_one_sentence_after_consecutive_skipped_steps(tmp_path):
