@@ -68,6 +68,7 @@ has_flag --workdir || main_flags+=("--workdir=/tmp/kmcl_multiprocess_$processes"
 
 logs=$(mktemp -d)
 pids=()
+# shellcheck disable=SC2317  # cleanup and forward run from traps
 cleanup() {
   local pid
   for pid in "${pids[@]+"${pids[@]}"}"; do kill "$pid" 2>/dev/null || true; done
@@ -75,6 +76,7 @@ cleanup() {
 }
 trap cleanup EXIT
 # SIGTERM or Ctrl-C here reaches every process: each saves its step and exits 75.
+# shellcheck disable=SC2317
 forward() { kill -TERM "${pids[@]+"${pids[@]}"}" 2>/dev/null || true; }
 trap forward TERM INT
 

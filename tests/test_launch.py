@@ -1,5 +1,5 @@
-"""The launch scripts: help, early errors, the gcloud calls of tpu_pod.sh (against a
-stand-in gcloud that records them). multiprocess_local.sh trains the demo with 2
+"""The launch scripts: help, early errors, the gcloud calls of tpu_pod.sh's commands
+(against a stand-in gcloud that records them) and the script it runs on each worker. multiprocess_local.sh trains the demo with 2
 processes in tests/test_train.py, against the 1-device run."""
 
 import json
@@ -29,10 +29,16 @@ def test_help_explains_usage(name):
 
 
 @pytest.mark.parametrize("name, args, message", [
-    ("tpu_pod.sh", ["--name=kmcl", "--zone=us-central2-b"], "--accelerator is required"),
-    ("tpu_pod.sh", ["--name=n", "--zone=z", "--accelerator=v4-8", "--version=v", "--config=c",
-                    "--workdir=/local/run"], "--workdir must be a gs:// folder"),
-    ("tpu_pod.sh", ["--name=n", "--frobnicate"], "unknown argument '--frobnicate'"),
+    ("tpu_pod.sh", ["--name=kmcl"], "unknown command '--name=kmcl': expected run, logs"),
+    ("tpu_pod.sh", ["run", "--name=kmcl", "--zone=us-central2-b"],
+     "--accelerator is required for 'run'"),
+    ("tpu_pod.sh", ["logs", "--name=kmcl"], "--zone is required for 'logs'"),
+    ("tpu_pod.sh", ["run", "--name=n", "--zone=z", "--accelerator=v4-8", "--version=v",
+                    "--config=c", "--workdir=/local/run"], "--workdir must be a gs:// folder"),
+    ("tpu_pod.sh", ["run", "--name=n", "--zone=z", "--accelerator=v4-8", "--version=v",
+                    "--config=c", "--workdir=gs://b/r", "--python=3.10"],
+     "--python must be 3.11 or newer"),
+    ("tpu_pod.sh", ["stop", "--name=n", "--frobnicate"], "unknown argument '--frobnicate'"),
     ("gpu.sh", ["--workdir=/tmp/run"], "--config=CONFIG is required"),
     ("gpu.sh", ["--config=configs/voc.py"], "--workdir=WORKDIR is required"),
     ("multiprocess_local.sh", ["two"], "N must be a positive number of processes, got 'two'"),
@@ -58,7 +64,7 @@ def _path_without(tmp_path, tool):
 
 
 @pytest.mark.parametrize("name, args, tool, message", [
-    ("tpu_pod.sh", ["--name=n", "--zone=z", "--accelerator=v4-8", "--version=v",
+    ("tpu_pod.sh", ["run", "--name=n", "--zone=z", "--accelerator=v4-8", "--version=v",
                     "--config=configs/voc.py", "--workdir=gs://b/r"], "gcloud",
      "needs the gcloud CLI"),
     ("gpu.sh", ["--config=configs/voc.py", "--workdir=/tmp/run"], "nvidia-smi",
@@ -71,16 +77,25 @@ def test_missing_tools_are_named(tmp_path, name, args, tool, message):
 
 
 FAKE_GCLOUD = """#!/usr/bin/env bash
-# Records its arguments (one JSON list per call); answers `describe` with $FAKE_TPU_STATE.
+# Records its arguments (one JSON list per call); answers `tpu-vm describe` with
+# $FAKE_TPU_STATE and `queued-resources describe` with $FAKE_QUEUED_STATE.
 python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >> "$FAKE_GCLOUD_LOG"
 case "$*" in
   "config get-value project") echo my-project ;;
-  *" describe "*) [[ -n $FAKE_TPU_STATE ]] && echo "$FAKE_TPU_STATE" || exit 1 ;;
+  *"tpu-vm describe "*) [[ -n $FAKE_TPU_STATE ]] && echo "$FAKE_TPU_STATE" || exit 1 ;;
+  *"queued-resources describe "*) [[ -n $FAKE_QUEUED_STATE ]] && echo "$FAKE_QUEUED_STATE" || exit 1 ;;
+  *"queued-resources create "*) echo ACTIVE > "$FAKE_QUEUED_STATE_FILE" ;;
 esac
 """
 
+RUN = ["run", "--name=kmcl-pod", "--zone=us-central2-b", "--accelerator=v4-32",
+       "--version=tpu-ubuntu2204-base", "--config=configs/voc.py:tresnet_l",
+       "--workdir=gs://bucket/runs/voc", "--data=gs://bucket/data/voc"]
+MAIN_FLAGS = ["--", "--config.batch_size=1024", "--config.data.worker_count=8"]
 
-def _fake_gcloud(tmp_path, state):
+
+def fake_gcloud(tmp_path, tpu_state="", queued_state=""):
+  """A PATH whose gcloud records its calls; returns (environment, calls())."""
   folder = tmp_path / "fake"
   folder.mkdir()
   gcloud = folder / "gcloud"
@@ -88,42 +103,146 @@ def _fake_gcloud(tmp_path, state):
   gcloud.chmod(gcloud.stat().st_mode | stat.S_IEXEC)
   log = tmp_path / "gcloud.jsonl"
   env = dict(os.environ, PATH=f"{folder}{os.pathsep}{os.environ['PATH']}",
-             FAKE_GCLOUD_LOG=str(log), FAKE_TPU_STATE=state)
-  return env, log
+             FAKE_GCLOUD_LOG=str(log), FAKE_TPU_STATE=tpu_state,
+             FAKE_QUEUED_STATE=queued_state, FAKE_QUEUED_STATE_FILE=str(tmp_path / "queued"),
+             TPU_POD_POLL_SECONDS="0")
+
+  def calls():
+    recorded = [json.loads(line) for line in log.read_text().splitlines()]
+    assert recorded[0] == ["config", "get-value", "project"]
+    tpu_calls = [call for call in recorded[1:] if call[:2] == ["compute", "tpus"]]
+    for call in tpu_calls:
+      assert "--zone=us-central2-b" in call and "--project=my-project" in call
+    return [tuple(c[2:4]) for c in tpu_calls], tpu_calls
+
+  return env, calls
 
 
-@pytest.mark.parametrize("state, expected_verbs", [
-    ("", ["describe", "create", "scp", "ssh", "ssh", "ssh"]),
-    ("READY", ["describe", "scp", "ssh", "ssh", "ssh"]),
-    ("PREEMPTED", ["describe", "delete", "create", "scp", "ssh", "ssh", "ssh"]),
+def command_of(call):
+  return call[call.index("--command") + 1]
+
+
+@pytest.mark.parametrize("tpu_state, queued_state, expected", [
+    ("", "", [("tpu-vm", "describe"), ("queued-resources", "describe"),
+              ("tpu-vm", "create")]),
+    ("READY", "", [("tpu-vm", "describe"), ("queued-resources", "describe")]),
+    ("PREEMPTED", "", [("tpu-vm", "describe"), ("queued-resources", "describe"),
+                       ("queued-resources", "describe"), ("tpu-vm", "describe"),
+                       ("tpu-vm", "delete"), ("tpu-vm", "create")]),
 ])
-def test_tpu_pod_creates_or_reuses_the_slice_then_installs_and_runs_on_every_worker(
-    tmp_path, state, expected_verbs):
-  env, log = _fake_gcloud(tmp_path, state)
-  result = run_script("tpu_pod.sh", "--name=kmcl-pod", "--zone=us-central2-b",
-                      "--accelerator=v4-32", "--version=tpu-ubuntu2204-base",
-                      "--config=configs/voc.py:tresnet_l", "--workdir=gs://bucket/runs/voc",
-                      "--data=gs://bucket/data/voc", "--spot", "--",
-                      "--config.batch_size=1024", "--config.data.worker_count=8", env=env)
+def test_run_gets_the_slice_installs_a_venv_and_starts_training_detached(
+    tmp_path, tpu_state, queued_state, expected):
+  env, calls = fake_gcloud(tmp_path, tpu_state, queued_state)
+  result = run_script("tpu_pod.sh", *RUN, *MAIN_FLAGS, env=env)
   assert result.returncode == 0, result.stderr
-  calls = [json.loads(line) for line in log.read_text().splitlines()]
-  assert calls[0] == ["config", "get-value", "project"]
-  tpu_calls = calls[1:]
-  assert all(c[:3] == ["compute", "tpus", "tpu-vm"] for c in tpu_calls)
-  assert [c[3] for c in tpu_calls] == expected_verbs
-  for call in tpu_calls:
-    assert "--zone=us-central2-b" in call and "--project=my-project" in call
-  if "create" in expected_verbs:
-    create = tpu_calls[expected_verbs.index("create")]
-    assert {"--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--spot"} <= set(create)
-  scp, install, copy_data, train = tpu_calls[-4:]
+  verbs, recorded = calls()
+  assert verbs[:len(expected)] == expected
+  assert verbs[len(expected):] == [("tpu-vm", "scp"), ("tpu-vm", "ssh"), ("tpu-vm", "ssh"),
+                                   ("tpu-vm", "ssh")]
+  if ("tpu-vm", "create") in expected:
+    create = recorded[expected.index(("tpu-vm", "create"))]
+    assert {"--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base"} <= set(create)
+  scp, install, copy_data, start = recorded[-4:]
   assert scp[-1] == "--worker=all" and scp[5] == "kmcl-pod:kmcl_jax.tar.gz"
-  for call in (install, copy_data, train):
+  for call in (install, copy_data, start):
     assert call[4] == "kmcl-pod" and "--worker=all" in call
-  command = lambda call: call[call.index("--command") + 1]
-  assert "pip install -q -e '.[tpu,gcs]'" in command(install)
-  assert "gcloud storage rsync --recursive gs://bucket/data/voc /tmp/kmcl_data" in command(copy_data)
-  assert command(train) == (
-      "cd ~/kmcl_jax && python3 -m kmcl_jax.main --config=configs/voc.py:tresnet_l "
-      "--workdir=gs://bucket/runs/voc --config.data.root=/tmp/kmcl_data "
-      "--config.batch_size=1024 --config.data.worker_count=8")
+  # A virtual environment with a supported Python (uv brings one), the package in it.
+  assert "uv venv --python 3.12 ~/kmcl_venv" in command_of(install)
+  assert "uv pip install --python ~/kmcl_venv/bin/python -q -e '.[tpu,gcs]'" in command_of(install)
+  assert ("gcloud storage rsync --recursive gs://bucket/data/voc /tmp/kmcl_data"
+          in command_of(copy_data))
+  # Started detached (its own session, no terminal), logging on the worker and copying
+  # the log to the workdir.
+  start_command = command_of(start)
+  assert "nohup setsid bash ~/kmcl_run/run.sh >/dev/null 2>&1 < /dev/null &" in start_command
+  assert ("python -m kmcl_jax.main --config=configs/voc.py:tresnet_l "
+          "--workdir=gs://bucket/runs/voc --config.data.root=/tmp/kmcl_data "
+          "--config.batch_size=1024 --config.data.worker_count=8 >> \"$log\" 2>&1"
+          in start_command)
+  assert "gs://bucket/runs/voc/logs/worker-$number.log" in start_command
+  assert "source ~/kmcl_venv/bin/activate" in start_command
+  assert "logs --name=kmcl-pod --zone=us-central2-b --follow" in result.stdout
+
+
+def test_the_worker_script_runs_and_records_its_exit_code(tmp_path):
+  """The script `run` starts on each worker, executed here with stand-ins for python,
+  curl and gcloud: it logs, records the exit code and copies the log to the workdir."""
+  env, calls = fake_gcloud(tmp_path)
+  result = run_script("tpu_pod.sh", *RUN, *MAIN_FLAGS, env=env)
+  assert result.returncode == 0, result.stderr
+  _, recorded = calls()
+  start = command_of(recorded[-1])
+  script = start.split("<<'KMCL_RUN'\n")[1].split("\nKMCL_RUN")[0]
+  home = tmp_path / "home"
+  (home / "kmcl_run").mkdir(parents=True)
+  (home / "kmcl_jax").mkdir()
+  (home / "kmcl_venv" / "bin").mkdir(parents=True)
+  (home / "kmcl_venv" / "bin" / "activate").write_text("")
+  bin_folder = tmp_path / "fake"
+  for tool, body in (("python", 'echo "training $*"; exit 75'), ("curl", "echo 3")):
+    (bin_folder / tool).write_text(f"#!/usr/bin/env bash\n{body}\n")
+    (bin_folder / tool).chmod(0o755)
+  (home / "run.sh").write_text(script)
+  worker = subprocess.run([BASH, str(home / "run.sh")], env={**env, "HOME": str(home)},
+                          capture_output=True, text=True, timeout=60)
+  assert worker.returncode == 75
+  assert (home / "kmcl_run" / "exit_code").read_text().strip() == "75"
+  assert (home / "kmcl_run" / "train.log").read_text().startswith(
+      "training -m kmcl_jax.main --config=configs/voc.py:tresnet_l")
+  copies = [c for c in (json.loads(line) for line in (tmp_path / "gcloud.jsonl").read_text()
+                        .splitlines()) if c[:2] == ["storage", "cp"]]
+  assert copies and copies[-1][-1] == "gs://bucket/runs/voc/logs/worker-3.log"
+
+
+def test_spot_capacity_is_a_queued_resource_waited_for_until_active(tmp_path):
+  env, calls = fake_gcloud(tmp_path)
+  # The stand-in answers "ACTIVE" once the queued resource was created.
+  env["FAKE_QUEUED_STATE"] = ""
+  script = FAKE_GCLOUD.replace(
+      '[[ -n $FAKE_QUEUED_STATE ]] && echo "$FAKE_QUEUED_STATE" || exit 1',
+      'cat "$FAKE_QUEUED_STATE_FILE" 2>/dev/null || exit 1')
+  (tmp_path / "fake" / "gcloud").write_text(script)
+  result = run_script("tpu_pod.sh", *RUN, "--spot", env=env)
+  assert result.returncode == 0, result.stderr
+  verbs, recorded = calls()
+  create = recorded[verbs.index(("queued-resources", "create"))]
+  assert create[4] == "kmcl-pod" and {"--node-id=kmcl-pod", "--accelerator-type=v4-32",
+                                      "--runtime-version=tpu-ubuntu2204-base",
+                                      "--spot"} <= set(create)
+  assert ("tpu-vm", "create") not in verbs
+  assert verbs.index(("queued-resources", "create")) < verbs.index(("tpu-vm", "scp"))
+
+
+@pytest.mark.parametrize("command, extra, check", [
+    ("logs", ["--worker=2", "--follow"],
+     lambda c: c[-1] == "tail -n 200 -f ~/kmcl_run/train.log" and "--worker=2" in c),
+    ("stop", [], lambda c: "pkill -TERM -s $(cat ~/kmcl_run/pid) -f kmcl_jax.main" in c[-1]
+     and "--worker=all" in c),
+    ("status", [], lambda c: "~/kmcl_run/exit_code" in c[-1] and "--worker=all" in c),
+])
+def test_follow_check_and_stop_the_run_on_the_workers(tmp_path, command, extra, check):
+  env, calls = fake_gcloud(tmp_path, "READY")
+  result = run_script("tpu_pod.sh", command, "--name=kmcl-pod", "--zone=us-central2-b",
+                      *extra, env=env)
+  assert result.returncode == 0, result.stderr
+  verbs, recorded = calls()
+  assert verbs[-1] == ("tpu-vm", "ssh") and recorded[-1][4] == "kmcl-pod"
+  assert check(recorded[-1])
+
+
+@pytest.mark.parametrize("queued_state, deleted", [
+    ("ACTIVE", ["queued-resources", "delete", "kmcl-pod"]),
+    ("", ["tpu-vm", "delete", "kmcl-pod"])])
+def test_delete_removes_the_queued_resource_or_the_slice(tmp_path, queued_state, deleted):
+  env, calls = fake_gcloud(tmp_path, "READY", queued_state)
+  result = run_script("tpu_pod.sh", "delete", "--name=kmcl-pod", "--zone=us-central2-b",
+                      env=env)
+  assert result.returncode == 0, result.stderr
+  _, recorded = calls()
+  assert recorded[-1][2:5] == deleted and "--quiet" in recorded[-1]
+
+
+def test_help_documents_every_command():
+  usage = run_script("tpu_pod.sh", "--help").stdout
+  for command in ("run", "logs", "status", "stop", "delete"):
+    assert f"\n  {command} " in usage
