@@ -1,0 +1,67 @@
+"""Tiny image files in the datasets' real layouts, shared by the data tests."""
+
+import os
+
+import numpy as np
+from ml_collections import ConfigDict
+from PIL import Image
+
+from kmcl_jax.data import voc
+
+
+def write_image(path, seed=0, size=(20, 16), mode="RGB", fmt="JPEG"):
+  rng = np.random.default_rng(seed)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  channels = {"RGB": 3, "L": 1, "RGBA": 4, "CMYK": 4}[mode]
+  pixels = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+  Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(path, fmt)
+
+
+VOC_TRAINVAL = {  # image id -> {class index: raw label}; every other class is -1.
+    "000005": {8: 1, 14: 0}, "000007": {6: 1}, "000009": {12: 1, 14: 1, 8: 0},
+    "000012": {}}  # no object of any class
+VOC_TEST = {"000001": {11: 1, 14: 1}, "000002": {18: 0}, "000004": {6: 1}}
+
+
+def make_voc(root, corrupt=None):
+  """VOCdevkit/VOC2007 with VOC_TRAINVAL and VOC_TEST; image `corrupt` cut to 200 bytes."""
+  folder = os.path.join(root, "VOCdevkit", "VOC2007")
+  os.makedirs(os.path.join(folder, "ImageSets", "Main"))
+  for split, images in (("trainval", VOC_TRAINVAL), ("test", VOC_TEST)):
+    for k, name in enumerate(voc.CLASS_NAMES):
+      with open(os.path.join(folder, "ImageSets", "Main", f"{name}_{split}.txt"), "w") as f:
+        for image_id, raw in images.items():
+          f.write(f"{image_id} {raw.get(k, -1):2d}\n")
+    for seed, image_id in enumerate(images):
+      write_image(os.path.join(folder, "JPEGImages", f"{image_id}.jpg"), seed, (30 + seed, 20))
+  if corrupt:
+    with open(os.path.join(folder, "JPEGImages", f"{corrupt}.jpg"), "r+b") as f:
+      f.truncate(200)
+  return folder
+
+
+def make_chestxray(root, entries, train, test):
+  with open(os.path.join(root, "Data_Entry_2017.csv"), "w") as f:
+    f.write("Image Index,Finding Labels,Follow-up #,Patient ID\n")
+    for name, findings in entries.items():
+      f.write(f"{name},{findings},0,1\n")
+  for name, names in (("train_val_list.txt", train), ("test_list.txt", test)):
+    with open(os.path.join(root, name), "w") as f:
+      f.write("\n".join(names) + "\n")
+  for k, name in enumerate(entries):
+    folder = "images_001" if k % 2 else "images_002"
+    write_image(os.path.join(root, folder, "images", name), k, mode="L", fmt="PNG")
+
+
+def demo_config(**data):
+  return ConfigDict(dict(seed=1, batch_size=8, eval_batch_size=16, data={**dict(
+      name="demo", root=None, train_split="train", eval_split="test", image_size=48,
+      augment="randaugment", cutout=0.5, worker_count=0, read_threads=2, skip_corrupt=False),
+      **data}))
+
+
+def voc_config(root, **data):
+  return ConfigDict(dict(seed=0, batch_size=1, eval_batch_size=2, data={**dict(
+      name="voc2007", root=root, train_split="trainval", eval_split="test", image_size=16,
+      augment="randaugment", cutout=0.5, worker_count=0, read_threads=2, skip_corrupt=False),
+      **data}))

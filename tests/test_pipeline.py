@@ -1,0 +1,169 @@
+"""The grain pipelines: order, sharding, resumption, corrupt images."""
+
+import dataclasses
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from data_fixtures import demo_config, make_voc, voc_config
+from kmcl_jax.data import CorruptImageError, create_datasets, get_source, pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexSource:
+  """Records whose pixels spell their index: channel 0 = index % 256, 1 = index // 256."""
+  size: int
+  class_names: tuple = ("a", "b", "c")
+  name: str = "index source"
+
+  def __len__(self):
+    return self.size
+
+  def annotations(self, index):
+    return {"labels": np.eye(3, dtype=np.float32)[index % 3],
+            "ignore": np.arange(3) == (index % 2), "id": str(index)}
+
+  def __getitem__(self, index):
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[..., 0], image[..., 1] = index % 256, index // 256
+    return {"image": image, **self.annotations(index)}
+
+
+def indices(batch):
+  return batch["image"][:, 0, 0, 0].astype(int) + 256 * batch["image"][:, 0, 0, 1].astype(int)
+
+
+def plain(**overrides):
+  options = dict(image_size=4, cutout_factor=0.0, augment="none", process_index=0,
+                 process_count=1)
+  return {**options, **overrides}
+
+
+def take(dataset, n):
+  iterator = iter(dataset)
+  batches = [next(iterator) for _ in range(n)]
+  iterator.close()
+  return batches
+
+
+def test_train_epochs_are_reshuffled_permutations():
+  batches = take(pipeline.train_dataset(IndexSource(20), seed=3, global_batch=4, **plain()), 10)
+  order = np.concatenate([indices(b) for b in batches])
+  assert sorted(order[:20]) == list(range(20)) and sorted(order[20:]) == list(range(20))
+  assert list(order[:20]) != list(order[20:]) and list(order[:20]) != list(range(20))
+  for b in batches:
+    np.testing.assert_array_equal(b["labels"], np.eye(3)[indices(b) % 3])
+    assert b["skipped"].tolist() == [0] * 4
+  other_seed = take(pipeline.train_dataset(IndexSource(20), seed=4, global_batch=4, **plain()), 5)
+  assert list(np.concatenate([indices(b) for b in other_seed])) != list(order[:20])
+
+
+def test_two_hosts_read_disjoint_rows_of_the_same_global_batches():
+  source = IndexSource(30)
+  single = take(pipeline.train_dataset(source, seed=0, global_batch=6, **plain()), 8)
+  hosts = [take(pipeline.train_dataset(source, seed=0, global_batch=6, **plain(
+      process_index=p, process_count=2)), 8) for p in (0, 1)]
+  for step in range(8):
+    host_rows = [indices(hosts[p][step]) for p in (0, 1)]
+    assert len(host_rows[0]) == 3 and not set(host_rows[0]) & set(host_rows[1])
+    np.testing.assert_array_equal(np.concatenate(host_rows), indices(single[step]))
+
+
+def test_eval_pads_to_whole_batches_and_counts_every_image_once():
+  source = IndexSource(11)
+  seen = []
+  for p in (0, 1):
+    batches = list(pipeline.eval_dataset(source, global_batch=4, **{
+        k: v for k, v in plain(process_index=p, process_count=2).items()
+        if k not in ("cutout_factor", "augment")}))
+    assert len(batches) == 3 and all(b["image"].shape == (2, 4, 4, 3) for b in batches)
+    for b in batches:
+      rows = b["index"][b["mask"]]
+      np.testing.assert_array_equal(indices(b)[b["mask"]], rows)
+      np.testing.assert_array_equal(b["labels"][b["mask"]], np.eye(3)[rows % 3])
+      np.testing.assert_array_equal(b["ignore"][b["mask"]], (rows % 2)[:, None] == np.arange(3))
+      assert (b["index"][~b["mask"]] == -1).all()
+      seen.extend(rows)
+  assert sorted(seen) == list(range(11))
+
+
+def test_same_seed_same_augmented_batches_with_any_worker_count_and_host_count():
+  reference = create_datasets(demo_config())
+  expected = [next(reference.train) for _ in range(3)]
+  reference.train.close()
+  assert (reference.steps_per_epoch, reference.eval_steps) == (500, 63)
+  assert reference.class_names == tuple("0123456789")
+  workers = create_datasets(demo_config(worker_count=2))
+  for batch in expected:
+    got = next(workers.train)
+    for name in pipeline.TRAIN_FIELDS:
+      np.testing.assert_array_equal(got[name], batch[name])
+  workers.train.close()
+  hosts = [create_datasets(demo_config(), process_index=p, process_count=2) for p in (0, 1)]
+  for batch in expected:
+    got = [next(h.train) for h in hosts]
+    np.testing.assert_array_equal(np.concatenate([g["image"] for g in got]), batch["image"])
+  assert expected[0]["image"].shape == (8, 48, 48, 3)
+  # Augmentation happened: the records differ from their plainly resized versions.
+  plain_batch = take(pipeline.train_dataset(get_source("demo", "train"), seed=1, global_batch=8,
+                                            **plain(image_size=48)), 1)[0]
+  np.testing.assert_array_equal(plain_batch["labels"], expected[0]["labels"])
+  assert (plain_batch["image"] != expected[0]["image"]).any(axis=(1, 2, 3)).sum() >= 4
+
+
+@pytest.mark.parametrize("worker_count", [0, 2])
+def test_resume_from_a_saved_iterator_state_gives_the_same_next_batches(tmp_path, worker_count):
+  config = demo_config(worker_count=worker_count)
+  first = create_datasets(config).train
+  for _ in range(3):
+    next(first)
+  manager = ocp.CheckpointManager(tmp_path, item_handlers={
+      "data": grain.checkpoint.CheckpointHandler()})
+  manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(first)))
+  manager.wait_until_finished()
+  expected = [next(first) for _ in range(3)]
+  first.close()
+  resumed = create_datasets(config).train
+  manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+  for batch in expected:
+    got = next(resumed)
+    for name in pipeline.TRAIN_FIELDS:
+      np.testing.assert_array_equal(got[name], batch[name])
+  resumed.close()
+
+
+def test_corrupt_image_raises_by_default_and_is_skipped_and_counted_on_request(tmp_path):
+  make_voc(str(tmp_path), corrupt="000007")
+  strict = create_datasets(voc_config(str(tmp_path)))
+  with pytest.raises(CorruptImageError, match="000007.jpg"):
+    for _ in range(4):
+      next(strict.train)
+  config = voc_config(str(tmp_path), skip_corrupt=True)
+  config.batch_size = 2
+  lenient = create_datasets(config)
+  batches = [next(lenient.train) for _ in range(30)]
+  lenient.train.close()
+  # 60 rows are 15 epochs of the four images: the corrupt one (the only image labelled
+  # 'car' alone) was met 15 times, flagged, and another row of its batch stood in.
+  assert sum(int(b["skipped"].sum()) for b in batches) == 15
+  car_only = np.eye(20)[6]
+  assert not any(np.array_equal(row, car_only) for b in batches for row in b["labels"])
+  flagged = [b for b in batches if b["skipped"].any()]
+  assert all(np.array_equal(b["image"][0], b["image"][1]) for b in flagged)
+  make_voc(str(tmp_path / "test"), corrupt="000002")
+  evaluation = list(create_datasets(voc_config(str(tmp_path / "test"), skip_corrupt=True)).eval)
+  rows = np.concatenate([b["index"] for b in evaluation])
+  mask = np.concatenate([b["mask"] for b in evaluation])
+  assert rows.tolist() == [0, 1, 2, -1] and mask.tolist() == [True, False, True, False]
+  assert np.concatenate([b["skipped"] for b in evaluation]).tolist() == [0, 1, 0, 0]
+
+
+def test_batch_sizes_are_checked_against_hosts_and_the_split():
+  with pytest.raises(ValueError, match=r"config.batch_size=8 must be a positive multiple of .* \(3\)"):
+    create_datasets(demo_config(), process_index=0, process_count=3)
+  config = demo_config()
+  config.batch_size = 5000
+  with pytest.raises(ValueError, match="config.batch_size=5000 exceeds the 4000 images"):
+    create_datasets(config)
