@@ -1,6 +1,8 @@
 """Tiny image files in the datasets' real layouts, shared by the data tests."""
 
 import os
+import struct
+import zlib
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -15,6 +17,29 @@ def write_image(path, seed=0, size=(20, 16), mode="RGB", fmt="JPEG"):
   channels = {"RGB": 3, "L": 1, "RGBA": 4, "CMYK": 4}[mode]
   pixels = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
   Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(path, fmt)
+
+
+def write_blank_png(path, width, height):
+  """A valid 1-bit black PNG of any size, written row by row: a 20000 x 20000 one is
+  about 50 KB and takes no image-sized memory to make."""
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+  compressor = zlib.compressobj(9)
+  row = b"\0" * (1 + (width + 7) // 8)  # filter byte 0, then the packed bits
+  data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+  with open(path, "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0,
+                                                                0, 0))
+            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def cut_short(path, keep_bytes):
+  """Truncates a file to its first `keep_bytes` bytes (negative: drops that many)."""
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.truncate(keep_bytes if keep_bytes >= 0 else size + keep_bytes)
 
 
 VOC_TRAINVAL = {  # image id -> {class index: raw label}; every other class is -1.
@@ -35,9 +60,12 @@ def make_voc(root, corrupt=None):
     for seed, image_id in enumerate(images):
       write_image(os.path.join(folder, "JPEGImages", f"{image_id}.jpg"), seed, (30 + seed, 20))
   if corrupt:
-    with open(os.path.join(folder, "JPEGImages", f"{corrupt}.jpg"), "r+b") as f:
-      f.truncate(200)
+    cut_short(os.path.join(folder, "JPEGImages", f"{corrupt}.jpg"), 200)
   return folder
+
+
+def voc_image(root, image_id):
+  return os.path.join(root, "VOCdevkit", "VOC2007", "JPEGImages", f"{image_id}.jpg")
 
 
 def make_chestxray(root, entries, train, test):

@@ -1,4 +1,4 @@
-"""The grain pipelines: order, sharding, resumption, corrupt images."""
+"""The grain pipelines: order, sharding, resumption, corrupt images, start-up checks."""
 
 import dataclasses
 
@@ -7,7 +7,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from data_fixtures import demo_config, make_voc, voc_config
+from data_fixtures import (
+  cut_short,
+  demo_config,
+  make_voc,
+  voc_config,
+  voc_image,
+  write_blank_png,
+)
 from kmcl_jax.data import CorruptImageError, create_datasets, get_source, pipeline
 
 
@@ -134,10 +141,13 @@ def test_resume_from_a_saved_iterator_state_gives_the_same_next_batches(tmp_path
   resumed.close()
 
 
-def test_corrupt_image_raises_by_default_and_is_skipped_and_counted_on_request(tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "decompression bomb"])
+def test_corrupt_image_raises_by_default_and_is_skipped_and_counted_on_request(tmp_path, damage):
   make_voc(str(tmp_path), corrupt="000007")
+  if damage == "decompression bomb":  # 400 million pixels (a PNG, whatever the name says)
+    write_blank_png(voc_image(str(tmp_path), "000007"), 20000, 20000)
   strict = create_datasets(voc_config(str(tmp_path)))
-  with pytest.raises(CorruptImageError, match="000007.jpg"):
+  with pytest.raises(CorruptImageError, match=r"000007.jpg: cannot decode the image"):
     for _ in range(4):
       next(strict.train)
   config = voc_config(str(tmp_path), skip_corrupt=True)
@@ -167,3 +177,24 @@ def test_batch_sizes_are_checked_against_hosts_and_the_split():
   config.batch_size = 5000
   with pytest.raises(ValueError, match="config.batch_size=5000 exceeds the 4000 images"):
     create_datasets(config)
+
+
+# ------------------------------------------------------------- start-up checks
+
+def test_a_broken_evaluation_image_fails_at_start_up_naming_it(tmp_path):
+  make_voc(str(tmp_path))
+  cut_short(voc_image(str(tmp_path), "000002"), -60)  # the header reads, the scan is cut
+  broken = voc_image(str(tmp_path), "000002")
+  with pytest.raises(CorruptImageError, match=(
+      rf"^{broken}: the JPEG file is cut short \(no end marker\) \(1 unreadable image\(s\) "
+      r"in voc2007 test at .*, found before training; data.skip_corrupt=True")):
+    create_datasets(voc_config(str(tmp_path)))
+  lenient = create_datasets(voc_config(str(tmp_path), skip_corrupt=True))
+  batches = list(lenient.eval)
+  assert np.concatenate([b["mask"] for b in batches]).tolist() == [True, False, True, False]
+  lenient.train.close()
+
+
+def test_the_header_check_reads_no_file_of_sources_that_are_not_files():
+  assert pipeline.check_image_headers(get_source("demo", "test"), skip_corrupt=False,
+                                      threads=2) == []

@@ -1,15 +1,28 @@
-"""Datasets in their real folder layouts, image decoding and its errors."""
+"""Datasets in their real folder layouts, image decoding and its errors, the header
+check."""
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from data_fixtures import VOC_TRAINVAL, make_chestxray, make_voc, write_image
+from data_fixtures import (
+  VOC_TRAINVAL,
+  cut_short,
+  make_chestxray,
+  make_voc,
+  write_blank_png,
+  write_image,
+)
 from kmcl_jax.data import CorruptImageError, get_source, tfds_source, voc
-from kmcl_jax.data.image_files import decode_image
+from kmcl_jax.data.image_files import MAX_DECODED_PIXELS, decode_image, header_problem
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------------------- datasets
@@ -211,3 +224,102 @@ def test_empty_split_is_an_error(tmp_path):
     open(os.path.join(folder, "ImageSets", "Main", f"{name}_val.txt"), "w").close()
   with pytest.raises(ValueError, match="voc2007 val .* has no images"):
     get_source("voc2007", "val", str(tmp_path))
+
+
+def test_a_normal_image_decodes_exactly_as_pil_reads_it(tmp_path):
+  write_image(str(tmp_path / "photo.jpg"), size=(50, 37))
+  write_image(str(tmp_path / "scan.png"), size=(50, 37), mode="L", fmt="PNG")
+  for name in ("photo.jpg", "scan.png"):
+    with Image.open(tmp_path / name) as image:
+      expected = np.asarray(image.convert("RGB"))
+    np.testing.assert_array_equal(decode_image(str(tmp_path / name)), expected)
+
+
+def test_an_image_past_the_decompression_bomb_limit_is_a_corrupt_image_naming_it(tmp_path):
+  path = str(tmp_path / "bomb.png")
+  write_blank_png(path, 20000, 20000)  # 400 million pixels, 50 KB
+  with pytest.raises(CorruptImageError, match=rf"^{path}: cannot decode .*decompression bomb"):
+    decode_image(path)
+  assert header_problem(path).startswith(f"{path}: cannot read the image header")
+
+
+def test_a_huge_image_that_is_not_a_jpeg_is_refused_without_decoding(tmp_path):
+  path = str(tmp_path / "wide.png")
+  write_blank_png(path, 5000, 4000)  # above MAX_DECODED_PIXELS, below PIL's bomb limit
+  with pytest.raises(CorruptImageError, match=rf"^{path}: 5000 x 4000 pixels is more than"):
+    decode_image(path)
+  assert header_problem(path) == (f"{path}: 5000 x 4000 pixels is more than the "
+                                  f"{MAX_DECODED_PIXELS:,} this pipeline decodes")
+
+
+# Peak memory of one decode: Linux's high-water mark (VmHWM), reset to the current
+# resident size (writing 5 to clear_refs) after the imports, whose own peak would hide it.
+PEAK_MEMORY = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from PIL import Image
+    from kmcl_jax.data.image_files import decode_image
+
+    def kib(field):
+      with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    before = kib("VmRSS")
+    if sys.argv[2] == "pipeline":
+      image = decode_image(sys.argv[1])
+    else:
+      with Image.open(sys.argv[1]) as opened:
+        image = np.asarray(opened.convert("RGB"))
+    print(image.shape[0], image.shape[1], round(float(image.mean()), 1),
+          (kib("VmHWM") - before) // 1024)
+""")
+
+
+def test_a_huge_jpeg_decodes_at_a_reduced_scale_in_bounded_memory(tmp_path):
+  path = str(tmp_path / "panorama.jpg")
+  rows, columns = np.arange(4000, dtype=np.uint16), np.arange(6000, dtype=np.uint16)
+  squares = ((rows[:, None] // 40 + columns[None, :] // 40) % 2).astype(np.uint8)
+  # 24 million pixels (a checkerboard, 1 MB as JPEG): decoded at 1/2 scale.
+  Image.fromarray(squares * 200 + 20).save(path, quality=90)
+  del squares
+
+  def decode(how):
+    result = subprocess.run([sys.executable, "-c", PEAK_MEMORY, path, how], cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    height, width, mean, grown_mib = result.stdout.split()
+    return int(height), int(width), float(mean), int(grown_mib)
+
+  height, width, mean, grown_mib = decode("pipeline")
+  full_height, full_width, full_mean, full_grown_mib = decode("full")
+  assert (height, width) == (2000, 3000) and (full_height, full_width) == (4000, 6000)
+  assert abs(mean - full_mean) < 2  # the same picture, at half the resolution
+  # The full decode holds the grey image, its 4-byte RGB copy in PIL and the 3-byte one in
+  # NumPy (192 MiB of pixels; 252 MiB measured); the reduced one a quarter (57 MiB).
+  assert full_grown_mib >= 190
+  assert grown_mib < full_grown_mib / 3, (grown_mib, full_grown_mib)
+
+
+def test_the_header_check_finds_files_cut_short_without_decoding_them(tmp_path):
+  write_image(str(tmp_path / "good.jpg"), size=(64, 48))
+  write_image(str(tmp_path / "good.png"), size=(64, 48), fmt="PNG")
+  for name in ("good.jpg", "good.png"):
+    assert header_problem(str(tmp_path / name)) is None
+  for name in ("tail.jpg", "tail.png", "head.jpg"):
+    write_image(str(tmp_path / name), size=(64, 48), fmt="PNG" if name.endswith("png") else "JPEG")
+  cut_short(str(tmp_path / "tail.jpg"), -40)  # the header is intact, the scan is not
+  cut_short(str(tmp_path / "tail.png"), -200)
+  cut_short(str(tmp_path / "head.jpg"), 100)
+  (tmp_path / "text.jpg").write_text("not an image")
+  assert header_problem(str(tmp_path / "tail.jpg")) == (
+      f"{tmp_path / 'tail.jpg'}: the JPEG file is cut short (no end marker)")
+  assert header_problem(str(tmp_path / "tail.png")) == (
+      f"{tmp_path / 'tail.png'}: the PNG file is cut short (no end marker)")
+  for name in ("head.jpg", "text.jpg", "missing.jpg"):
+    assert header_problem(str(tmp_path / name)).startswith(
+        f"{tmp_path / name}: cannot read the image header ("), name
+  # What the header check flags, decoding refuses too.
+  for name in ("tail.jpg", "tail.png", "head.jpg", "text.jpg"):
+    with pytest.raises(CorruptImageError):
+      decode_image(str(tmp_path / name))

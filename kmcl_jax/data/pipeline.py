@@ -22,9 +22,11 @@ int64 (b,) (the row of the split, -1 on padding).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +36,7 @@ import numpy as np
 from absl import flags, logging
 
 from kmcl_jax.data import transforms
-from kmcl_jax.data.image_files import CorruptImageError
+from kmcl_jax.data.image_files import CorruptImageError, ImageFileSource, header_problem
 from kmcl_jax.data.sources import get_source
 
 TRAIN_FIELDS = ("image", "labels", "ignore", "skipped")
@@ -221,13 +223,43 @@ def _check_batch(config, field: str, process_count: int) -> None:
                      f"number of JAX processes ({process_count}).")
 
 
+def check_image_headers(source, *, skip_corrupt: bool, threads: int) -> list[str]:
+  """Reads the header and last KiB of every image file of `source` (no decoding) and
+  returns what is wrong with each bad one; raises CorruptImageError naming the first
+  unless `skip_corrupt`. Sources that are not files have nothing to check: the demo set
+  renders its images and TFDS checked its records when it prepared them."""
+  if not isinstance(source, ImageFileSource):
+    return []
+  start = time.perf_counter()
+  paths = list(source.paths)
+  chunks = [paths[i::threads] for i in range(threads)]
+  # Threads overlap the file reads; the header parsing itself holds the GIL.
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    problems = sorted(p for chunk in pool.map(lambda c: [header_problem(x) for x in c], chunks)
+                      for p in chunk if p)
+  logging.info("Checked the headers of the %d images of %s in %.1f s: %d unreadable.",
+               len(paths), source.name, time.perf_counter() - start, len(problems))
+  if problems and not skip_corrupt:
+    raise CorruptImageError(
+        f"{problems[0]} ({len(problems)} unreadable image(s) in {source.name}, found "
+        "before training; data.skip_corrupt=True leaves them out of the evaluation).")
+  for problem in problems:
+    logging.warning("Unreadable evaluation image (skipped, data.skip_corrupt): %s", problem)
+  return problems
+
+
 def create_eval_dataset(config, process_index: int | None = None,
                         process_count: int | None = None):
-  """(eval dataset, its source) of config.data.eval_split; see `create_datasets`."""
+  """(eval dataset, its source) of config.data.eval_split; see `create_datasets`.
+
+  Every image file's header is read first (every host checks the whole split, so all
+  fail alike): a broken file fails here, before any training, unless data.skip_corrupt.
+  """
   data = config.data
   process_index, process_count = _process(process_index, process_count)
   _check_batch(config, "eval_batch_size", process_count)
   source = get_source(data.name, data.eval_split, data.root)
+  check_image_headers(source, skip_corrupt=data.skip_corrupt, threads=data.read_threads)
   return eval_dataset(source, global_batch=config.eval_batch_size, image_size=data.image_size,
                       process_index=process_index, process_count=process_count,
                       worker_count=data.worker_count, read_threads=data.read_threads,
