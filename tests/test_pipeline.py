@@ -1,11 +1,20 @@
-"""The grain pipelines: order, sharding, resumption, corrupt images, start-up checks."""
+"""The grain pipelines: order, sharding, resumption, corrupt images, start-up checks,
+worker processes, absl flags."""
 
 import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from absl import flags
 
 from data_fixtures import (
   cut_short,
@@ -16,6 +25,17 @@ from data_fixtures import (
   write_blank_png,
 )
 from kmcl_jax.data import CorruptImageError, create_datasets, get_source, pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def absl_flags_parsed():
+  """grain 0.2.18 reads an absl flag in the process that starts its worker processes; a
+  program parses its flags in absl.app.run, pytest does not, so this module does."""
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +199,7 @@ def test_batch_sizes_are_checked_against_hosts_and_the_split():
     create_datasets(config)
 
 
-# ------------------------------------------------------------- start-up checks
+# ---------------------------------------------------------------------- start-up checks
 
 def test_a_broken_evaluation_image_fails_at_start_up_naming_it(tmp_path):
   make_voc(str(tmp_path))
@@ -198,3 +218,90 @@ def test_a_broken_evaluation_image_fails_at_start_up_naming_it(tmp_path):
 def test_the_header_check_reads_no_file_of_sources_that_are_not_files():
   assert pipeline.check_image_headers(get_source("demo", "test"), skip_corrupt=False,
                                       threads=2) == []
+
+
+# --------------------------------------------------------------------- worker processes
+
+def process_table():
+  """{pid: (parent pid, state)} of every process, from /proc."""
+  table = {}
+  for entry in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        state, parent = f.read().rsplit(")", 1)[1].split()[:2]
+    except (OSError, ValueError):
+      continue
+    table[int(entry)] = (int(parent), state)
+  return table
+
+
+TRAINER_STAND_IN = textwrap.dedent("""
+    import time
+    from absl import flags
+    from data_fixtures import demo_config
+    from kmcl_jax.data import create_datasets
+    flags.FLAGS.mark_as_parsed()
+    train = create_datasets(demo_config(worker_count=2)).train
+    for _ in range(3):  # batches 0, 1 and 2 come from workers 0, 1 and 0: both run
+      next(train)
+    print("ready", flush=True)
+    time.sleep(600)  # a long step: the workers fill their queues and wait
+""")
+
+
+def test_worker_processes_end_with_a_sigkilled_trainer():
+  trainer = subprocess.Popen([sys.executable, "-c", TRAINER_STAND_IN], cwd=TESTS,
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": ROOT})
+  try:
+    assert trainer.stdout.readline().strip() == "ready"
+    children = [pid for pid, (parent, _) in process_table().items() if parent == trainer.pid]
+    workers = [pid for pid in children
+               if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    assert len(workers) == 2, children
+  finally:
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait()
+  deadline = time.monotonic() + 10
+  while time.monotonic() < deadline:
+    table = process_table()
+    alive = [pid for pid in children if pid in table and table[pid][1] != "Z"]
+    if not alive:
+      break
+    time.sleep(0.2)
+  for pid in alive:  # a failing run leaves nothing behind either
+    os.kill(pid, signal.SIGKILL)
+  assert not alive, f"processes {alive} outlived their SIGKILLed parent by 10 s"
+
+
+# --------------------------------------------------------------------------- absl flags
+
+FLAGLESS_PROGRAM = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from absl import flags
+    from data_fixtures import demo_config
+    from kmcl_jax.data import create_datasets
+    in_process = create_datasets(demo_config(worker_count=0)).train
+    first = next(in_process)
+    assert not flags.FLAGS.is_parsed(), "kmcl_jax.data parsed or marked the absl flags"
+    flags.FLAGS(sys.argv[:1])  # what absl.app.run does for a program without flags
+    with_worker = create_datasets(demo_config(worker_count=1)).train
+    np.testing.assert_array_equal(next(with_worker)["image"], first["image"])
+    with_worker.close()
+    print("same batches")
+""")
+
+
+def test_the_data_package_leaves_absl_flags_to_the_program():
+  result = subprocess.run([sys.executable, "-c", FLAGLESS_PROGRAM], cwd=TESTS,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT},
+                          timeout=300)
+  assert result.stdout.strip() == "same batches", result.stderr[-3000:]
+  data_package = os.path.join(ROOT, "kmcl_jax", "data")
+  for name in sorted(os.listdir(data_package)):
+    if name.endswith(".py"):
+      with open(os.path.join(data_package, name)) as f:
+        code = f.read()
+      assert not re.search(r"^\s*(from absl import .*\bflags\b|import absl\.flags)", code,
+                           re.MULTILINE), name

@@ -13,6 +13,12 @@ worker count and, for any host count, the global batch is the same in the same o
 Evaluation pads the split to whole global batches; `mask` is False on padding (and on
 images skipped as corrupt), so every test image counts exactly once over all hosts.
 
+Worker processes end with the process that started them, however it ends (`workers`).
+grain 0.2.18 reads one absl flag (--grain_enable_multiprocess_worker_profiling) in the
+process that starts them, so absl flags must be parsed there: programs run under
+`absl.app.run`; a notebook or test calls `absl.flags.FLAGS.mark_as_parsed()` first. Nothing
+here touches flags: that is the program's to decide.
+
 Batches are dicts of NumPy arrays: `image` uint8 (b, S, S, 3), `labels` float32 (b, K),
 `ignore` bool (b, K), `skipped` int32 (b,) (1 where the row's image was undecodable and
 data.skip_corrupt let it through: in training another row of the batch stands in for
@@ -26,6 +32,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import math
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -33,9 +40,9 @@ from typing import Any
 import grain
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import logging
 
-from kmcl_jax.data import transforms
+from kmcl_jax.data import transforms, workers
 from kmcl_jax.data.image_files import CorruptImageError, ImageFileSource, header_problem
 from kmcl_jax.data.sources import get_source
 
@@ -154,12 +161,9 @@ def _host_batches(ds: grain.MapDataset, fields: Sequence[str], *, process_index:
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                             prefetch_buffer_size=max(2, threads)))
   if worker_count:
-    if not flags.FLAGS.is_parsed():
-      # grain's worker processes read absl flags; a program that did not parse any (a
-      # notebook, pytest) would fail there, so fall back to the flags' defaults.
-      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                     per_worker_buffer_size=2))
+                                                     per_worker_buffer_size=2),
+                        worker_init_fn=functools.partial(workers.exit_with_parent, os.getpid()))
   return grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=2)
 
 
