@@ -165,6 +165,11 @@ class ImageFileSource:
   def __getitem__(self, index: int) -> dict:
     return {"image": decode_image(self.paths[index]), **self.annotations(index)}
 
+  def read(self, index: int) -> dict:
+    """The record with its image as a decoded RGB PIL image (what the pipeline resizes,
+    one copy fewer than `self[index]`)."""
+    return {"image": read_rgb(self.paths[index]), **self.annotations(index)}
+
   def annotations(self, index: int) -> dict:
     """The record without its image (no file is read)."""
     return {"labels": self.labels[index], "ignore": self.ignore[index], "id": self.ids[index]}

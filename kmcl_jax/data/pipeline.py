@@ -62,6 +62,9 @@ class DecodedRecords:
 
   def __getitem__(self, index: int) -> dict:
     try:
+      # File sources hand over PIL images: the resize reads them without an array copy.
+      if isinstance(self.source, ImageFileSource):
+        return self.source.read(index)
       return self.source[index]
     except CorruptImageError as error:
       if not self.skip_corrupt:
