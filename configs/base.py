@@ -55,6 +55,7 @@ def get_config(arg=None):
       image_size=224, augment="randaugment", cutout=0.5,
       mean=IMAGENET_MEAN, std=IMAGENET_STD,
       worker_count=4, read_threads=8, skip_corrupt=False,
+      augment_on="host",      # host: PIL on the CPU; device: Cutout + RandAugment in the step
   ))
   return config
 

@@ -37,7 +37,7 @@ from jax.sharding import PartitionSpec as P
 from kmcl_jax import losses, optim
 from kmcl_jax import metrics as metrics_lib
 from kmcl_jax.checkpointing import Checkpoints
-from kmcl_jax.data import create_datasets, transforms
+from kmcl_jax.data import create_datasets, device_augment, transforms
 from kmcl_jax.models import KMCLModel
 from kmcl_jax.models.kmm import VARIANCES
 from kmcl_jax.models.tresnet import ARCHITECTURES
@@ -251,7 +251,8 @@ def make_train_step(config, model: KMCLModel, optimizer: optax.GradientTransform
   mean, std = tuple(config.data.mean), tuple(config.data.std)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    images = transforms.normalize(batch["image"], mean, std)
+    images = transforms.normalize(
+        device_augment.train_images(config, batch["image"], state.step), mean, std)
 
     def objective(params):
       out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,

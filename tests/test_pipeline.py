@@ -305,3 +305,28 @@ def test_the_data_package_leaves_absl_flags_to_the_program():
         code = f.read()
       assert not re.search(r"^\s*(from absl import .*\bflags\b|import absl\.flags)", code,
                            re.MULTILINE), name
+
+
+# ------------------------------------------------------------------------ configuration
+
+def test_device_augmentation_leaves_the_host_only_resizing():
+  device = create_datasets(demo_config(augment_on="device"))
+  batches = [next(device.train) for _ in range(2)]
+  device.train.close()
+  resized = take(pipeline.train_dataset(get_source("demo", "train"), seed=1, global_batch=8,
+                                         **plain(image_size=48)), 2)
+  for got, expected in zip(batches, resized):
+    for name in pipeline.TRAIN_FIELDS:
+      np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_data_options_are_checked_before_anything_is_read(tmp_path):
+  errors = {
+      (("augment_on", "gpu"),): (r"config.data.augment_on='gpu': expected one of "
+                                 r"\('host', 'device'\)"),
+      (("augment_on", "device"), ("augment", "affine")): r"config.data.augment='affine' needs "
+                                                          r"augment_on='host'",
+  }
+  for fields, message in errors.items():
+    with pytest.raises(ValueError, match=message):
+      create_datasets(demo_config(**dict(fields)))

@@ -9,9 +9,10 @@ DataLoader doing the same work.
 Stages (--stages): one core, no threads, the host path's own functions one after the
 other on every image (decode, squish resize, Cutout, RandAugment, to an array, batching,
 the copy into shared memory a worker makes), then the whole pipeline read in the main
-thread (grain's MapDataset, no threads or workers). Times are CPU time (of the thread,
-or of the process), so other load on the machine stretches them less than wall time;
-the wall-clock rate is printed beside it.
+thread (grain's MapDataset, no threads or workers) with augment_on=host and =device, and
+the device path's JAX augmentation on this machine's CPU. Times are CPU time of this
+process (time.process_time), so other load on the machine stretches them less than wall
+time; the wall-clock rate is printed beside it.
 
 Writes --images JPEG files the size of VOC photos (500 x 375) into a temporary folder,
 then times the training pipeline (decode, squish resize, Cutout, RandAugment, batch) in
@@ -48,6 +49,8 @@ _READ_THREADS = flags.DEFINE_integer("read_threads", 2, "grain reader threads pe
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Alternating runs of each loader (median).")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time a torch DataLoader when torch imports.")
 _STAGES = flags.DEFINE_bool("stages", True, "Time each stage and the whole path on one core.")
+_DEVICE = flags.DEFINE_bool("device", True, "With --stages, also time the JAX augmentation "
+                            "(augment_on=device) on this machine's default device.")
 _HEADER_FILES = flags.DEFINE_integer("header_files", 0, "Also write this many small JPEGs and "
                                      "time the start-up header check over them (0: skip).")
 
@@ -160,18 +163,33 @@ def stage_times(source: ImageFileSource, image_size: int) -> dict[str, float]:
   return times
 
 
-def whole_path_rate(source: ImageFileSource, image_size: int) -> tuple[float, float]:
+def whole_path_rate(source: ImageFileSource, image_size: int, augment_on: str
+                    ) -> tuple[float, float]:
   """(images per CPU-second, images per wall-second) of the training pipeline's batches
   read in this thread (grain's MapDataset: no reader threads, no workers)."""
   ds = grain.MapDataset.source(pipeline.DecodedRecords(source, False)).shuffle(0).repeat()
   ds = ds.random_map(functools.partial(pipeline.augment_record, image_size=image_size,
-                                       cutout_factor=0.5, augment="randaugment"), seed=0)
+                                       cutout_factor=0.5, augment="randaugment",
+                                       augment_on=augment_on), seed=0)
   ds = pipeline.HostRows(ds, 0, 1, _BATCH.value).batch(
       _BATCH.value, drop_remainder=True,
       batch_fn=functools.partial(pipeline.stack, fields=pipeline.TRAIN_FIELDS))
   cpu, wall = cpu_and_wall(lambda b: ds[b + 1], _BATCHES.value)
   images = _BATCHES.value * _BATCH.value
   return images / cpu, images / wall
+
+
+def device_augment_rate(image_size: int) -> tuple[float, float, str]:
+  """(images per CPU-second, per wall-second, device) of device_augment.augment_batch
+  under jit on this machine's default JAX device, steady state."""
+  import jax
+  from kmcl_jax.data import device_augment
+  images = jax.device_put(np.random.default_rng(0).integers(
+      0, 256, (_BATCH.value, image_size, image_size, 3), np.uint8))
+  augment = jax.jit(lambda images, step: device_augment.augment_batch(
+      images, device_augment.step_key(0, step)))
+  cpu, wall = cpu_and_wall(lambda step: augment(images, step).block_until_ready(), 5)
+  return 5 * _BATCH.value / cpu, 5 * _BATCH.value / wall, str(jax.devices()[0])
 
 
 def print_stages(source: ImageFileSource) -> None:
@@ -182,9 +200,14 @@ def print_stages(source: ImageFileSource) -> None:
     print(f"  {name:<36} {ms:7.3f} ms")
   total = sum(times.values())
   print(f"  {'sum':<36} {total:7.3f} ms = {1e3 / total:6.1f} img/s per core")
-  per_cpu, per_wall = whole_path_rate(source, size)
-  print(f"Whole path, read in one thread: {per_cpu:6.1f} img/s per core ({per_wall:.1f} img/s "
-        "wall)")
+  for augment_on in pipeline.AUGMENT_ON:
+    per_cpu, per_wall = whole_path_rate(source, size, augment_on)
+    print(f"Whole path, augment_on={augment_on}, read in one thread: {per_cpu:6.1f} img/s per "
+          f"core ({per_wall:.1f} img/s wall)")
+  if _DEVICE.value:
+    per_cpu, per_wall, device = device_augment_rate(size)
+    print(f"Device augmentation (Cutout + RandAugment in JAX) on {device}: {per_wall:6.1f} img/s "
+          f"wall, {per_cpu:.1f} img/s per CPU-second")
 
 
 def print_header_check(folder: str, count: int) -> None:

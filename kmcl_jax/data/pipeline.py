@@ -13,6 +13,9 @@ worker count and, for any host count, the global batch is the same in the same o
 Evaluation pads the split to whole global batches; `mask` is False on padding (and on
 images skipped as corrupt), so every test image counts exactly once over all hosts.
 
+With data.augment_on="device" the training images are only resized here; Cutout and
+RandAugment run in the compiled train step (`device_augment`).
+
 Worker processes end with the process that started them, however it ends (`workers`).
 grain 0.2.18 reads one absl flag (--grain_enable_multiprocess_worker_profiling) in the
 process that starts them, so absl flags must be parsed there: programs run under
@@ -45,6 +48,8 @@ from absl import logging
 from kmcl_jax.data import transforms, workers
 from kmcl_jax.data.image_files import CorruptImageError, ImageFileSource, header_problem
 from kmcl_jax.data.sources import get_source
+
+AUGMENT_ON = ("host", "device")
 
 TRAIN_FIELDS = ("image", "labels", "ignore", "skipped")
 EVAL_FIELDS = TRAIN_FIELDS + ("mask", "index")
@@ -96,9 +101,14 @@ class EvalRecords:
             "index": index, "skipped": 0}
 
 
-def augment_record(record: dict, rng: np.random.Generator, **image_options) -> dict:
+def augment_record(record: dict, rng: np.random.Generator, *, augment_on: str = "host",
+                   **image_options) -> dict:
+  """The record with its training image: resized and augmented on the host, or only
+  resized when the accelerator augments (augment_on="device")."""
   if record["image"] is None:
     return record
+  if augment_on == "device":
+    return {**record, "image": transforms.eval_image(record["image"], image_options["image_size"])}
   return {**record, "image": transforms.train_image(record["image"], rng, **image_options)}
 
 
@@ -172,12 +182,14 @@ def _host_batches(ds: grain.MapDataset, fields: Sequence[str], *, process_index:
 
 def train_dataset(source, *, seed: int, global_batch: int, image_size: int,
                   cutout_factor: float, augment: str, process_index: int, process_count: int,
-                  worker_count: int = 0, read_threads: int = 8,
-                  skip_corrupt: bool = False) -> grain.IterDataset:
-  """The endless, shuffled, augmented training batches of this host (see module doc)."""
+                  worker_count: int = 0, read_threads: int = 8, skip_corrupt: bool = False,
+                  augment_on: str = "host") -> grain.IterDataset:
+  """The endless, shuffled, augmented training batches of this host (see module doc);
+  with augment_on="device" the images are resized only."""
   ds = grain.MapDataset.source(DecodedRecords(source, skip_corrupt)).shuffle(seed).repeat()
   ds = ds.random_map(functools.partial(augment_record, image_size=image_size,
-                                       cutout_factor=cutout_factor, augment=augment), seed=seed)
+                                       cutout_factor=cutout_factor, augment=augment,
+                                       augment_on=augment_on), seed=seed)
   return _host_batches(
       ds, TRAIN_FIELDS, process_index=process_index, process_count=process_count,
       per_host_batch=global_batch // process_count, worker_count=worker_count,
@@ -230,6 +242,26 @@ def _check_batch(config, field: str, process_count: int) -> None:
                      f"number of JAX processes ({process_count}).")
 
 
+# config.data fields added after the first configs; a config without them gets these.
+DATA_DEFAULTS = {"augment_on": "host"}
+
+
+def data_option(data, name: str):
+  """config.data.<name>, or its default for a config written before the field existed."""
+  return data.get(name, DATA_DEFAULTS[name])
+
+
+def check_data_config(data) -> None:
+  """Raises ValueError naming the first of config.data's pipeline options with a bad value
+  (the fields `create_datasets` reads beyond those the trainer checks)."""
+  augment_on = data_option(data, "augment_on")
+  if augment_on not in AUGMENT_ON:
+    raise ValueError(f"config.data.augment_on={augment_on!r}: expected one of {AUGMENT_ON}.")
+  if augment_on == "device" and data.augment not in ("randaugment", "none"):
+    raise ValueError(f"config.data.augment_on='device' runs Cutout and RandAugment only; "
+                     f"config.data.augment={data.augment!r} needs augment_on='host'.")
+
+
 def check_image_headers(source, *, skip_corrupt: bool, threads: int) -> list[str]:
   """Reads the header and last KiB of every image file of `source` (no decoding) and
   returns what is wrong with each bad one; raises CorruptImageError naming the first
@@ -264,6 +296,7 @@ def create_eval_dataset(config, process_index: int | None = None,
   """
   data = config.data
   process_index, process_count = _process(process_index, process_count)
+  check_data_config(data)
   _check_batch(config, "eval_batch_size", process_count)
   source = get_source(data.name, data.eval_split, data.root)
   check_image_headers(source, skip_corrupt=data.skip_corrupt, threads=data.read_threads)
@@ -279,7 +312,8 @@ def create_datasets(config, process_index: int | None = None,
 
   Reads config.seed, config.batch_size and config.eval_batch_size (global, all hosts),
   and config.data: name, root, train_split, eval_split, image_size, augment, cutout,
-  worker_count, read_threads, skip_corrupt. The process index and count default to JAX's.
+  worker_count, read_threads, skip_corrupt, augment_on. The process index and count
+  default to JAX's.
   """
   data = config.data
   process_index, process_count = _process(process_index, process_count)
@@ -296,7 +330,8 @@ def create_datasets(config, process_index: int | None = None,
                         image_size=data.image_size, cutout_factor=data.cutout,
                         augment=data.augment, process_index=process_index,
                         process_count=process_count, worker_count=data.worker_count,
-                        read_threads=data.read_threads, skip_corrupt=data.skip_corrupt)
+                        read_threads=data.read_threads, skip_corrupt=data.skip_corrupt,
+                        augment_on=data_option(data, "augment_on"))
   return Datasets(
       train=iter(train), eval=evaluation, class_names=tuple(train_source.class_names),
       num_train=len(train_source), num_eval=len(eval_source),

@@ -168,8 +168,9 @@ def random_affine(image: Image.Image, rng: np.random.Generator, degrees: float =
 
 def train_image(image: np.ndarray | Image.Image, rng: np.random.Generator, *, image_size: int,
                 cutout_factor: float, augment: str) -> np.ndarray:
-  """uint8 (H, W, 3) array or RGB PIL image -> uint8 (S, S, 3): resize, Cutout (if factor > 0), then RandAugment
-  or the random affine map or nothing, in the reference's order."""
+  """uint8 (H, W, 3) array or RGB PIL image -> uint8 (S, S, 3): resize, Cutout (if
+  factor > 0), then RandAugment or the random affine map or nothing, in the reference's
+  order."""
   if augment not in AUGMENTATIONS:
     raise ValueError(f"data.augment must be one of {AUGMENTATIONS}, got {augment!r}.")
   pil = squish_resize(as_pil(image), image_size)
