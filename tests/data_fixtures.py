@@ -1,5 +1,6 @@
 """Tiny image files in the datasets' real layouts, shared by the data tests."""
 
+import json
 import os
 import struct
 import zlib
@@ -68,6 +69,11 @@ def voc_image(root, image_id):
   return os.path.join(root, "VOCdevkit", "VOC2007", "JPEGImages", f"{image_id}.jpg")
 
 
+XRAY_ENTRIES = {f"{k:08d}_000.png": findings for k, findings in enumerate(
+    ["Mass", "No Finding", "Effusion|Mass", "No Finding", "Hernia", "Nodule", "No Finding",
+     "Edema", "Fibrosis", "No Finding", "Mass"])}
+
+
 def make_chestxray(root, entries, train, test):
   with open(os.path.join(root, "Data_Entry_2017.csv"), "w") as f:
     f.write("Image Index,Finding Labels,Follow-up #,Patient ID\n")
@@ -79,6 +85,21 @@ def make_chestxray(root, entries, train, test):
   for k, name in enumerate(entries):
     folder = "images_001" if k % 2 else "images_002"
     write_image(os.path.join(root, folder, "images", name), k, mode="L", fmt="PNG")
+
+
+# COCO: image 9 has no object; categories out of id order.
+COCO_CATEGORIES = [{"id": 3, "name": "car"}, {"id": 1, "name": "person"}]
+COCO_IMAGES = [{"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg"} for i in (5, 9, 17, 42, 61)]
+COCO_ANNOTATIONS = [{"image_id": i, "category_id": 1 if i % 2 else 3} for i in (5, 17, 42, 61)]
+
+
+def make_coco(root, split, categories, images, annotations):
+  """annotations/instances_<split>2014.json and a JPEG per image in <split>2014/."""
+  os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+  with open(os.path.join(root, "annotations", f"instances_{split}2014.json"), "w") as f:
+    json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+  for k, image in enumerate(images):
+    write_image(os.path.join(root, f"{split}2014", image["file_name"]), k)
 
 
 def demo_config(**data):

@@ -1,5 +1,5 @@
 """The grain pipelines: order, sharding, resumption, corrupt images, start-up checks,
-worker processes, absl flags."""
+worker processes, absl flags, data options."""
 
 import dataclasses
 import os
@@ -17,8 +17,14 @@ import pytest
 from absl import flags
 
 from data_fixtures import (
+  COCO_ANNOTATIONS,
+  COCO_CATEGORIES,
+  COCO_IMAGES,
+  XRAY_ENTRIES,
   cut_short,
   demo_config,
+  make_chestxray,
+  make_coco,
   make_voc,
   voc_config,
   voc_image,
@@ -326,7 +332,35 @@ def test_data_options_are_checked_before_anything_is_read(tmp_path):
                                  r"\('host', 'device'\)"),
       (("augment_on", "device"), ("augment", "affine")): r"config.data.augment='affine' needs "
                                                           r"augment_on='host'",
+      (("subset_ids", "ids.csv"),): r"config.data.subset_ids applies to the coco2014 train "
+                                    r"split only, not 'demo'",
+      (("drop_no_finding", True),): "config.data.drop_no_finding applies to chestxray14 only",
+      (("train_fraction", 0.1),): r"config.data.train_fraction=0.1 applies to chestxray14 only",
+      (("name", "chestxray14"), ("eval_fraction", 0.0)): r"config.data.eval_fraction=0.0: "
+                                                          r"expected a fraction in \(0, 1\]",
   }
   for fields, message in errors.items():
     with pytest.raises(ValueError, match=message):
       create_datasets(demo_config(**dict(fields)))
+
+
+def test_the_reference_protocols_through_the_config(tmp_path):
+  names = list(XRAY_ENTRIES)
+  os.makedirs(tmp_path / "xray")
+  make_chestxray(str(tmp_path / "xray"), XRAY_ENTRIES, names[:8], names[8:])
+  config = voc_config(str(tmp_path / "xray"), name="chestxray14", train_split="train_val",
+                      eval_split="test", augment="affine", drop_no_finding=True,
+                      train_fraction=0.5, eval_fraction=0.5)
+  datasets = create_datasets(config)
+  # train: 5 of 8 with findings, the first int(2.5); test: 2 of 3, the first int(1.0).
+  assert (datasets.num_train, datasets.num_eval) == (2, 1)
+  datasets.train.close()
+  make_coco(str(tmp_path / "coco"), "train", COCO_CATEGORIES, COCO_IMAGES, COCO_ANNOTATIONS)
+  make_coco(str(tmp_path / "coco"), "val", COCO_CATEGORIES, COCO_IMAGES, COCO_ANNOTATIONS)
+  (tmp_path / "ids.csv").write_text("61\n17\n")
+  config = voc_config(str(tmp_path / "coco"), name="coco2014", train_split="train",
+                      eval_split="val", subset_ids=str(tmp_path / "ids.csv"))
+  datasets = create_datasets(config)
+  assert (datasets.num_train, datasets.num_eval) == (2, 4)  # the subset is for training only
+  assert datasets.class_names == ("person", "car")
+  datasets.train.close()

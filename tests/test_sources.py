@@ -1,7 +1,8 @@
 """Datasets in their real folder layouts, image decoding and its errors, the header
-check."""
+check, and the paper's protocol options (COCO subsets, the reference's Chest X-ray14)."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,20 +13,26 @@ import pytest
 from PIL import Image
 
 from data_fixtures import (
+  COCO_ANNOTATIONS,
+  COCO_CATEGORIES,
+  COCO_IMAGES,
+  VOC_TEST,
   VOC_TRAINVAL,
+  XRAY_ENTRIES,
   cut_short,
   make_chestxray,
+  make_coco,
   make_voc,
   write_blank_png,
   write_image,
 )
-from kmcl_jax.data import CorruptImageError, get_source, tfds_source, voc
+from kmcl_jax.data import CorruptImageError, chestxray14, get_source, tfds_source, voc
 from kmcl_jax.data.image_files import MAX_DECODED_PIXELS, decode_image, header_problem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# ---------------------------------------------------------------------------- datasets
+# ----------------------------------------------------------------------------- datasets
 
 def test_voc_labels_treat_difficult_as_positive_and_ignore_it(tmp_path):
   folder = make_voc(str(tmp_path))
@@ -165,7 +172,7 @@ def test_tfds_coco_records_and_the_rows_kept():
   assert not record["ignore"].any()
 
 
-# ---------------------------------------------------------------------- decoding, errors
+# --------------------------------------------------------------------- decoding, errors
 
 def test_every_image_mode_decodes_to_rgb(tmp_path):
   grey = np.arange(20 * 16, dtype=np.uint8).reshape(16, 20)
@@ -323,3 +330,71 @@ def test_the_header_check_finds_files_cut_short_without_decoding_them(tmp_path):
   for name in ("tail.jpg", "tail.png", "head.jpg", "text.jpg"):
     with pytest.raises(CorruptImageError):
       decode_image(str(tmp_path / name))
+
+
+# ------------------------------------------------------------------------- COCO subsets
+
+def test_coco_subset_ids_restrict_the_split_in_the_files_order(tmp_path, caplog):
+  make_coco(str(tmp_path), "train", COCO_CATEGORIES, COCO_IMAGES, COCO_ANNOTATIONS)
+  ids_file = str(tmp_path / "COCO_Subset_4_Ids.csv")
+  # The reference's files are numpy.savetxt output: 4.200000000000000000e+01 per line.
+  np.savetxt(ids_file, np.array([42, 5, 9, 777, 61], float), delimiter=",")
+  with caplog.at_level(logging.WARNING):
+    source = get_source("coco2014", "train", str(tmp_path), subset_ids=ids_file)
+  # 9 has no object (not in the split) and 777 is no image: reported, left out.
+  assert [source.annotations(i)["id"] for i in range(len(source))] == ["42", "5", "61"]
+  np.testing.assert_array_equal([source.annotations(i)["labels"] for i in range(3)],
+                                [[0, 1], [1, 0], [1, 0]])
+  assert source[0]["image"].shape == (16, 20, 3)
+  assert "2 of its 5 image ids are not images of coco2014 train" in caplog.text
+  assert "[9, 777]" in caplog.text
+  whole = get_source("coco2014", "train", str(tmp_path))
+  assert [whole.annotations(i)["id"] for i in range(len(whole))] == ["5", "17", "42", "61"]
+
+
+def test_coco_subset_file_errors_name_the_file_and_line(tmp_path):
+  make_coco(str(tmp_path), "train", COCO_CATEGORIES, COCO_IMAGES, COCO_ANNOTATIONS)
+  missing = str(tmp_path / "nowhere.csv")
+  with pytest.raises(FileNotFoundError, match=rf"data.subset_ids: '{missing}' does not exist"):
+    get_source("coco2014", "train", str(tmp_path), subset_ids=missing)
+  cases = {"1.700000000000000000e+01\n\n4.25e+01\n": r"line 3: expected one COCO image id",
+           "5\nseventeen\n": r"line 2: expected one COCO image id .*'seventeen'",
+           "5,17\n": r"line 1: expected one COCO image id",
+           "5\n17\n5.0\n": r"line 3: expected each image id once \(this one is also on line 1\)"}
+  for text, message in cases.items():
+    (tmp_path / "ids.csv").write_text(text)
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'ids.csv'}, {message}"):
+      get_source("coco2014", "train", str(tmp_path), subset_ids=str(tmp_path / "ids.csv"))
+  (tmp_path / "ids.csv").write_text("9\n1000\n")
+  with pytest.raises(ValueError, match="none of its 2 image ids is an image of coco2014 train"):
+    get_source("coco2014", "train", str(tmp_path), subset_ids=str(tmp_path / "ids.csv"))
+  with pytest.raises(ValueError, match="dataset 'voc2007' has no option 'subset_ids'"):
+    get_source("voc2007", "test", str(tmp_path), subset_ids=str(tmp_path / "ids.csv"))
+
+
+# -------------------------------------------------------------- the reference's X-ray14
+
+def test_chestxray14_reference_protocol_drops_no_finding_then_keeps_the_first_fraction(tmp_path):
+  names = list(XRAY_ENTRIES)
+  train, test = names[:8], names[8:][::-1]  # list order is kept, whatever it is
+  make_chestxray(str(tmp_path), XRAY_ENTRIES, train, test)
+
+  def ids(split, **options):
+    source = get_source("chestxray14", split, str(tmp_path), **options)
+    return [source.annotations(i)["id"] for i in range(len(source))]
+
+  assert ids("train_val") == train  # defaults: the official list whole
+  with_findings = [n for n in train if XRAY_ENTRIES[n] != "No Finding"]
+  assert ids("train_val", drop_no_finding=True) == with_findings  # 5 of 8
+  # The reference's int(0.1 * n): 5 -> 0 would be empty here, so 0.5 -> int(2.5) = 2.
+  assert ids("train_val", drop_no_finding=True, fraction=0.5) == with_findings[:2]
+  assert ids("train_val", fraction=0.5) == train[:4]
+  assert ids("test", drop_no_finding=True) == ["00000010_000.png", "00000008_000.png"]
+  with pytest.raises(ValueError, match="chestxray14 train_val .* has no images"):
+    ids("train_val", drop_no_finding=True, fraction=0.1)
+  with pytest.raises(ValueError, match="fraction=1.5; expected a fraction in"):
+    ids("train_val", fraction=1.5)
+  source = get_source("chestxray14", "train_val", str(tmp_path), drop_no_finding=True)
+  assert all(source.annotations(i)["labels"].any() for i in range(len(source)))
+  assert chestxray14.CLASS_NAMES.index("Mass") == 4
+  np.testing.assert_array_equal(np.flatnonzero(source.annotations(1)["labels"]), [2, 4])

@@ -243,7 +243,8 @@ def _check_batch(config, field: str, process_count: int) -> None:
 
 
 # config.data fields added after the first configs; a config without them gets these.
-DATA_DEFAULTS = {"augment_on": "host"}
+DATA_DEFAULTS = {"augment_on": "host", "subset_ids": "", "drop_no_finding": False,
+                 "train_fraction": 1.0, "eval_fraction": 1.0}
 
 
 def data_option(data, name: str):
@@ -260,6 +261,30 @@ def check_data_config(data) -> None:
   if augment_on == "device" and data.augment not in ("randaugment", "none"):
     raise ValueError(f"config.data.augment_on='device' runs Cutout and RandAugment only; "
                      f"config.data.augment={data.augment!r} needs augment_on='host'.")
+  for field in ("train_fraction", "eval_fraction"):
+    fraction = data_option(data, field)
+    if not 0 < fraction <= 1:
+      raise ValueError(f"config.data.{field}={fraction!r}: expected a fraction in (0, 1].")
+    if fraction != 1 and data.name != "chestxray14":
+      raise ValueError(f"config.data.{field}={fraction!r} applies to chestxray14 only, "
+                       f"not {data.name!r}.")
+  if data_option(data, "drop_no_finding") and data.name != "chestxray14":
+    raise ValueError(f"config.data.drop_no_finding applies to chestxray14 only, not "
+                     f"{data.name!r}.")
+  if data_option(data, "subset_ids") and data.name != "coco2014":
+    raise ValueError(f"config.data.subset_ids applies to the coco2014 train split only, not "
+                     f"{data.name!r}.")
+
+
+def source_options(data, training: bool) -> dict:
+  """get_source's keyword options for the training or the evaluation split."""
+  options = {}
+  if data.name == "chestxray14":
+    options["drop_no_finding"] = bool(data_option(data, "drop_no_finding"))
+    options["fraction"] = data_option(data, "train_fraction" if training else "eval_fraction")
+  if data.name == "coco2014" and training and data_option(data, "subset_ids"):
+    options["subset_ids"] = data_option(data, "subset_ids")
+  return options
 
 
 def check_image_headers(source, *, skip_corrupt: bool, threads: int) -> list[str]:
@@ -298,7 +323,7 @@ def create_eval_dataset(config, process_index: int | None = None,
   process_index, process_count = _process(process_index, process_count)
   check_data_config(data)
   _check_batch(config, "eval_batch_size", process_count)
-  source = get_source(data.name, data.eval_split, data.root)
+  source = get_source(data.name, data.eval_split, data.root, **source_options(data, False))
   check_image_headers(source, skip_corrupt=data.skip_corrupt, threads=data.read_threads)
   return eval_dataset(source, global_batch=config.eval_batch_size, image_size=data.image_size,
                       process_index=process_index, process_count=process_count,
@@ -312,14 +337,14 @@ def create_datasets(config, process_index: int | None = None,
 
   Reads config.seed, config.batch_size and config.eval_batch_size (global, all hosts),
   and config.data: name, root, train_split, eval_split, image_size, augment, cutout,
-  worker_count, read_threads, skip_corrupt, augment_on. The process index and count
-  default to JAX's.
+  worker_count, read_threads, skip_corrupt, augment_on, subset_ids, drop_no_finding,
+  train_fraction, eval_fraction. The process index and count default to JAX's.
   """
   data = config.data
   process_index, process_count = _process(process_index, process_count)
   _check_batch(config, "batch_size", process_count)
   evaluation, eval_source = create_eval_dataset(config, process_index, process_count)
-  train_source = get_source(data.name, data.train_split, data.root)
+  train_source = get_source(data.name, data.train_split, data.root, **source_options(data, True))
   if tuple(train_source.class_names) != tuple(eval_source.class_names):
     raise ValueError(f"data: splits {data.train_split!r} and {data.eval_split!r} of "
                      f"{data.name!r} have different classes.")
