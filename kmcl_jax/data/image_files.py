@@ -86,11 +86,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
   return image.convert("RGB")
 
 
-def to_rgb_array(image: Image.Image) -> np.ndarray:
-  """A PIL image of any mode as uint8 (H, W, 3) RGB (decodes it fully)."""
-  return np.asarray(to_rgb(image))
-
-
 def header_problem(path: str) -> str | None:
   """What is wrong with an image file ("<path>: <problem>", no final period), found from
   its header and last bytes without decoding it, or None.
