@@ -94,6 +94,11 @@ def defaults() -> ml_collections.ConfigDict:
       image_size=224, augment="randaugment", cutout=0.5,
       mean=IMAGENET_MEAN, std=IMAGENET_STD,
       worker_count=4, read_threads=8, skip_corrupt=False,
+      augment_on="host",      # host: PIL on the CPU; device: Cutout + RandAugment in the step
+      subset_ids="",          # coco2014: CSV of train image ids (COCO_Subset_<N>_Ids.csv)
+      drop_no_finding=False,  # chestxray14: drop "No Finding" images (both splits)
+      train_fraction=1.0,     # chestxray14: first fraction of the train list (reference: 0.1)
+      eval_fraction=1.0,      # chestxray14: first fraction of the test list (reference: 0.1)
   ))
   return config
 

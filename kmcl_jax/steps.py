@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from kmcl_jax import losses, optim
-from kmcl_jax.data import transforms
+from kmcl_jax.data import device_augment, transforms
 from kmcl_jax.mesh import DATA_AXIS, batch_sharded, replicated
 from kmcl_jax.models import KMCLModel
 from kmcl_jax.state import VARIANTS, TrainState, all_finite
@@ -61,7 +61,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: KMCLModel,
   mean, std = tuple(config.data.mean), tuple(config.data.std)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    images = transforms.normalize(batch["image"], mean, std)
+    images = transforms.normalize(
+        device_augment.train_images(config, batch["image"], state.step), mean, std)
 
     def objective(params):
       out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,

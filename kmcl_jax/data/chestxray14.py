@@ -8,8 +8,11 @@ Layout (ROOT):
 Splits: `train_val` (86,524 images), `test` (25,596). 14 findings; "No Finding" is the
 all-zero label. The grayscale scans are decoded as 3 equal channels.
 
-The reference instead reads its own train/test CSVs, drops images with no finding and
-uses the first 10% of what is left; this source keeps the official lists whole.
+The reference reads its own train and test CSVs (not published), drops the images with no
+finding and then uses the first int(0.1 * n) of the n left, in the CSV's order, for
+training AND for testing (its dataset's length is cut, so neither the shuffling loader
+nor the test loader ever reaches the rest). `drop_no_finding=True, fraction=0.1` applies
+that rule to the official lists, in their order; the defaults keep the lists whole.
 """
 
 from __future__ import annotations
@@ -64,7 +67,10 @@ def image_folders(root: str) -> list[str]:
       os.path.join(root, "images_*", "images"))) if os.path.isdir(d)]
 
 
-def chestxray14_source(split: str, root: str) -> ImageFileSource:
+def chestxray14_source(split: str, root: str, drop_no_finding: bool = False,
+                       fraction: float = 1.0) -> ImageFileSource:
+  """The split's images in list order; without the "No Finding" ones if `drop_no_finding`,
+  then the first int(fraction * n) of the n left."""
   if split not in SPLITS:
     raise ValueError(f"chestxray14: unknown split {split!r}; expected one of {tuple(SPLITS)}.")
   require_directory(root, "chestxray14", LAYOUT)
@@ -80,6 +86,11 @@ def chestxray14_source(split: str, root: str) -> ImageFileSource:
   folder_of = {}
   for folder in reversed(image_folders(root)):
     folder_of.update(dict.fromkeys(os.listdir(folder), folder))
+  if drop_no_finding:
+    names = [name for name in names if findings[name]]
+  if not 0 < fraction <= 1:
+    raise ValueError(f"chestxray14: fraction={fraction!r}; expected a fraction in (0, 1].")
+  names = names[:int(len(names) * fraction)]
   missing = [name for name in names if name not in folder_of]
   if missing:
     raise FileNotFoundError(f"chestxray14: image {missing[0]!r} (and {len(missing) - 1} more) "
@@ -88,4 +99,5 @@ def chestxray14_source(split: str, root: str) -> ImageFileSource:
   return ImageFileSource(
       paths=[os.path.join(folder_of[name], name) for name in names], labels=labels,
       ignore=np.zeros_like(labels, bool), ids=names, class_names=CLASS_NAMES,
-      name=f"chestxray14 {split} at {root}")
+      name=f"chestxray14 {split} at {root}" + (" (no 'No Finding')" if drop_no_finding else "")
+      + (f" (first {fraction:g})" if fraction < 1 else ""))

@@ -5,18 +5,27 @@ Layout (ROOT):
   train2014/<file_name>, val2014/<file_name>     (file names as in the json)
 Splits: `train` (82,081 images with at least one object), `val` (40,137). Images without
 annotations are dropped, as in the reference. Classes are the 80 categories in id order.
+
+`subset_ids` restricts a split to the images listed in a CSV, the reference's
+`COCO_Subset_<N>_Ids.csv` format (numpy.savetxt of the ids: one per line, e.g.
+`4.714550000000000000e+05`; plain integers work too; blank lines and `#` comments are
+skipped), in the file's order, as the reference's COCO-subset loader indexes them.
+Ids that are not images of the split (with objects) are reported and left out.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
+from absl import logging
 
 from kmcl_jax.data.image_files import (
   ImageFileSource,
   multi_hot,
+  parse_error,
   require_directory,
   require_file,
 )
@@ -54,15 +63,64 @@ def read_instances(path: str) -> tuple[list[str], list[int], list[str], list[lis
           [sorted(classes_of_image[i]) for i in image_ids])
 
 
-def coco2014_source(split: str, root: str) -> ImageFileSource:
+def read_subset_ids(path: str) -> list[int]:
+  """The image ids of a COCO subset CSV (see the module docstring), in file order."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"data.subset_ids: {path!r} does not exist; expected a CSV of COCO "
+                            "image ids, one per line (the reference's COCO_Subset_<N>_Ids.csv).")
+  ids, line_of = [], {}
+  with open(path) as f:
+    for line_number, line in enumerate(f, 1):
+      text = line.strip()
+      if not text or text.startswith("#"):
+        continue
+      try:
+        value = float(text)
+      except ValueError:
+        value = math.nan
+      if not (math.isfinite(value) and value >= 0 and value == int(value)):
+        raise parse_error(path, line_number, line, "one COCO image id per line (an integer "
+                          "such as 471455 or numpy.savetxt's 4.714550000000000000e+05)")
+      if int(value) in line_of:
+        raise parse_error(path, line_number, line, "each image id once (this one is also on "
+                          f"line {line_of[int(value)]})")
+      line_of[int(value)] = line_number
+      ids.append(int(value))
+  if not ids:
+    raise ValueError(f"{path}: no image id; expected one COCO image id per line.")
+  return ids
+
+
+def restrict_to_ids(rows: list[int], subset: list[int], path: str, split: str) -> list[int]:
+  """The positions in `rows` (the split's image ids) of the subset's ids, in the subset's
+  order; ids the split lacks are logged and left out."""
+  position = {image_id: i for i, image_id in enumerate(rows)}
+  missing = [i for i in subset if i not in position]
+  if len(missing) == len(subset):
+    raise ValueError(f"{path}: none of its {len(subset)} image ids is an image of coco2014 "
+                     f"{split} with objects (first: {subset[0]}).")
+  if missing:
+    logging.warning("%s: %d of its %d image ids are not images of coco2014 %s with objects "
+                    "and are left out: %s%s", path, len(missing), len(subset), split,
+                    missing[:10], " ..." if len(missing) > 10 else "")
+  return [position[i] for i in subset if i in position]
+
+
+def coco2014_source(split: str, root: str, subset_ids: str = "") -> ImageFileSource:
+  """The split's images with objects; only those listed in the CSV `subset_ids`, if given."""
   if split not in SPLITS:
     raise ValueError(f"coco2014: unknown split {split!r}; expected one of {SPLITS}.")
   require_directory(root, "coco2014", LAYOUT)
   names, image_ids, file_names, classes = read_instances(require_file(
       os.path.join(root, "annotations", f"instances_{split}2014.json"), "coco2014", LAYOUT))
   images = require_directory(os.path.join(root, f"{split}2014"), "coco2014", LAYOUT)
-  labels = multi_hot(classes, len(names))
+  rows = list(range(len(image_ids)))
+  if subset_ids:
+    rows = restrict_to_ids(image_ids, read_subset_ids(subset_ids), subset_ids, split)
+  labels = multi_hot([classes[r] for r in rows], len(names))
   return ImageFileSource(
-      paths=[os.path.join(images, name) for name in file_names], labels=labels,
-      ignore=np.zeros_like(labels, bool), ids=[str(i) for i in image_ids],
-      class_names=names, name=f"coco2014 {split} at {root}")
+      paths=[os.path.join(images, file_names[r]) for r in rows], labels=labels,
+      ignore=np.zeros_like(labels, bool), ids=[str(image_ids[r]) for r in rows],
+      class_names=names,
+      name=f"coco2014 {split} at {root}" + (f" ({len(rows)} ids of {subset_ids})" if subset_ids
+                                            else ""))

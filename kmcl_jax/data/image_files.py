@@ -22,17 +22,54 @@ class CorruptImageError(OSError):
   """An image file that cannot be decoded; the message starts with its path."""
 
 
-def decode_image(path: str) -> np.ndarray:
-  """Reads an image file into uint8 (H, W, 3) RGB; raises CorruptImageError naming `path`."""
+# Decoding bound, in pixels (64 MiB as RGB). Every image of the paper's datasets is far
+# smaller (at most about 1,100 x 1,100), and the pipeline resizes to at most 448 px, so
+# only an outlier (a scan, a panorama, a malicious file) exceeds it: a JPEG above it is
+# decoded at 1/2, 1/4 or 1/8 scale by libjpeg (`Image.draft`, the smallest reduction
+# that fits), so its full resolution is never in memory; any other format above it, and
+# any image above PIL's decompression-bomb limit, is a CorruptImageError. Images within
+# the bound decode exactly as before.
+MAX_DECODED_PIXELS = 4096 * 4096
+_TAIL_BYTES = 1024
+_END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND"}
+_SCALABLE_FORMATS = ("JPEG", "MPO")  # decoders that honour Image.draft
+
+
+def read_rgb(path: str) -> Image.Image:
+  """Reads an image file into a decoded RGB PIL image (at most MAX_DECODED_PIXELS);
+  raises CorruptImageError naming `path`."""
   try:
     with Image.open(path) as image:
-      return to_rgb_array(image)
-  except (OSError, ValueError, SyntaxError) as error:
+      bound_decoded_size(image, path)
+      return to_rgb(image)
+  except CorruptImageError:
+    raise
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
     raise CorruptImageError(f"{path}: cannot decode the image ({error}).") from error
 
 
-def to_rgb_array(image: Image.Image) -> np.ndarray:
-  """A PIL image of any mode as uint8 (H, W, 3) RGB (decodes it fully)."""
+def decode_image(path: str) -> np.ndarray:
+  """Reads an image file into uint8 (H, W, 3) RGB; raises CorruptImageError naming `path`."""
+  return np.asarray(read_rgb(path))
+
+
+def bound_decoded_size(image: Image.Image, path: str) -> None:
+  """Makes an opened, not yet decoded `image` decode to at most MAX_DECODED_PIXELS (a
+  JPEG at a reduced scale), or raises CorruptImageError naming `path`."""
+  width, height = image.size
+  if width * height <= MAX_DECODED_PIXELS:
+    return
+  scale = next((s for s in (2, 4, 8) if -(-width // s) * -(-height // s) <= MAX_DECODED_PIXELS), 8)
+  # Only JPEG decoders honour the request; for other formats the size stays and is refused.
+  image.draft(None, (width // scale, height // scale))
+  if image.size[0] * image.size[1] > MAX_DECODED_PIXELS:
+    raise CorruptImageError(
+        f"{path}: {width} x {height} pixels is more than the {MAX_DECODED_PIXELS:,} this "
+        "pipeline decodes (JPEGs are decoded at down to 1/8 scale, other formats whole).")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """A PIL image of any mode as a decoded RGB PIL image (the same object if it is RGB)."""
   if image.mode in ("I;16", "I;16B", "I;16L", "I"):
     # 16-bit scans (some X-ray PNGs): keep the top 8 bits rather than clip at 255.
     depth = 16 if image.mode.startswith("I;16") else 32
@@ -43,7 +80,36 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     rgba = image.convert("RGBA")
     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     image = Image.alpha_composite(background, rgba)
-  return np.asarray(image.convert("RGB"), dtype=np.uint8)
+  if image.mode == "RGB":
+    image.load()
+    return image
+  return image.convert("RGB")
+
+
+def header_problem(path: str) -> str | None:
+  """What is wrong with an image file ("<path>: <problem>", no final period), found from
+  its header and last bytes without decoding it, or None.
+
+  Finds: a missing or unreadable file, an unknown format, a header cut short, a size
+  beyond what `read_rgb` decodes, and a JPEG or PNG cut short (no end marker in its
+  last KiB; entropy-coded JPEG data cannot contain FF D9, so only a complete file ends
+  with it; a PNG that lost only its final IEND chunk is flagged though PIL would still
+  decode it). Damage inside the compressed data is found only by decoding.
+  """
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+      if width * height > MAX_DECODED_PIXELS and image.format not in _SCALABLE_FORMATS:
+        return (f"{path}: {width} x {height} pixels is more than the {MAX_DECODED_PIXELS:,} "
+                "this pipeline decodes")
+      marker = _END_MARKERS.get(image.format)
+      if marker:
+        image.fp.seek(-min(_TAIL_BYTES, os.path.getsize(path)), os.SEEK_END)
+        if marker not in image.fp.read(_TAIL_BYTES):
+          return f"{path}: the {image.format} file is cut short (no end marker)"
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    return f"{path}: cannot read the image header ({error})"
+  return None
 
 
 def require_directory(path: str, dataset: str, layout: str) -> str:
@@ -93,6 +159,11 @@ class ImageFileSource:
 
   def __getitem__(self, index: int) -> dict:
     return {"image": decode_image(self.paths[index]), **self.annotations(index)}
+
+  def read(self, index: int) -> dict:
+    """The record with its image as a decoded RGB PIL image (what the pipeline resizes,
+    one copy fewer than `self[index]`)."""
+    return {"image": read_rgb(self.paths[index]), **self.annotations(index)}
 
   def annotations(self, index: int) -> dict:
     """The record without its image (no file is read)."""

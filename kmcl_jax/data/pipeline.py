@@ -13,6 +13,15 @@ worker count and, for any host count, the global batch is the same in the same o
 Evaluation pads the split to whole global batches; `mask` is False on padding (and on
 images skipped as corrupt), so every test image counts exactly once over all hosts.
 
+With data.augment_on="device" the training images are only resized here; Cutout and
+RandAugment run in the compiled train step (`device_augment`).
+
+Worker processes end with the process that started them, however it ends (`workers`).
+grain 0.2.18 reads one absl flag (--grain_enable_multiprocess_worker_profiling) in the
+process that starts them, so absl flags must be parsed there: programs run under
+`absl.app.run`; a notebook or test calls `absl.flags.FLAGS.mark_as_parsed()` first. Nothing
+here touches flags: that is the program's to decide.
+
 Batches are dicts of NumPy arrays: `image` uint8 (b, S, S, 3), `labels` float32 (b, K),
 `ignore` bool (b, K), `skipped` int32 (b,) (1 where the row's image was undecodable and
 data.skip_corrupt let it through: in training another row of the batch stands in for
@@ -22,20 +31,25 @@ int64 (b,) (the row of the split, -1 on padding).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
+import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import grain
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import logging
 
-from kmcl_jax.data import transforms
-from kmcl_jax.data.image_files import CorruptImageError
+from kmcl_jax.data import transforms, workers
+from kmcl_jax.data.image_files import CorruptImageError, ImageFileSource, header_problem
 from kmcl_jax.data.sources import get_source
+
+AUGMENT_ON = ("host", "device")
 
 TRAIN_FIELDS = ("image", "labels", "ignore", "skipped")
 EVAL_FIELDS = TRAIN_FIELDS + ("mask", "index")
@@ -53,6 +67,9 @@ class DecodedRecords:
 
   def __getitem__(self, index: int) -> dict:
     try:
+      # File sources hand over PIL images: the resize reads them without an array copy.
+      if isinstance(self.source, ImageFileSource):
+        return self.source.read(index)
       return self.source[index]
     except CorruptImageError as error:
       if not self.skip_corrupt:
@@ -84,9 +101,14 @@ class EvalRecords:
             "index": index, "skipped": 0}
 
 
-def augment_record(record: dict, rng: np.random.Generator, **image_options) -> dict:
+def augment_record(record: dict, rng: np.random.Generator, *, augment_on: str = "host",
+                   **image_options) -> dict:
+  """The record with its training image: resized and augmented on the host, or only
+  resized when the accelerator augments (augment_on="device")."""
   if record["image"] is None:
     return record
+  if augment_on == "device":
+    return {**record, "image": transforms.eval_image(record["image"], image_options["image_size"])}
   return {**record, "image": transforms.train_image(record["image"], rng, **image_options)}
 
 
@@ -152,23 +174,22 @@ def _host_batches(ds: grain.MapDataset, fields: Sequence[str], *, process_index:
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                             prefetch_buffer_size=max(2, threads)))
   if worker_count:
-    if not flags.FLAGS.is_parsed():
-      # grain's worker processes read absl flags; a program that did not parse any (a
-      # notebook, pytest) would fail there, so fall back to the flags' defaults.
-      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                     per_worker_buffer_size=2))
+                                                     per_worker_buffer_size=2),
+                        worker_init_fn=functools.partial(workers.exit_with_parent, os.getpid()))
   return grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=2)
 
 
 def train_dataset(source, *, seed: int, global_batch: int, image_size: int,
                   cutout_factor: float, augment: str, process_index: int, process_count: int,
-                  worker_count: int = 0, read_threads: int = 8,
-                  skip_corrupt: bool = False) -> grain.IterDataset:
-  """The endless, shuffled, augmented training batches of this host (see module doc)."""
+                  worker_count: int = 0, read_threads: int = 8, skip_corrupt: bool = False,
+                  augment_on: str = "host") -> grain.IterDataset:
+  """The endless, shuffled, augmented training batches of this host (see module doc);
+  with augment_on="device" the images are resized only."""
   ds = grain.MapDataset.source(DecodedRecords(source, skip_corrupt)).shuffle(seed).repeat()
   ds = ds.random_map(functools.partial(augment_record, image_size=image_size,
-                                       cutout_factor=cutout_factor, augment=augment), seed=seed)
+                                       cutout_factor=cutout_factor, augment=augment,
+                                       augment_on=augment_on), seed=seed)
   return _host_batches(
       ds, TRAIN_FIELDS, process_index=process_index, process_count=process_count,
       per_host_batch=global_batch // process_count, worker_count=worker_count,
@@ -221,13 +242,89 @@ def _check_batch(config, field: str, process_count: int) -> None:
                      f"number of JAX processes ({process_count}).")
 
 
+# config.data fields added after the first configs; a config without them gets these.
+DATA_DEFAULTS = {"augment_on": "host", "subset_ids": "", "drop_no_finding": False,
+                 "train_fraction": 1.0, "eval_fraction": 1.0}
+
+
+def data_option(data, name: str):
+  """config.data.<name>, or its default for a config written before the field existed."""
+  return data.get(name, DATA_DEFAULTS[name])
+
+
+def check_data_config(data) -> None:
+  """Raises ValueError naming the first of config.data's pipeline options with a bad value
+  (the fields `create_datasets` reads beyond those the trainer checks)."""
+  augment_on = data_option(data, "augment_on")
+  if augment_on not in AUGMENT_ON:
+    raise ValueError(f"config.data.augment_on={augment_on!r}: expected one of {AUGMENT_ON}.")
+  if augment_on == "device" and data.augment not in ("randaugment", "none"):
+    raise ValueError(f"config.data.augment_on='device' runs Cutout and RandAugment only; "
+                     f"config.data.augment={data.augment!r} needs augment_on='host'.")
+  for field in ("train_fraction", "eval_fraction"):
+    fraction = data_option(data, field)
+    if not 0 < fraction <= 1:
+      raise ValueError(f"config.data.{field}={fraction!r}: expected a fraction in (0, 1].")
+    if fraction != 1 and data.name != "chestxray14":
+      raise ValueError(f"config.data.{field}={fraction!r} applies to chestxray14 only, "
+                       f"not {data.name!r}.")
+  if data_option(data, "drop_no_finding") and data.name != "chestxray14":
+    raise ValueError(f"config.data.drop_no_finding applies to chestxray14 only, not "
+                     f"{data.name!r}.")
+  if data_option(data, "subset_ids") and data.name != "coco2014":
+    raise ValueError(f"config.data.subset_ids applies to the coco2014 train split only, not "
+                     f"{data.name!r}.")
+
+
+def source_options(data, training: bool) -> dict:
+  """get_source's keyword options for the training or the evaluation split."""
+  options = {}
+  if data.name == "chestxray14":
+    options["drop_no_finding"] = bool(data_option(data, "drop_no_finding"))
+    options["fraction"] = data_option(data, "train_fraction" if training else "eval_fraction")
+  if data.name == "coco2014" and training and data_option(data, "subset_ids"):
+    options["subset_ids"] = data_option(data, "subset_ids")
+  return options
+
+
+def check_image_headers(source, *, skip_corrupt: bool, threads: int) -> list[str]:
+  """Reads the header and last KiB of every image file of `source` (no decoding) and
+  returns what is wrong with each bad one; raises CorruptImageError naming the first
+  unless `skip_corrupt`. Sources that are not files have nothing to check: the demo set
+  renders its images and TFDS checked its records when it prepared them."""
+  if not isinstance(source, ImageFileSource):
+    return []
+  start = time.perf_counter()
+  paths = list(source.paths)
+  chunks = [paths[i::threads] for i in range(threads)]
+  # Threads overlap the file reads; the header parsing itself holds the GIL.
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    problems = sorted(p for chunk in pool.map(lambda c: [header_problem(x) for x in c], chunks)
+                      for p in chunk if p)
+  logging.info("Checked the headers of the %d images of %s in %.1f s: %d unreadable.",
+               len(paths), source.name, time.perf_counter() - start, len(problems))
+  if problems and not skip_corrupt:
+    raise CorruptImageError(
+        f"{problems[0]} ({len(problems)} unreadable image(s) in {source.name}, found "
+        "before training; data.skip_corrupt=True leaves them out of the evaluation).")
+  for problem in problems:
+    logging.warning("Unreadable evaluation image (skipped, data.skip_corrupt): %s", problem)
+  return problems
+
+
 def create_eval_dataset(config, process_index: int | None = None,
                         process_count: int | None = None):
-  """(eval dataset, its source) of config.data.eval_split; see `create_datasets`."""
+  """(eval dataset, its source) of config.data.eval_split; see `create_datasets`.
+
+  Every image file's header is read first (every host checks the whole split, so all
+  fail alike): a broken file fails here, before any training, unless data.skip_corrupt.
+  """
   data = config.data
   process_index, process_count = _process(process_index, process_count)
+  check_data_config(data)
   _check_batch(config, "eval_batch_size", process_count)
-  source = get_source(data.name, data.eval_split, data.root)
+  source = get_source(data.name, data.eval_split, data.root, **source_options(data, False))
+  check_image_headers(source, skip_corrupt=data.skip_corrupt, threads=data.read_threads)
   return eval_dataset(source, global_batch=config.eval_batch_size, image_size=data.image_size,
                       process_index=process_index, process_count=process_count,
                       worker_count=data.worker_count, read_threads=data.read_threads,
@@ -240,13 +337,14 @@ def create_datasets(config, process_index: int | None = None,
 
   Reads config.seed, config.batch_size and config.eval_batch_size (global, all hosts),
   and config.data: name, root, train_split, eval_split, image_size, augment, cutout,
-  worker_count, read_threads, skip_corrupt. The process index and count default to JAX's.
+  worker_count, read_threads, skip_corrupt, augment_on, subset_ids, drop_no_finding,
+  train_fraction, eval_fraction. The process index and count default to JAX's.
   """
   data = config.data
   process_index, process_count = _process(process_index, process_count)
   _check_batch(config, "batch_size", process_count)
   evaluation, eval_source = create_eval_dataset(config, process_index, process_count)
-  train_source = get_source(data.name, data.train_split, data.root)
+  train_source = get_source(data.name, data.train_split, data.root, **source_options(data, True))
   if tuple(train_source.class_names) != tuple(eval_source.class_names):
     raise ValueError(f"data: splits {data.train_split!r} and {data.eval_split!r} of "
                      f"{data.name!r} have different classes.")
@@ -257,7 +355,8 @@ def create_datasets(config, process_index: int | None = None,
                         image_size=data.image_size, cutout_factor=data.cutout,
                         augment=data.augment, process_index=process_index,
                         process_count=process_count, worker_count=data.worker_count,
-                        read_threads=data.read_threads, skip_corrupt=data.skip_corrupt)
+                        read_threads=data.read_threads, skip_corrupt=data.skip_corrupt,
+                        augment_on=data_option(data, "augment_on"))
   return Datasets(
       train=iter(train), eval=evaluation, class_names=tuple(train_source.class_names),
       num_train=len(train_source), num_eval=len(eval_source),

@@ -14,9 +14,10 @@ LOCAL_SOURCES = {"voc2007": voc2007_source, "coco2014": coco2014_source,
                  "nuswide": nuswide_source, "chestxray14": chestxray14_source, "adp": adp_source}
 TFDS_PREFIX = "tfds:"
 NAMES = tuple(LOCAL_SOURCES) + ("demo", "tfds:voc/2007", "tfds:coco/2014")
+OPTIONS = {"coco2014": ("subset_ids",), "chestxray14": ("drop_no_finding", "fraction")}
 
 
-def get_source(name: str, split: str, root: str | None = None):
+def get_source(name: str, split: str, root: str | None = None, **options):
   """The records of `split` of dataset `name`, a grain random-access source.
 
   Records are {"image": uint8 (H, W, 3), "labels": float32 (K,) in {0, 1}, "ignore":
@@ -27,7 +28,13 @@ def get_source(name: str, split: str, root: str | None = None):
     name: one of NAMES.
     split: the dataset's own split name (VOC `trainval`/`test`, COCO `train`/`val`, ...).
     root: the dataset folder (the TFDS data_dir for `tfds:` names); unused by `demo`.
+    **options: the dataset's own options, OPTIONS[name]: `coco2014` subset_ids (a CSV of
+      image ids the split is restricted to), `chestxray14` drop_no_finding and fraction.
   """
+  unknown = sorted(set(options) - set(OPTIONS.get(name, ())))
+  if unknown:
+    raise ValueError(f"data: dataset {name!r} has no option {unknown[0]!r}; its options are "
+                     f"{OPTIONS.get(name, ())}.")
   if name == "demo":
     return DigitGridSource(split)
   if name.startswith(TFDS_PREFIX):
@@ -37,4 +44,4 @@ def get_source(name: str, split: str, root: str | None = None):
   if not root:
     raise ValueError(f"data.root: dataset {name!r} needs its folder "
                      f"(--config.data.root=/path/to/{name}).")
-  return LOCAL_SOURCES[name](split, root)
+  return LOCAL_SOURCES[name](split, root, **options)

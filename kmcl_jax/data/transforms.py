@@ -8,6 +8,8 @@ The image operations are PIL's, as the reference's (torchvision on PIL, its `Cut
 and the `randaugment` package): the same library gives the same pixels, and PIL releases
 the GIL while decoding and resampling, so grain's reader threads overlap it.
 
+Images come in as uint8 (H, W, 3) arrays or decoded RGB PIL images (file sources hand
+the pipeline PIL images, which saves an array round trip) and leave as uint8 arrays.
 Normalisation is not applied here: batches leave the host as uint8 (4x less host-to-device
 traffic than float32) and `normalize` runs inside the compiled step.
 """
@@ -20,7 +22,18 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 AUGMENTATIONS = ("randaugment", "affine", "none")
-_GREY = (128, 128, 128)
+FILL_GREY = (128, 128, 128)     # what the geometric operations move in
+PATCH_COLOUR = (125, 122, 113)  # the RandAugment "cutout" patch
+
+
+def as_pil(image: np.ndarray | Image.Image) -> Image.Image:
+  """uint8 (H, W, 3) array or RGB PIL image -> RGB PIL image (no copy for a PIL image)."""
+  return image if isinstance(image, Image.Image) else Image.fromarray(image)
+
+
+def as_array(image: Image.Image) -> np.ndarray:
+  """RGB PIL image -> uint8 (H, W, 3) array (one copy)."""
+  return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def squish_resize(image: Image.Image, size: int) -> Image.Image:
@@ -31,15 +44,20 @@ def squish_resize(image: Image.Image, size: int) -> Image.Image:
 
 def cutout(image: Image.Image, rng: np.random.Generator, factor: float = 0.5) -> Image.Image:
   """Fills a rectangle of `factor` times each side, at a uniform random centre (clipped
-  to the image; corners inclusive), with a uniform random colour."""
+  to the image; corners inclusive), with a uniform random colour; returns a new image."""
+  return draw_cutout(image.copy(), rng, factor)
+
+
+def draw_cutout(image: Image.Image, rng: np.random.Generator, factor: float = 0.5
+                ) -> Image.Image:
+  """`cutout` drawn into `image` itself, which it returns (for an image the caller owns)."""
   width, height = image.size
   half_w, half_h = int(factor * width + 0.5) // 2, int(factor * height + 0.5) // 2
-  cx, cy = rng.integers(width), rng.integers(height)
+  cx, cy = int(rng.integers(width)), int(rng.integers(height))
   colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
-  image = image.copy()
   ImageDraw.Draw(image).rectangle(
-      [int(np.clip(cx - half_w, 0, width)), int(np.clip(cy - half_h, 0, height)),
-       int(np.clip(cx + half_w, 0, width)), int(np.clip(cy + half_h, 0, height))], fill=colour)
+      [min(max(cx - half_w, 0), width), min(max(cy - half_h, 0), height),
+       min(max(cx + half_w, 0), width), min(max(cy + half_h, 0), height)], fill=colour)
   return image
 
 
@@ -48,9 +66,9 @@ def _sign(rng: np.random.Generator) -> int:
 
 
 def _rotate(image, degrees, rng):
-  rotated = image.convert("RGBA").rotate(degrees)
-  return Image.composite(rotated, Image.new("RGBA", rotated.size, (128,) * 4),
-                         rotated).convert(image.mode)
+  # The package rotates an RGBA copy and composites it on grey; nearest-neighbour alpha
+  # is 0 or 255, so filling with grey directly gives the same pixels without the copies.
+  return image.rotate(degrees, fillcolor=FILL_GREY)
 
 
 def _patch(image, side, rng):
@@ -59,12 +77,12 @@ def _patch(image, side, rng):
   image = image.copy()
   ImageDraw.Draw(image).rectangle([max(0, cx - side // 2), max(0, cy - side // 2),
                                    min(width, cx + side // 2) - 1,
-                                   min(height, cy + side // 2) - 1], fill=(125, 122, 113))
+                                   min(height, cy + side // 2) - 1], fill=PATCH_COLOUR)
   return image
 
 
 def _affine(image, matrix, resample=Image.NEAREST):
-  return image.transform(image.size, Image.AFFINE, matrix, resample, fillcolor=_GREY)
+  return image.transform(image.size, Image.AFFINE, matrix, resample, fillcolor=FILL_GREY)
 
 
 def _shear_x(image, value, rng):
@@ -148,25 +166,26 @@ def random_affine(image: Image.Image, rng: np.random.Generator, degrees: float =
   return affine(image, angle, shift, rng.uniform(*scale))
 
 
-def train_image(image: np.ndarray, rng: np.random.Generator, *, image_size: int,
+def train_image(image: np.ndarray | Image.Image, rng: np.random.Generator, *, image_size: int,
                 cutout_factor: float, augment: str) -> np.ndarray:
-  """uint8 (H, W, 3) -> uint8 (S, S, 3): resize, Cutout (if factor > 0), then RandAugment
-  or the random affine map or nothing, in the reference's order."""
+  """uint8 (H, W, 3) array or RGB PIL image -> uint8 (S, S, 3): resize, Cutout (if
+  factor > 0), then RandAugment or the random affine map or nothing, in the reference's
+  order."""
   if augment not in AUGMENTATIONS:
     raise ValueError(f"data.augment must be one of {AUGMENTATIONS}, got {augment!r}.")
-  pil = squish_resize(Image.fromarray(image), image_size)
+  pil = squish_resize(as_pil(image), image_size)
   if cutout_factor > 0:
-    pil = cutout(pil, rng, cutout_factor)
+    pil = draw_cutout(pil, rng, cutout_factor)  # the resized image is ours to draw on
   if augment == "randaugment":
     pil = rand_augment(pil, rng)
   elif augment == "affine":
     pil = random_affine(pil, rng)
-  return np.asarray(pil.convert("RGB"), np.uint8)
+  return as_array(pil)
 
 
-def eval_image(image: np.ndarray, image_size: int) -> np.ndarray:
-  """uint8 (H, W, 3) -> uint8 (S, S, 3), resize only."""
-  return np.asarray(squish_resize(Image.fromarray(image), image_size), np.uint8)
+def eval_image(image: np.ndarray | Image.Image, image_size: int) -> np.ndarray:
+  """uint8 (H, W, 3) array or RGB PIL image -> uint8 (S, S, 3), resize only."""
+  return as_array(squish_resize(as_pil(image), image_size))
 
 
 def normalize(images, mean, std):
