@@ -256,8 +256,9 @@ def test_training_starts_from_converted_weights(tmp_path, reference_run):
 
   config = run_config()
   saved = checkpoint_state(reference_run, 6)
-  description = {"arch": config.model.backbone, "kind": "kmcl", "num_classes": 10, "mode": "all",
-                 "kernel": config.model.kernel, "variance": config.model.variance}
+  description = {"arch": config.model.backbone, "kind": "kmcl", "num_classes": 10,
+                 "mode": "all", "kernel": config.model.kernel,
+                 "variance": config.model.variance}
   convert.save_converted({"params": saved["params"], "batch_stats": saved["batch_stats"]},
                          description, str(tmp_path / "converted"))
   model = create_model(config, 10)
