@@ -219,6 +219,9 @@ def paired_steps(baseline_dir: str, config, classes: int, total_steps: int, on_g
   config = config.copy_and_resolve_references()
   config.dtype = "bfloat16" if mixed else "float32"
   config.train_steps = total_steps
+  # Their loss is the plain sum of ASL and their EMA decays per step at whatever batch:
+  # the batch the recipe is balanced to is this one.
+  config.loss.reference_batch = config.recipe_batch = config.batch_size
   their_model, their_step = their_training(baseline_dir, config, classes, total_steps, on_gpu,
                                            mixed)
   host_batch = random_batch(config.batch_size, config.data.image_size, classes, config.seed)

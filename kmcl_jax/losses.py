@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kmcl_jax.mesh import DATA_AXIS
+
 KERNELS = ("anisotropic", "isotropic")
 MODES = ("all", "asl_only")
 
@@ -220,10 +222,13 @@ def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
     temperature: tau.
 
   Returns:
-    (loss_i, d loss_i / d distance_i of shape (B, K)). The gradient is written out by
-    hand: it is elementwise but for one sum over j, and costs a fraction of what
-    autodiff of this function costs under vmap. Since BC is in [0, 1], 1 <= E <=
-    exp(1/tau): the spec's clamps on E never bind and carry gradient 1.
+    (loss_i, d loss_i / d distance_i of shape (B, K), statistics (4,)). The gradient is
+    written out by hand: it is elementwise but for one sum over j, and costs a fraction
+    of what autodiff of this function costs under vmap. Since BC is in [0, 1], 1 <= E <=
+    exp(1/tau): the clamps on E never bind and carry gradient 1. The statistics are the
+    sums and counts of the Bhattacharyya coefficients BC[i, j, k] (j != i) over the
+    classes both samples have and over the rest: what shows whether the kernels
+    separate same-class pairs from the others.
   """
   similarity = jnp.exp(-distance_i)  # Bhattacharyya coefficient
   exp_sim = jnp.minimum(jnp.exp(similarity / temperature), FLOAT32_HUGE)
@@ -240,7 +245,10 @@ def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
   direct = shared * (ratio / (ratio + LOG_EPS))
   through_denominator = others * exp_sim * (_dot(others_i, direct) / denominator)
   grad = (similarity / temperature) * (direct - through_denominator) * norm
-  return loss, grad
+  unshared = others - shared
+  statistics = jnp.stack([jnp.sum(shared * similarity), jnp.sum(shared),
+                          jnp.sum(unshared * similarity), jnp.sum(unshared)])
+  return loss, grad, statistics
 
 
 def _bd_column_grads(carry, column, mu, sigma, scale):
@@ -267,7 +275,8 @@ def _gathered(x, axis_name):
 
 
 def _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size, axis_name):
-  """(loss_i (b,), d loss_i / d BD[i] (b, B, K)) over blocks of this device's b anchors."""
+  """(loss_i (b,), d loss_i / d BD[i] (b, B, K), statistics (b, 4)) over blocks of this
+  device's b anchors."""
   mu_all, sigma_all, labels_all = (_gathered(x, axis_name) for x in (mu, sigma, labels))
   rows, batch = labels.shape[0], labels_all.shape[0]
   intersection = _dot(labels, labels_all.T)
@@ -305,19 +314,24 @@ def anchor_contrastive_losses(mu, sigma, labels, scale: float, temperature: floa
     axis_name: the mesh axis the batch is split over, or None.
 
   Returns:
-    (b,) float32; anchors sharing no label with any other sample give 0.
+    (loss_i (b,) float32, statistics (b, 4)): anchors sharing no label with any other
+    sample give 0; the statistics (no gradient) are per anchor the sum and count of BC
+    over pairs sharing a class, then over the other pairs (`_anchor_loss_and_grad`).
   """
-  return _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size, axis_name)[0]
+  per_anchor, _, statistics = _blocked_anchor_losses(mu, sigma, labels, scale, temperature,
+                                                     block_size, axis_name)
+  return per_anchor, statistics
 
 
 def _anchor_contrastive_fwd(mu, sigma, labels, scale, temperature, block_size, axis_name):
-  per_anchor, distance_grad = _blocked_anchor_losses(
+  per_anchor, distance_grad, statistics = _blocked_anchor_losses(
       mu, sigma, labels, scale, temperature, block_size, axis_name)
-  return per_anchor, (mu, sigma, labels, distance_grad)
+  return (per_anchor, statistics), (mu, sigma, labels, distance_grad)
 
 
-def _anchor_contrastive_bwd(scale, temperature, block_size, axis_name, residuals, cotangent):
+def _anchor_contrastive_bwd(scale, temperature, block_size, axis_name, residuals, cotangents):
   del temperature, block_size  # the backward pass walks columns, one b x D x K slice each
+  cotangent, _ = cotangents  # the statistics carry no gradient
   mu, sigma, labels, distance_grad = residuals  # distance_grad[i, j] = d loss_i / d BD[i, j]
   mu_all, sigma_all, cotangent_all = (_gathered(x, axis_name) for x in (mu, sigma, cotangent))
   # received[n, m] = d loss_n / d BD[n, m] for every anchor n and this device's rows m.
@@ -348,7 +362,8 @@ anchor_contrastive_losses.defvjp(_anchor_contrastive_fwd, _anchor_contrastive_bw
 
 
 def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, block_size=None,
-                     mesh: jax.sharding.Mesh | None = None, axis_name: str = "data"):
+                     mesh: jax.sharding.Mesh | None = None, axis_name: str = DATA_AXIS,
+                     with_statistics: bool = False):
   """Kernel contrastive loss L_con over every ordered pair of the batch.
 
   Args:
@@ -364,8 +379,14 @@ def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, 
       the whole, all-gathered batch. The value is the same; per-device work and memory
       shrink P-fold. Use it under `jit` with the batch sharded over that axis.
 
+    with_statistics: also return {"bc_positive", "bc_negative"}: the mean Bhattacharyya
+      coefficient over pairs of different samples and classes both have, and over the
+      other pairs of different samples (NaN where there is no such pair); taken from
+      the loss's own pairwise pass.
+
   Returns:
-    Scalar float32 L_con (0 when no two samples share a label).
+    Scalar float32 L_con (0 when no two samples share a label), and the statistics if
+    asked for.
   """
   _check_labels(labels)
   _check_gaussians(mu, var, labels, kernel, None)
@@ -385,13 +406,19 @@ def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, 
   static = (float(feature_dim), float(temperature), int(min(block_size, batch // devices)))
   labels = labels.astype(jnp.float32)
   if devices == 1:
-    per_anchor = anchor_contrastive_losses(mu, sigma, labels, *static)
+    per_anchor, statistics = anchor_contrastive_losses(mu, sigma, labels, *static)
   else:
-    per_anchor = jax.shard_map(
+    per_anchor, statistics = jax.shard_map(
         lambda *rows: anchor_contrastive_losses(*rows, *static, axis_name), mesh=mesh,
         in_specs=jax.sharding.PartitionSpec(axis_name),
         out_specs=jax.sharding.PartitionSpec(axis_name))(mu, sigma, labels)
-  return jnp.sum(per_anchor) / batch
+  value = jnp.sum(per_anchor) / batch
+  if not with_statistics:
+    return value
+  positive_sum, positive_count, negative_sum, negative_count = jnp.sum(statistics, axis=0)
+  mean = lambda total, count: jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
+  return value, {"bc_positive": mean(positive_sum, positive_count),
+                 "bc_negative": mean(negative_sum, negative_count)}
 
 
 # --------------------------------------------------------------------------------------
@@ -399,11 +426,22 @@ def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, 
 # --------------------------------------------------------------------------------------
 
 
+TERMS = ("asl", "reconstruction", "contrastive")
+
+
 def kmcl_loss(features, logits, mu, var, labels, *, kernel="anisotropic", mode="all",
               temperature=0.17, gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
+              weights: Mapping[str, float] | None = None, reference_batch: int | None = None,
               block_size=None, mesh: jax.sharding.Mesh | None = None,
-              axis_name: str = "data") -> tuple[jax.Array, Mapping[str, jax.Array]]:
-  """The KMCL objective with all weights 1.
+              axis_name: str = DATA_AXIS, with_diagnostics: bool = False):
+  """The KMCL objective L = w_asl L_asl + w_rec L_rec + w_con L_con.
+
+  L_asl is a sum over the batch, the other two terms are means. With `reference_batch`
+  it enters as that sum times reference_batch / B for the B samples it is computed
+  over, so the three terms keep the proportions they have at the reference's batch
+  whatever the batch: at B = reference_batch nothing changes, at 4x the batch L_asl is
+  the mean of its four reference-sized chunks' sums. Without it L_asl is the plain sum
+  (the reference's loss at its own batch).
 
   Args:
     features: (B, D) features f (ignored when mode="asl_only").
@@ -411,22 +449,46 @@ def kmcl_loss(features, logits, mu, var, labels, *, kernel="anisotropic", mode="
     mu, var: (B, D, K) anisotropic or (B, K) isotropic (ignored when mode="asl_only").
     labels: (B, K) binary targets y.
     kernel: "anisotropic" or "isotropic".
-    mode: "all" for L_asl + L_rec + L_con, "asl_only" for L_asl alone.
+    mode: "all" for every term, "asl_only" for L_asl alone.
+    weights: {"asl", "reconstruction", "contrastive"} -> weight (missing ones are 1); a
+      term of weight 0 is not computed at all (and reported as 0).
+    reference_batch: the batch size the ASL sum is balanced to (None: no balancing).
     temperature, gamma_neg, gamma_pos, clip, block_size, mesh, axis_name: see the
       individual terms (`mesh` splits the contrastive term's anchors over devices).
+    with_diagnostics: also return {"bc_positive", "bc_negative", "var_mean", "var_std"}
+      (see `contrastive_loss`; the mean and standard deviation of every predicted
+      variance), computed without a second pass; NaN where not computed.
 
   Returns:
-    (total, {"asl", "reconstruction", "contrastive"}), all float32 scalars.
+    (total, {"asl", "reconstruction", "contrastive"}) float32 scalars, the terms as they
+    enter the total before their weights; and the diagnostics if asked for.
   """
   _check_choice("mode", mode, MODES)
   _check_choice("kernel", kernel, KERNELS)
-  asl = asl_loss(logits, labels, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip)
-  if mode == "asl_only":
-    zero = jnp.zeros((), jnp.float32)
-    return asl, {"asl": asl, "reconstruction": zero, "contrastive": zero}
-  reconstruction = reconstruction_loss(features, logits, mu, var, labels, kernel=kernel)
-  contrastive = contrastive_loss(mu, var, labels, kernel=kernel, feature_dim=features.shape[-1],
-                                 temperature=temperature, block_size=block_size, mesh=mesh,
-                                 axis_name=axis_name)
-  terms = {"asl": asl, "reconstruction": reconstruction, "contrastive": contrastive}
-  return asl + reconstruction + contrastive, terms
+  weights = {term: 1.0 for term in TERMS} | dict(weights or {})
+  if set(weights) != set(TERMS):
+    raise ValueError(f"`weights` must name terms of {TERMS}, got {sorted(weights)}.")
+  zero = jnp.zeros((), jnp.float32)
+  terms = dict.fromkeys(TERMS, zero)
+  diagnostics = {name: jnp.full((), jnp.nan, jnp.float32)
+                 for name in ("bc_positive", "bc_negative", "var_mean", "var_std")}
+  if weights["asl"]:
+    terms["asl"] = asl_loss(logits, labels, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip)
+    if reference_batch is not None:
+      terms["asl"] = terms["asl"] * (reference_batch / labels.shape[0])
+  if mode == "all":
+    if weights["reconstruction"]:
+      terms["reconstruction"] = reconstruction_loss(features, logits, mu, var, labels,
+                                                    kernel=kernel)
+    if weights["contrastive"]:
+      terms["contrastive"], statistics = contrastive_loss(
+          mu, var, labels, kernel=kernel, feature_dim=features.shape[-1],
+          temperature=temperature, block_size=block_size, mesh=mesh, axis_name=axis_name,
+          with_statistics=True)
+      diagnostics.update(statistics)
+    variances = var.astype(jnp.float32)
+    diagnostics.update(var_mean=jnp.mean(variances), var_std=jnp.std(variances))
+  total = (weights["asl"] * terms["asl"] + weights["reconstruction"] * terms["reconstruction"]
+           + weights["contrastive"] * terms["contrastive"])
+  diagnostics = jax.tree.map(jax.lax.stop_gradient, diagnostics)
+  return (total, terms, diagnostics) if with_diagnostics else (total, terms)

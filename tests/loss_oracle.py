@@ -54,16 +54,35 @@ def reconstruction(f, logits, mu, var, y, kernel):
   return total / batch
 
 
-def contrastive(mu, var, y, kernel, m, temperature=0.17):
-  batch, classes = y.shape
+def bhattacharyya_coefficients(mu, var, kernel, m):
+  """BC[i, j, k] of every ordered pair, (B, B, K)."""
+  batch = mu.shape[0]
   sigma = np.sqrt(var) + E0
-  bd = np.zeros((batch, batch, classes))
+  bd = np.zeros((batch, batch, mu.shape[-1]))
   for i in range(batch):
     for j in range(batch):
       a, c = sigma[i] ** 2, sigma[j] ** 2
       val = m / 2 * np.log((a + c) / (2 * sigma[i] * sigma[j])) + m / 4 * (mu[i] - mu[j]) ** 2 / (a + c)
       bd[i, j] = val.sum(axis=0) if kernel == "anisotropic" else val
-  bc = np.exp(-bd)
+  return np.exp(-bd)
+
+
+def bhattacharyya_means(mu, var, y, kernel, m):
+  """(mean BC over pairs i != j and classes k both have, mean BC over the other pairs
+  i != j and classes), NaN where there is no such pair."""
+  bc = bhattacharyya_coefficients(mu, var, kernel, m)
+  positive, negative = [], []
+  for i in range(len(y)):
+    for j in range(len(y)):
+      if i != j:
+        for k in range(y.shape[1]):
+          (positive if y[i, k] and y[j, k] else negative).append(bc[i, j, k])
+  return (np.mean(positive) if positive else np.nan, np.mean(negative) if negative else np.nan)
+
+
+def contrastive(mu, var, y, kernel, m, temperature=0.17):
+  batch, classes = y.shape
+  bc = bhattacharyya_coefficients(mu, var, kernel, m)
   e = np.exp(bc / temperature)
   e = np.where(np.isinf(e), HUGE, e)
   total = 0.0
