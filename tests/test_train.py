@@ -108,7 +108,13 @@ def test_smoke_training_and_evaluation_then_a_resume_that_scores_the_same(
     assert (tmp_path / "plots" / plot).stat().st_size > 10_000, plot
   assert any(name.startswith("events.out.tfevents") for name in
              os.listdir(tmp_path / "tensorboard"))
-  assert json.loads((tmp_path / "run.json").read_text())["class_names"] == list("0123456789")
+  run = json.loads((tmp_path / "run.json").read_text())
+  assert run["class_names"] == list("0123456789")
+  # What the compiled step costs, from XLA's cost analysis: a training step is about
+  # three forward passes (forward, and the backward pass's two).
+  counts, cost = run["parameters"], run["flops_per_image"]
+  assert counts["total"] == counts["backbone"] + counts["head"] > 0
+  assert 2 * cost["forward"] < cost["train_step"] < 5 * cost["forward"]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]  # keep_checkpoints=2
   assert sorted(os.listdir(tmp_path / "best")) == ["6"]
   # The same program in another process computed the same parameters, bit for bit.
