@@ -46,12 +46,12 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
 
 
-def _check_labels(labels, logits_shape: tuple[int, ...] | None = None) -> None:
+def _check_labels(labels, pi_shape: tuple[int, ...] | None = None) -> None:
   if labels.ndim != 2:
     raise ValueError(f"`labels` must have shape (B, K), got {labels.shape}.")
-  if logits_shape is not None and tuple(labels.shape) != tuple(logits_shape):
+  if pi_shape is not None and tuple(labels.shape) != tuple(pi_shape):
     raise ValueError(
-        f"`labels` must have the shape of `logits` {tuple(logits_shape)}, got {labels.shape}.")
+        f"`labels` must have the shape of `pi` {tuple(pi_shape)}, got {labels.shape}.")
   if _is_concrete(labels):
     values = np.asarray(labels)
     if not np.all((values == 0) | (values == 1)):
@@ -93,11 +93,11 @@ def _sigma(var: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------
 
 
-def asl_loss(logits, labels, *, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-7):
+def asl_loss(pi, labels, *, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-7):
   """Asymmetric loss of Ridnik et al., summed (not averaged) over batch and classes.
 
   Args:
-    logits: (B, K) class logits pi.
+    pi: (B, K) class logits.
     labels: (B, K) binary targets y.
     gamma_neg, gamma_pos: focusing exponents of negatives and positives.
     clip: asymmetric probability margin m added to 1 - p (0 disables it).
@@ -106,11 +106,11 @@ def asl_loss(logits, labels, *, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-
   Returns:
     Scalar float32 L_asl. The focusing weight w carries no gradient.
   """
-  if logits.ndim != 2:
-    raise ValueError(f"`logits` must have shape (B, K), got {logits.shape}.")
-  _check_labels(labels, logits.shape)
+  if pi.ndim != 2:
+    raise ValueError(f"`pi` must have shape (B, K), got {pi.shape}.")
+  _check_labels(labels, pi.shape)
   y = labels.astype(jnp.float32)
-  p = jax.nn.sigmoid(logits.astype(jnp.float32))
+  p = jax.nn.sigmoid(pi.astype(jnp.float32))
   p_neg = 1.0 - p
   if clip is not None and clip > 0:
     p_neg = jnp.minimum(p_neg + clip, 1.0)
@@ -125,7 +125,7 @@ def asl_loss(logits, labels, *, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-
 # --------------------------------------------------------------------------------------
 
 
-def reconstruction_loss(features, logits, mu, var, labels, *, kernel):
+def reconstruction_loss(features, pi, mu, var, labels, *, kernel):
   """Mean over the batch of -log max(r, 1e-7), r = sum_k y s(pi) G / sum_k s(pi) G.
 
   G[b, k] is the (unnormalised) Gaussian kernel of class k evaluated at the sample's
@@ -135,7 +135,7 @@ def reconstruction_loss(features, logits, mu, var, labels, *, kernel):
 
   Args:
     features: (B, D) features f.
-    logits: (B, K) class logits pi.
+    pi: (B, K) class logits.
     mu, var: (B, D, K) anisotropic or (B, K) isotropic means and variances.
     labels: (B, K) binary targets y.
     kernel: "anisotropic" or "isotropic".
@@ -145,9 +145,9 @@ def reconstruction_loss(features, logits, mu, var, labels, *, kernel):
   """
   if features.ndim != 2:
     raise ValueError(f"`features` must have shape (B, D), got {features.shape}.")
-  if logits.ndim != 2 or logits.shape[0] != features.shape[0]:
-    raise ValueError(f"`logits` must have shape (B={features.shape[0]}, K), got {logits.shape}.")
-  _check_labels(labels, logits.shape)
+  if pi.ndim != 2 or pi.shape[0] != features.shape[0]:
+    raise ValueError(f"`pi` must have shape (B={features.shape[0]}, K), got {pi.shape}.")
+  _check_labels(labels, pi.shape)
   _check_gaussians(mu, var, labels, kernel, features.shape[1] if kernel == "anisotropic" else None)
   f = features.astype(jnp.float32)
   mu = mu.astype(jnp.float32)
@@ -161,7 +161,7 @@ def reconstruction_loss(features, logits, mu, var, labels, *, kernel):
     spread = jnp.sum(jnp.square(f - f_mean), axis=1, keepdims=True)
     sq_dist = (spread + f.shape[1] * jnp.square(f_mean - mu)) / jnp.square(sigma)
   log_gauss = jnp.maximum(-0.5 * sq_dist, math.log(FLOAT32_TINY))
-  log_weight = jax.nn.log_sigmoid(logits.astype(jnp.float32)) + log_gauss
+  log_weight = jax.nn.log_sigmoid(pi.astype(jnp.float32)) + log_gauss
   weight = jnp.exp(log_weight - jax.lax.stop_gradient(jnp.max(log_weight, axis=1, keepdims=True)))
   y = labels.astype(jnp.float32)
   # -log max(r, eps) with r = pos / (pos + neg) is log1p(neg / pos) where the floor does
@@ -429,7 +429,7 @@ def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, 
 TERMS = ("asl", "reconstruction", "contrastive")
 
 
-def kmcl_loss(features, logits, mu, var, labels, *, kernel="anisotropic", mode="all",
+def kmcl_loss(features, pi, mu, var, labels, *, kernel="anisotropic", mode="all",
               temperature=0.17, gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
               weights: Mapping[str, float] | None = None, reference_batch: int | None = None,
               block_size=None, mesh: jax.sharding.Mesh | None = None,
@@ -445,7 +445,7 @@ def kmcl_loss(features, logits, mu, var, labels, *, kernel="anisotropic", mode="
 
   Args:
     features: (B, D) features f (ignored when mode="asl_only").
-    logits: (B, K) class logits pi.
+    pi: (B, K) class logits.
     mu, var: (B, D, K) anisotropic or (B, K) isotropic (ignored when mode="asl_only").
     labels: (B, K) binary targets y.
     kernel: "anisotropic" or "isotropic".
@@ -473,12 +473,12 @@ def kmcl_loss(features, logits, mu, var, labels, *, kernel="anisotropic", mode="
   diagnostics = {name: jnp.full((), jnp.nan, jnp.float32)
                  for name in ("bc_positive", "bc_negative", "var_mean", "var_std")}
   if weights["asl"]:
-    terms["asl"] = asl_loss(logits, labels, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip)
+    terms["asl"] = asl_loss(pi, labels, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip)
     if reference_batch is not None:
       terms["asl"] = terms["asl"] * (reference_batch / labels.shape[0])
   if mode == "all":
     if weights["reconstruction"]:
-      terms["reconstruction"] = reconstruction_loss(features, logits, mu, var, labels,
+      terms["reconstruction"] = reconstruction_loss(features, pi, mu, var, labels,
                                                     kernel=kernel)
     if weights["contrastive"]:
       terms["contrastive"], statistics = contrastive_loss(

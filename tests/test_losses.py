@@ -350,7 +350,7 @@ def _good():
 
 @pytest.mark.parametrize("change, message", [
     (lambda a: a.__setitem__(0, a[0][:, :5]), "`mu` must have shape (B=4, D=5, K=3)"),
-    (lambda a: a.__setitem__(1, a[1][:3]), "`labels` must have the shape of `logits`"),
+    (lambda a: a.__setitem__(1, a[1][:3]), "`labels` must have the shape of `pi`"),
     (lambda a: a.__setitem__(2, a[2][:, :, :2]), "`mu` must have shape (B=4, D, K=3)"),
     (lambda a: a.__setitem__(3, a[3][:2]), "`var` must have the shape of `mu`"),
     (lambda a: a.__setitem__(4, a[4] * 2), "`labels` must contain only 0 and 1"),
