@@ -1,6 +1,6 @@
-"""The KMCL objective, L = L_asl + L_rec + L_con, as `shared/spec/kmcl-method.md` defines it.
+"""The KMCL objective, L = L_asl + L_rec + L_con, as docs/method.md (section 2) states it.
 
-The three terms appear below in the spec's order (section 2a, 2b, 2c), followed by
+The three terms appear below in that order (sections 2a, 2b, 2c), followed by
 their sum. Notation: B batch, K classes, D embedding dimension, y the (B, K) binary
 labels, s the sigmoid. Every term is computed in float32 whatever dtype its inputs
 arrive in, and every function works under `jax.jit` and `jax.grad` for any B >= 1.
@@ -25,7 +25,7 @@ from kmcl_jax.mesh import DATA_AXIS
 KERNELS = ("anisotropic", "isotropic")
 MODES = ("all", "asl_only")
 
-# Constants of the reference implementation (spec section 2).
+# Constants of the reference implementation (docs/method.md, section 2).
 FLOAT32_TINY = 1.17549e-38  # the clamp `t` on Gaussians and exponentials
 FLOAT32_HUGE = 1.17549e38  # what an infinite exponential is replaced by
 SIGMA_EPS = 1.4901161193847656e-08  # added to sqrt(var) to form sigma
@@ -195,7 +195,9 @@ def default_block_size(batch: int, dim: int, classes: int, budget_elements: int 
   """Anchors per block: a power of two whose block x B x D x K work fits the budget.
 
   Powers of two split common batch sizes evenly (an uneven last block compiles a second
-  loop body), and blocks beyond 32 anchors bought no speed on XLA:CPU.
+  loop body). The cap of 32 anchors and the 2^25-element budget were measured on a
+  2-core CPU (larger blocks bought no speed there); on an accelerator, where a block
+  fills the chip, revisit both with `python -m kmcl_jax.benchmarks.loss`.
   """
   rows = max(1, min(batch, max_block, budget_elements // max(1, batch * dim * classes)))
   return 1 << (rows.bit_length() - 1)
@@ -212,7 +214,7 @@ def _bd_anchor(mu_i, sigma_i, mu, sigma, scale):
 
 
 def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
-  """loss_i of spec 2c and its gradient w.r.t. row i of BD.
+  """loss_i of docs/method.md, 2c, and its gradient w.r.t. row i of BD.
 
   Args:
     distance_i: (B, K) row i of BD.
@@ -236,7 +238,7 @@ def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
   shared = y_i * y * others  # P[i, j, k], binary
   # den[i, k] over all other samples: >= B - 1 since E >= 1; the floor only guards B = 1.
   denominator = jnp.maximum(_dot(others_i, exp_sim), 1.0)
-  # q = max(E, tiny) J / den, used where P = 1; there J > 0, so q > 0 and the spec's
+  # q = max(E, tiny) J / den, used where P = 1; there J > 0, so q > 0 and the
   # "log(q + 1e-7) where q > 0, else 0" is P * log(q + 1e-7).
   ratio = jnp.maximum(exp_sim, FLOAT32_TINY) * (jaccard_i[:, None] / denominator)
   norm = 1.0 / jnp.maximum(jnp.sum(jnp.max(shared, axis=1)), 1.0)  # 1 / |A(i)|
@@ -256,7 +258,8 @@ def _bd_column_grads(carry, column, mu, sigma, scale):
 
   Shapes: carry two (b, D, K) accumulators (mean, variance a) of the b rows held; column
   = (mu_j, sigma_j (D, K), G[rows, j] (b, K)), G symmetric. An elementwise update per
-  column: XLA:CPU runs it several times faster than a reduction over j. The -log(s_i)
+  column: XLA:CPU runs it several times faster than a reduction over j (measured on a
+  2-core CPU; on an accelerator a reduction may win: revisit there). The -log(s_i)
   part of the log term is left to the caller (it needs no pairwise work).
   """
   grad_mu, grad_a = carry
@@ -296,7 +299,7 @@ def _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size, ax
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def anchor_contrastive_losses(mu, sigma, labels, scale: float, temperature: float,
                               block_size: int, axis_name: str | None = None):
-  """loss_i of spec 2c for every anchor i, in blocks of `block_size` anchors.
+  """loss_i (docs/method.md, 2c) for every anchor i, in blocks of `block_size` anchors.
 
   Without `axis_name` the anchors are the whole batch. With it (inside `shard_map` over
   a mesh axis that splits the batch) they are this device's b = B / P rows, compared

@@ -1,6 +1,6 @@
-"""A slow, obviously-correct float64 NumPy transcription of spec section 2.
+"""A slow, obviously-correct float64 NumPy transcription of the loss (docs/method.md, section 2).
 
-Written line by line from `shared/spec/kmcl-method.md`, with a Python loop over
+Written line by line from the method's equations, with a Python loop over
 anchors as the reference has; it shares no code with `kmcl_jax.losses`.
 """
 
@@ -18,7 +18,7 @@ def sigmoid(x):
 def asl(logits, y, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-7, focus_logits=None):
   """`focus_logits`: where to evaluate the focusing weight w (default: at `logits`).
 
-  The spec lets no gradient through w; finite differences freeze it this way.
+  No gradient flows through w; finite differences freeze it this way.
   """
   p = sigmoid(logits)
   pn = np.minimum(1.0 - p + clip, 1.0)
@@ -33,7 +33,7 @@ def asl(logits, y, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-7, focus_logi
 
 
 def reconstruction(f, logits, mu, var, y, kernel):
-  """Evaluates the spec's G and r directly, in float64 (no subnormal issue there)."""
+  """Evaluates G and r directly, in float64 (no subnormal issue there)."""
   batch, classes = y.shape
   sigma = np.sqrt(var) + E0
   total = 0.0
@@ -45,7 +45,7 @@ def reconstruction(f, logits, mu, var, y, kernel):
       else:
         expo = -0.5 * np.sum((f[b] - mu[b, k]) ** 2 / sigma[b, k] ** 2)
       log_g[k] = max(expo, np.log(TINY))
-    # G = max(G, TINY) in the spec; in float64 exp(log_g) may go below TINY's float64
+    # G = max(G, TINY) in the method; in float64 exp(log_g) may go below TINY's float64
     # neighbourhood only at the clamp, which log space keeps exact.
     s = sigmoid(logits[b])
     w = s * np.exp(log_g - log_g.max())

@@ -121,7 +121,7 @@ def test_terms_match_float64_oracle(case):
 
 
 def test_cases_cover_the_edge_conditions():
-  """The parametrised cases above really contain the situations the spec calls out."""
+  """The parametrised cases above really contain the situations the method calls out."""
   seen = {"no_pair": 0, "empty_row": 0, "all_pairs": 0}
   for case in CASES:
     y = make_case(case)["labels"]
@@ -146,7 +146,7 @@ def test_contrastive_is_zero_without_shared_labels():
 
 
 def plain_kmcl(features, logits, mu, var, labels, kernel):
-  """The spec's formulas as one unblocked broadcast over (B, B, [D,] K), autodiff'd.
+  """The method's formulas as one unblocked broadcast over (B, B, [D,] K), autodiff'd.
 
   Written for float64 (tests run it under jax.enable_x64), where the reference's
   direct ratio for L_rec has no underflow problem once scaled by its maximum.
