@@ -22,7 +22,7 @@ Example:
   launch/gpu.sh --config=configs/voc.py --workdir=/runs/voc \
       --config.data.root=/data/voc --config.init_from=/ckpt/tresnet_m
 Needs: NVIDIA driver (nvidia-smi), and JAX with CUDA in this Python:
-  pip install -e '.[cuda12]'    # or .[cuda13]
+  pip install -e '.[cuda12]'      (or '.[cuda13]' with a CUDA 13 driver)
 USAGE
 }
 
@@ -40,7 +40,7 @@ command -v "$python" >/dev/null || fail "needs $python on PATH (or PYTHON=/path/
 "$python" -c "import kmcl_jax" 2>/dev/null ||
   fail "$python cannot import kmcl_jax: run 'pip install -e .' in the repository first."
 gpus=$("$python" -c "import jax; print(len(jax.devices('gpu')))" 2>/dev/null) ||
-  fail "JAX in $python sees no GPU: pip install -e '.[cuda12]' (or .[cuda13]) in the repository."
+  fail "JAX in $python sees no GPU: pip install -e '.[cuda12]' (or '.[cuda13]') in the repository."
 
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"

@@ -45,6 +45,10 @@ class DigitGridSource:
   def __post_init__(self):
     if self.split not in SPLITS:
       raise ValueError(f"demo: unknown split {self.split!r}; expected one of {tuple(SPLITS)}.")
+    # Load the scans (importing scikit-learn and SciPy) here, not first in a pipeline thread:
+    # SciPy's import looks at a half-imported torch (tensorboardX imports it in the main
+    # thread) and fails with "partially initialized module 'torch' has no attribute 'Tensor'".
+    digit_pools()
 
   @property
   def name(self) -> str:
