@@ -26,6 +26,7 @@ def test_loss_benchmark_prints_its_table():
   assert "compiled temporaries, anisotropic B=32 K=3 D=4" in out
 
 
+@pytest.mark.slow
 def test_backbone_benchmark_runs_the_flax_model():
   out = run_module("kmcl_jax.benchmarks.backbone", "--arch=tresnet_tiny", "--batch=2",
                    "--image_size=32", "--repeats=1", "--torch=false")
@@ -78,6 +79,7 @@ def test_missing_baseline_checkout_is_named(tmp_path):
     baseline.loss_terms(str(tmp_path), "isotropic", loss_programs.make_inputs(2, 2, 2, "isotropic"))
 
 
+@pytest.mark.slow
 def test_data_benchmark_times_grain_and_torch_loaders():
   out = run_module("kmcl_jax.benchmarks.data", "--images=8", "--batch=4", "--batches=2",
                    "--warmup=1", "--workers=0", "--image_size=32", "--repeats=1")
@@ -94,6 +96,7 @@ def test_compare_without_a_baseline_says_what_it_needs_in_one_sentence():
   assert "mahdihosseini/KMCL" in message and message.endswith(").") and ". " not in message
 
 
+@pytest.mark.slow
 def test_compare_loss_reports_both_sides_terms_and_gradient_differences(tmp_path):
   """Against a stand-in whose terms are simple sums: their values and gradients are
   known, so every number of the row can be checked."""
@@ -127,6 +130,7 @@ def test_compare_loss_reports_both_sides_terms_and_gradient_differences(tmp_path
   del torch
 
 
+@pytest.mark.slow
 def test_scaling_benchmark_reports_memory_collectives_and_time():
   out = run_module("kmcl_jax.benchmarks.scaling", "--simulated_devices=4",
                    "--memory_devices=2,4", "--memory_batches=16", "--classes=3", "--dim=4",

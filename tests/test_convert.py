@@ -75,6 +75,7 @@ def tresnet_l_v2():
     ("tresnet_l_v2", ["body.layer1.0.downsample.0.0.weight", "body.layer1.0.conv2.1.bias",
                       "body.layer2.0.conv2.0.0.weight", "body.layer2.0.downsample.1.1.weight"]),
 ])
+@pytest.mark.slow
 def test_original_layout_with_kmcl_head_reproduces_reference_forward(request, arch,
                                                                      original_keys):
   """The authors' KMCL checkpoint (their TResNet layout under encoder.*, a random
@@ -141,6 +142,7 @@ def test_unknown_key_is_reported(tresnet_m):
     convert.convert_state_dict(state, "tresnet_m")
 
 
+@pytest.mark.slow
 def test_convert_command_writes_orbax_checkpoints_that_load(tmp_path, tresnet_m):
   """timm .pth and original-layout KMCL .safetensors -> orbax -> the same model outputs."""
   from safetensors.numpy import save_file
@@ -306,6 +308,7 @@ def test_known_checkpoint_formats_are_read_safely_and_convert_unchanged(tmp_path
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_embedding_dim_is_read_off_the_checkpoint_and_must_match_the_config(tmp_path, tiny):
   """A checkpoint whose projection has D = 64 outputs converts to a 64-d head, loads into
   a config with model.embedding_dim = 64 and is refused, naming the field, with 128."""

@@ -10,6 +10,9 @@ import pytest
 
 from runs import ROOT, main_command
 
+# Every test here trains, or scores the reference run, in processes of its own.
+pytestmark = [pytest.mark.slow, pytest.mark.core]
+
 
 def test_eval_mode_reproduces_the_trained_map(reference_run):
   result = subprocess.run(main_command(reference_run, "--mode=eval"), cwd=ROOT,

@@ -132,6 +132,7 @@ def test_bad_head_settings_raise(kwargs, message):
     KMCLHead(num_classes=CLASSES, **kwargs).init(jax.random.key(0), jnp.ones((2, POOLED)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", losses.KERNELS)
 def test_head_feeds_the_loss_with_finite_gradients(kernel):
   x = jax.random.normal(jax.random.key(6), (8, POOLED))

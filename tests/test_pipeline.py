@@ -146,6 +146,7 @@ def test_same_seed_same_augmented_batches_with_any_worker_count_and_host_count()
   assert (plain_batch["image"] != expected[0]["image"]).any(axis=(1, 2, 3)).sum() >= 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker_count", [0, 2])
 def test_resume_from_a_saved_iterator_state_gives_the_same_next_batches(tmp_path, worker_count):
   config = demo_config(worker_count=worker_count)

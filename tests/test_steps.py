@@ -42,6 +42,7 @@ def assert_trees_close(a, b, atol):
                                err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_contrastive_scope_global_is_the_whole_batch_and_device_the_mean_of_devices():
   """Also: splitting the contrastive anchors over devices changes no value or gradient."""
   result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "scoped_loss_run.py")],
@@ -65,6 +66,7 @@ def test_contrastive_scope_global_is_the_whole_batch_and_device_the_mean_of_devi
       assert dots >= 4 and below_float32 == 0, (kernel, layout, dots, below_float32)
 
 
+@pytest.mark.slow
 def test_a_non_finite_step_is_skipped_and_counted():
   config = run_config()
   model = create_model(config, 10)
@@ -93,6 +95,7 @@ def test_a_non_finite_step_is_skipped_and_counted():
   assert max(jax.tree.leaves(moved)) > 0
 
 
+@pytest.mark.slow
 def test_an_update_that_makes_the_parameters_non_finite_is_skipped():
   """The loss and the gradients are finite, the update is not (a learning rate beyond
   float32): applying it would poison every later step."""

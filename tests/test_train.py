@@ -20,6 +20,10 @@ from kmcl_jax.steps import jit_steps
 from runs import (ROOT, assert_trees_close, checkpoint_state, finish, launch_local_processes,
                   main_command, records, run_config)
 
+# Every test here trains, in processes of its own.
+pytestmark = pytest.mark.slow
+
+@pytest.mark.core
 def test_smoke_training_and_evaluation_then_a_resume_that_scores_the_same(
     tmp_path, reference_run):
   config = run_config()
@@ -129,6 +133,7 @@ def two_process_run(tmp_path_factory):
   return workdir, output
 
 
+@pytest.mark.core
 def test_four_devices_over_two_processes_match_one_device(two_process_run, reference_run):
   workdir, output = two_process_run
   for process in (0, 1):

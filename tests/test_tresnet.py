@@ -47,6 +47,7 @@ def test_feature_widths():
                     "tresnet_l_v2": 2048}
 
 
+@pytest.mark.slow
 def test_remat_and_bfloat16_variants():
   backbone = create_backbone("tresnet_tiny")
   x = jnp.asarray(images())
