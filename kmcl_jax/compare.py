@@ -46,6 +46,7 @@ from ml_collections import config_flags
 
 from kmcl_jax import convert, losses, optim
 from kmcl_jax.benchmarks import baseline
+from kmcl_jax.benchmarks.inputs import random_batch
 from kmcl_jax.benchmarks.loss_programs import jax_value_and_grad, make_inputs
 from kmcl_jax.benchmarks.timing import median_seconds
 from kmcl_jax.data import transforms
@@ -133,15 +134,6 @@ def compare_loss(baseline_dir: str, kernel: str, batch: int, classes: int, on_gp
 # --------------------------------------------------------------------------------------
 # A training step.
 # --------------------------------------------------------------------------------------
-
-
-def random_batch(batch: int, image_size: int, classes: int, seed: int = 0) -> dict:
-  """uint8 images (B, S, S, 3) and binary labels (B, K) with at least one label per row."""
-  rng = np.random.default_rng(seed)
-  labels = rng.random((batch, classes)) < 2.0 / classes
-  labels[np.arange(batch), rng.integers(0, classes, batch)] = True
-  return {"image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
-          "labels": labels.astype(np.float32), "skipped": np.zeros((batch,), bool)}
 
 
 def their_training(baseline_dir: str, config, classes: int, total_steps: int, on_gpu: bool,
