@@ -62,3 +62,11 @@ def test_every_dataset_offers_both_multi_gpu_backbones_but_not_both_at_once():
       with pytest.raises(ValueError, match=f"configs/{name}.py: variants \\['tresnet_l', "
                                            "'tresnet_l_v2'\\] each choose the backbone"):
         module.get_config("tresnet_l,tresnet_l_v2")
+
+
+def test_a_bad_update_layout_is_refused_with_its_field():
+  config = config_module("demo").get_config()
+  config.update_layout = "leafy"
+  with pytest.raises(ValueError, match=r"config.update_layout='leafy': expected 'auto' or one "
+                                       r"of \('per_leaf', 'flat'\)"):
+    config_lib.validate(config)
