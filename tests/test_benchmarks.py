@@ -142,3 +142,62 @@ def test_scaling_benchmark_reports_memory_collectives_and_time():
       "devices       ms"))) + 1:]]
   assert [row[0] for row in times] == ["1", "4"] and all(float(row[1]) > 0 for row in times)
   assert float(times[0][2]) == pytest.approx(float(times[1][2]), rel=1e-5)
+
+
+def test_step_benchmark_programs_report_consistent_numbers(tmp_path):
+  """The train step (both update layouts) and the backbone pass of the step benchmark,
+  tiny and on the CPU, then the step fed by the grain pipeline."""
+  import jax
+
+  from kmcl_jax.benchmarks import inputs, step_programs
+  from kmcl_jax.data import pipeline
+
+  backbone = step_programs.measure_backbone("tresnet_tiny", "float32", 2, 32, repeats=2)
+  steps = {layout: step_programs.measure_train_step(
+      step_programs.step_config("tresnet_tiny", 32, "float32", 2, layout), repeats=2)
+      for layout in ("per_leaf", "flat")}
+  assert backbone.program == "backbone" and steps["flat"].layout == "flat"
+  for row in (backbone, *steps.values()):
+    assert row.batch == 2 and row.timing.steps == 2
+    assert row.images_per_second == pytest.approx(2 / row.timing.seconds)
+    assert 0 < row.timing.dispatch_seconds <= row.timing.seconds
+    assert row.flops > 0 and row.flops_per_image == pytest.approx(row.flops / 2)
+    assert row.compiled_bytes > 0
+    # The CPU: no peak FLOP/s is listed and no memory statistics are kept.
+    assert row.peak_fraction(jax.devices()[0].device_kind) is None
+    assert row.device_peak_bytes is None
+    assert row.peak_fraction("NVIDIA H200") == pytest.approx(
+        row.flops / row.timing.seconds / 989e12)
+    # The step is the backbone's pass plus the head, the loss and the update.
+    if row is not backbone:
+      assert row.flops > backbone.flops and row.compiled_bytes > backbone.compiled_bytes
+      assert 0 < row.images_per_second / backbone.images_per_second < 2
+
+  config = step_programs.step_config("tresnet_tiny", 32, "float32", 2, "per_leaf")
+  source = inputs.write_photos(str(tmp_path), 4)
+  dataset = pipeline.train_dataset(
+      source, seed=0, global_batch=2, image_size=32, cutout_factor=0.5, augment="randaugment",
+      process_index=0, process_count=1, worker_count=0, read_threads=1)
+  result = step_programs.measure_fed_train_step(config, iter(dataset), repeats=2)
+  fed, resident = result["fed"], result["resident"]
+  assert fed.steps == resident.steps == 2
+  # Decoding and augmenting JPEGs takes longer than handing over a resident batch, and
+  # the loop's time per step includes its wait.
+  assert fed.wait_seconds > resident.wait_seconds and fed.seconds >= fed.wait_seconds
+  slower = fed.seconds - resident.seconds
+  assert result["input_bound"] == (slower > 0.1 * resident.seconds
+                                   and fed.wait_seconds > 0.5 * slower)
+
+
+def test_step_benchmark_prints_its_table():
+  out = run_module("kmcl_jax.benchmarks.step", "--arch=tresnet_tiny", "--image_size=32",
+                   "--batches=2", "--dtype=float32", "--repeats=1", "--update_layouts=per_leaf")
+  rows = [line.split() for line in out.splitlines() if line.startswith(("backbone", "train"))]
+  assert [r[0] for r in rows] == ["backbone", "train"] and rows[1][2] == "per_leaf"
+  assert rows[0][-1] == "n/a" and 0 < float(rows[1][-1])  # vs backbone
+  # img/s = batch / (ms per step / 1000), as printed
+  for row in rows:
+    rate, ms = (float(row[3]), float(row[4])) if row[0] == "backbone" else (
+        float(row[4]), float(row[5]))
+    assert rate == pytest.approx(2 / (ms / 1e3), rel=0.02)
+
