@@ -201,3 +201,101 @@ def test_step_benchmark_prints_its_table():
         float(row[4]), float(row[5]))
     assert rate == pytest.approx(2 / (ms / 1e3), rel=0.02)
 
+
+STAND_IN_MODEL = '''
+import torch.nn as nn
+
+class KMCL(nn.Module):
+    """Stands in for the authors' wrapper: linear heads on the encoder's pooled features."""
+    def __init__(self, encoder, num_features, num_classes, opt):
+        super().__init__()
+        self.encoder = encoder
+        self.pi = nn.Linear(num_features, num_classes)
+        self.mu = nn.Linear(num_features, 2 * num_classes)
+        self.var = nn.Linear(num_features, 2 * num_classes)
+
+    def forward(self, x):
+        features = self.encoder(x)
+        return features, {"pi": self.pi(features), "mu": self.mu(features),
+                          "var": nn.functional.softplus(self.var(features)) + 1}
+'''
+
+
+def test_their_step_runs_in_each_precision_and_says_when_it_skipped(tmp_path, monkeypatch):
+  """compare's builder of their step, on a stand-in model, loss and encoder: the
+  autocast dtype of each precision, and `skipped` true exactly when no weight moved."""
+  torch = pytest.importorskip("torch")
+  timm = pytest.importorskip("timm")
+  import os
+
+  from kmcl_jax import compare
+  from kmcl_jax import config as config_lib
+
+  (tmp_path / "src" / "loss_functions").mkdir(parents=True)
+  (tmp_path / "src" / "loss_functions" / "losses.py").write_text(textwrap.dedent(FAKE_BASELINE))
+  (tmp_path / "Kmcl_Class.py").write_text(textwrap.dedent(STAND_IN_MODEL))
+
+  class Encoder(torch.nn.Module):
+    """A convolution and a mean: records the dtype its convolution computed in."""
+    num_features = 8
+
+    def __init__(self):
+      super().__init__()
+      self.conv = torch.nn.Conv2d(3, 8, 3)
+      self.dtypes = []
+
+    def forward(self, x):
+      y = self.conv(x)
+      self.dtypes.append(y.dtype)
+      return y.float().mean((2, 3))
+
+  encoders = []
+  monkeypatch.setattr(timm, "create_model",
+                      lambda name, pretrained, num_classes: encoders.append(Encoder()) or
+                      encoders[-1])
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = config_lib.load(os.path.join(root, "configs", "demo.py:smoke"))
+  config.model.backbone = "tresnet_m"  # a timm name; the encoder is the stand-in
+  images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+  labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+  skipped_by_precision = {}
+  for precision, dtype in (("float32", torch.float32), ("float16", torch.float16),
+                           ("bfloat16", torch.bfloat16)):
+    model, step = compare.their_training(str(tmp_path), config, 3, 20, on_gpu=False,
+                                         precision=precision)
+    before = [p.detach().clone() for p in model.parameters()]
+    losses, skipped = step(images, labels)
+    moved = any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert encoders[-1].dtypes == [dtype], precision
+    assert len(losses) == 4 and all(np.isfinite(losses)), precision
+    assert skipped == (not moved), precision
+    skipped_by_precision[precision] = skipped
+  # GradScaler's first scale, 65536, overflows float16 gradients of order one: that step
+  # is skipped; without a scaler every step updates.
+  assert skipped_by_precision == {"float32": False, "float16": True, "bfloat16": False}
+  with pytest.raises(ValueError, match="precision='float8': expected one of"):
+    compare.their_training(str(tmp_path), config, 3, 20, on_gpu=False, precision="float8")
+
+
+def test_their_step_timing_counts_the_steps_each_form_skipped():
+  from kmcl_jax import compare
+
+  def fake_step(skips):
+    flags = iter(skips)
+
+    def step():
+      skipped = next(flags)
+      return [float("nan") if skipped else 1.0, 0.0, 0.0, 0.0], skipped
+
+    return step
+
+  # Warm-up until a step is not skipped (3 steps), one untimed call, then 3 timed steps.
+  timing = compare.time_their_step(fake_step([True, True, False, True, True, False, False]),
+                                   repeats=3, max_warmup=50)
+  assert (timing["warmup_steps"], timing["skipped_warmup_steps"]) == (3, 2)
+  assert (timing["timed_steps"], timing["skipped_timed_steps"]) == (3, 1)
+  assert timing["nonfinite_timed_losses"] == 1 and timing["ms"] > 0
+  # A scaler that never stops skipping: warm-up ends at max_warmup.
+  timing = compare.time_their_step(fake_step([True] * 6), repeats=2, max_warmup=3)
+  assert (timing["warmup_steps"], timing["skipped_warmup_steps"]) == (3, 3)
+  assert (timing["timed_steps"], timing["skipped_timed_steps"]) == (2, 2)
