@@ -15,6 +15,7 @@ VARIANTS = ("", "smoke")
 def get_config(arg=None):
   config = defaults()
   config.model.backbone = "tresnet_tiny"
+  config.init_from = "scratch"  # the demo trains from random weights
   config.data.name = "demo"
   config.data.train_split, config.data.eval_split = "train", "test"
   config.data.image_size = 64

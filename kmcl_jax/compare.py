@@ -234,6 +234,9 @@ def paired_steps(baseline_dir: str, config, classes: int, total_steps: int, on_g
   config = config.copy_and_resolve_references()
   config.dtype = "float32" if set(their_precisions) == {"float32"} else "bfloat16"
   config.train_steps = total_steps
+  # Their loss is the plain sum of ASL and their EMA decays per step at whatever batch:
+  # the batch the recipe is balanced to is this one.
+  config.loss.reference_batch = config.recipe_batch = config.batch_size
   host_batch = random_batch(config.batch_size, config.data.image_size, classes, config.seed)
   device = "cuda" if on_gpu else "cpu"
   images = torch.tensor(transforms.normalize(host_batch["image"], config.data.mean,

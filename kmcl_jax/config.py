@@ -19,13 +19,14 @@ import ml_collections
 from etils import epath
 
 from kmcl_jax import losses, optim, profiling
-from kmcl_jax.data import transforms
+from kmcl_jax.data import pipeline, transforms
 from kmcl_jax.models.kmm import VARIANCES
 from kmcl_jax.models.tresnet import ARCHITECTURES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCOPES = ("global", "device")
+SCRATCH = "scratch"  # init_from: random initial weights, on purpose
 DTYPES = ("auto", "float32", "bfloat16")
 
 # Fields that change how a run is executed, observed or stored, not what it computes: a
@@ -57,10 +58,18 @@ def defaults() -> ml_collections.ConfigDict:
   # How the step's optimiser, EMA and skip run: per_leaf, flat (a few 1-D buffers: fewer
   # kernels, more copies) or auto (flat on GPU); the same operations either way.
   config.update_layout = "auto"
-  config.init_from = ""       # folder written by `python -m kmcl_jax.convert`
+  # Training starts from ImageNet weights: a folder written by `python -m kmcl_jax.convert`,
+  # or "scratch" to train from random weights on purpose.
+  config.init_from = ""
 
   config.loss = ml_collections.ConfigDict(dict(
       temperature=0.17, gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
+      # Weights of the three terms; 0 leaves a term out (it is not computed).
+      weights=ml_collections.ConfigDict(dict(asl=1.0, reconstruction=1.0, contrastive=1.0)),
+      # L_asl is a sum over the batch it is computed on, the other terms are means: it
+      # enters scaled by reference_batch / batch, so the terms keep the proportions of
+      # the reference's loss (its train.py: one GPU, batch 64) at any batch.
+      reference_batch=64,
       block_size=0,           # anchors per block of the contrastive term; 0 = automatic
   ))
   # global: the KMCL loss over the whole batch (every device, every host);
@@ -68,12 +77,17 @@ def defaults() -> ml_collections.ConfigDict:
   config.contrastive_scope = "global"
 
   config.batch_size = 64      # global, all hosts
+  # The global batch the learning rate and the EMA decay were set for: at another batch
+  # the EMA keeps its horizon in images (decay ** (batch / recipe_batch) per step) and
+  # optim.lr_scaling may rescale the learning rate.
+  config.recipe_batch = 64
   config.eval_batch_size = 64
   config.num_epochs = 40
   config.train_steps = 0      # > 0: train (and schedule) this many steps instead
 
   config.optim = ml_collections.ConfigDict(dict(
       lr=2e-4, weight_decay=1e-4, b2=0.999, eps=1e-8,
+      lr_scaling="none",      # at another batch than recipe_batch: none, sqrt (Adam), linear
       pct_start=0.2, div_factor=25.0, final_div_factor=1e4,  # torch OneCycleLR
       beta1_base=0.85, beta1_peak=0.95,
   ))
@@ -128,9 +142,13 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None, file_name
   if backbones:
     config.model.backbone = backbones[0]
     config.data.image_size = 448
-    config.batch_size = config.eval_batch_size = 128
+    config.batch_size = config.eval_batch_size = config.recipe_batch = 128
     config.optim.lr = 4e-4
     config.num_epochs = 80
+    # Their 4 GPUs each summed L_asl over 128 / 4 = 32 images (and the gradients were
+    # averaged): the ASL balance of that loss. contrastive_scope="device" on 4 devices
+    # also computes the other terms per 32 images, as they did.
+    config.loss.reference_batch = 32
   if "tfds" in variants:
     config.data.name = tfds_name
   return config
@@ -147,6 +165,23 @@ def load(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(variant or None)
+
+
+def initial_weights(config: ml_collections.ConfigDict) -> str | None:
+  """The folder of converted weights config.init_from names (None: random weights)."""
+  return None if config.init_from in ("", SCRATCH) else config.init_from
+
+
+def require_initial_weights(config: ml_collections.ConfigDict) -> None:
+  """For training: the recipe starts from ImageNet weights, so an empty init_from is an
+  error that says how to get them (or to train from scratch on purpose)."""
+  if not config.init_from:
+    raise ValueError(
+        f"config.init_from is empty: the {config.data.name} recipe starts from an ImageNet "
+        f"{config.model.backbone}; convert one with `python -m kmcl_jax.convert "
+        f"--src=WEIGHTS.pth --arch={config.model.backbone} --dst=DIR` and pass "
+        f"--config.init_from=DIR, or pass --config.init_from={SCRATCH} to train from random "
+        "weights on purpose.")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -184,6 +219,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(config.optim.weight_decay >= 0, "optim.weight_decay", "a non-negative number")
   require(0 < config.optim.pct_start < 1, "optim.pct_start", "a fraction in (0, 1)")
   require(0 <= config.ema_decay < 1, "ema_decay", "a number in [0, 1)")
+  require(config.optim.lr_scaling in optim.LR_SCALING, "optim.lr_scaling",
+          f"one of {optim.LR_SCALING}")
+  for field in ("recipe_batch", "loss.reference_batch"):
+    require(isinstance(value(field), int) and value(field) > 0, field, "a positive integer")
+  for term, weight in config.loss.weights.items():
+    require(weight >= 0, f"loss.weights.{term}", "a non-negative weight")
+  require(set(config.loss.weights) == set(losses.TERMS), "loss.weights",
+          f"weights for exactly {losses.TERMS}")
   require(0 < config.threshold < 1, "threshold", "a probability in (0, 1)")
   require(config.loss.block_size >= 0, "loss.block_size", "0 (automatic) or a positive integer")
   require(config.data.image_size >= 32 and config.data.image_size % 32 == 0, "data.image_size",
@@ -197,7 +240,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(config.data.worker_count >= 0, "data.worker_count", "a non-negative integer")
   require(config.data.read_threads >= 1, "data.read_threads", "a positive integer")
   require(bool(config.data.name), "data.name", "a dataset name (see kmcl_jax.data)")
+  pipeline.check_data_config(config.data)
   profiling.parse_steps(config.profile_steps)
-  if config.init_from:
+  if initial_weights(config):
     require(epath.Path(config.init_from).is_dir(), "init_from",
             "a folder written by `python -m kmcl_jax.convert`")

@@ -51,7 +51,7 @@ def load_state(config, workdir: str, class_names, mesh: Mesh, step: int | None =
   model = create_model(config, len(class_names))
   # Only the optimiser state's structure matters here, not its schedule's length.
   optimizer = optim.create_optimizer(config.optim, total_steps=100)
-  if config.init_from:
+  if config_lib.initial_weights(config):
     state = initial_state(config, model, optimizer, replicated(mesh))
     return (model, load_initial_weights(state, config.init_from, config, len(class_names)),
             config.init_from)
@@ -121,7 +121,7 @@ def predict(config, workdir: str, inputs: str, output: str, step: int | None = N
   model, state, origin = load_state(config, workdir, class_names, mesh, step)
   if variant == "auto":  # the one that scored the best checkpoint's mAP
     variant = "model"
-    if not config.init_from:
+    if not config_lib.initial_weights(config):
       checkpoints = Checkpoints(workdir)
       variant = checkpoints.best_variant() or variant
       checkpoints.close()

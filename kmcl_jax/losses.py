@@ -1,6 +1,6 @@
-"""The KMCL objective, L = L_asl + L_rec + L_con, as `shared/spec/kmcl-method.md` defines it.
+"""The KMCL objective, L = L_asl + L_rec + L_con, as docs/method.md (section 2) states it.
 
-The three terms appear below in the spec's order (section 2a, 2b, 2c), followed by
+The three terms appear below in that order (sections 2a, 2b, 2c), followed by
 their sum. Notation: B batch, K classes, D embedding dimension, y the (B, K) binary
 labels, s the sigmoid. Every term is computed in float32 whatever dtype its inputs
 arrive in, and every function works under `jax.jit` and `jax.grad` for any B >= 1.
@@ -20,10 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kmcl_jax.mesh import DATA_AXIS
+
 KERNELS = ("anisotropic", "isotropic")
 MODES = ("all", "asl_only")
 
-# Constants of the reference implementation (spec section 2).
+# Constants of the reference implementation (docs/method.md, section 2).
 FLOAT32_TINY = 1.17549e-38  # the clamp `t` on Gaussians and exponentials
 FLOAT32_HUGE = 1.17549e38  # what an infinite exponential is replaced by
 SIGMA_EPS = 1.4901161193847656e-08  # added to sqrt(var) to form sigma
@@ -44,12 +46,12 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
 
 
-def _check_labels(labels, logits_shape: tuple[int, ...] | None = None) -> None:
+def _check_labels(labels, pi_shape: tuple[int, ...] | None = None) -> None:
   if labels.ndim != 2:
     raise ValueError(f"`labels` must have shape (B, K), got {labels.shape}.")
-  if logits_shape is not None and tuple(labels.shape) != tuple(logits_shape):
+  if pi_shape is not None and tuple(labels.shape) != tuple(pi_shape):
     raise ValueError(
-        f"`labels` must have the shape of `logits` {tuple(logits_shape)}, got {labels.shape}.")
+        f"`labels` must have the shape of `pi` {tuple(pi_shape)}, got {labels.shape}.")
   if _is_concrete(labels):
     values = np.asarray(labels)
     if not np.all((values == 0) | (values == 1)):
@@ -91,11 +93,11 @@ def _sigma(var: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------
 
 
-def asl_loss(logits, labels, *, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-7):
+def asl_loss(pi, labels, *, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-7):
   """Asymmetric loss of Ridnik et al., summed (not averaged) over batch and classes.
 
   Args:
-    logits: (B, K) class logits pi.
+    pi: (B, K) class logits.
     labels: (B, K) binary targets y.
     gamma_neg, gamma_pos: focusing exponents of negatives and positives.
     clip: asymmetric probability margin m added to 1 - p (0 disables it).
@@ -104,11 +106,11 @@ def asl_loss(logits, labels, *, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-
   Returns:
     Scalar float32 L_asl. The focusing weight w carries no gradient.
   """
-  if logits.ndim != 2:
-    raise ValueError(f"`logits` must have shape (B, K), got {logits.shape}.")
-  _check_labels(labels, logits.shape)
+  if pi.ndim != 2:
+    raise ValueError(f"`pi` must have shape (B, K), got {pi.shape}.")
+  _check_labels(labels, pi.shape)
   y = labels.astype(jnp.float32)
-  p = jax.nn.sigmoid(logits.astype(jnp.float32))
+  p = jax.nn.sigmoid(pi.astype(jnp.float32))
   p_neg = 1.0 - p
   if clip is not None and clip > 0:
     p_neg = jnp.minimum(p_neg + clip, 1.0)
@@ -123,7 +125,7 @@ def asl_loss(logits, labels, *, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-
 # --------------------------------------------------------------------------------------
 
 
-def reconstruction_loss(features, logits, mu, var, labels, *, kernel):
+def reconstruction_loss(features, pi, mu, var, labels, *, kernel):
   """Mean over the batch of -log max(r, 1e-7), r = sum_k y s(pi) G / sum_k s(pi) G.
 
   G[b, k] is the (unnormalised) Gaussian kernel of class k evaluated at the sample's
@@ -133,7 +135,7 @@ def reconstruction_loss(features, logits, mu, var, labels, *, kernel):
 
   Args:
     features: (B, D) features f.
-    logits: (B, K) class logits pi.
+    pi: (B, K) class logits.
     mu, var: (B, D, K) anisotropic or (B, K) isotropic means and variances.
     labels: (B, K) binary targets y.
     kernel: "anisotropic" or "isotropic".
@@ -143,9 +145,9 @@ def reconstruction_loss(features, logits, mu, var, labels, *, kernel):
   """
   if features.ndim != 2:
     raise ValueError(f"`features` must have shape (B, D), got {features.shape}.")
-  if logits.ndim != 2 or logits.shape[0] != features.shape[0]:
-    raise ValueError(f"`logits` must have shape (B={features.shape[0]}, K), got {logits.shape}.")
-  _check_labels(labels, logits.shape)
+  if pi.ndim != 2 or pi.shape[0] != features.shape[0]:
+    raise ValueError(f"`pi` must have shape (B={features.shape[0]}, K), got {pi.shape}.")
+  _check_labels(labels, pi.shape)
   _check_gaussians(mu, var, labels, kernel, features.shape[1] if kernel == "anisotropic" else None)
   f = features.astype(jnp.float32)
   mu = mu.astype(jnp.float32)
@@ -159,7 +161,7 @@ def reconstruction_loss(features, logits, mu, var, labels, *, kernel):
     spread = jnp.sum(jnp.square(f - f_mean), axis=1, keepdims=True)
     sq_dist = (spread + f.shape[1] * jnp.square(f_mean - mu)) / jnp.square(sigma)
   log_gauss = jnp.maximum(-0.5 * sq_dist, math.log(FLOAT32_TINY))
-  log_weight = jax.nn.log_sigmoid(logits.astype(jnp.float32)) + log_gauss
+  log_weight = jax.nn.log_sigmoid(pi.astype(jnp.float32)) + log_gauss
   weight = jnp.exp(log_weight - jax.lax.stop_gradient(jnp.max(log_weight, axis=1, keepdims=True)))
   y = labels.astype(jnp.float32)
   # -log max(r, eps) with r = pos / (pos + neg) is log1p(neg / pos) where the floor does
@@ -193,7 +195,9 @@ def default_block_size(batch: int, dim: int, classes: int, budget_elements: int 
   """Anchors per block: a power of two whose block x B x D x K work fits the budget.
 
   Powers of two split common batch sizes evenly (an uneven last block compiles a second
-  loop body), and blocks beyond 32 anchors bought no speed on XLA:CPU.
+  loop body). The cap of 32 anchors and the 2^25-element budget were measured on a
+  2-core CPU (larger blocks bought no speed there); on an accelerator, where a block
+  fills the chip, revisit both with `python -m kmcl_jax.benchmarks.loss`.
   """
   rows = max(1, min(batch, max_block, budget_elements // max(1, batch * dim * classes)))
   return 1 << (rows.bit_length() - 1)
@@ -210,7 +214,7 @@ def _bd_anchor(mu_i, sigma_i, mu, sigma, scale):
 
 
 def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
-  """loss_i of spec 2c and its gradient w.r.t. row i of BD.
+  """loss_i of docs/method.md, 2c, and its gradient w.r.t. row i of BD.
 
   Args:
     distance_i: (B, K) row i of BD.
@@ -220,10 +224,13 @@ def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
     temperature: tau.
 
   Returns:
-    (loss_i, d loss_i / d distance_i of shape (B, K)). The gradient is written out by
-    hand: it is elementwise but for one sum over j, and costs a fraction of what
-    autodiff of this function costs under vmap. Since BC is in [0, 1], 1 <= E <=
-    exp(1/tau): the spec's clamps on E never bind and carry gradient 1.
+    (loss_i, d loss_i / d distance_i of shape (B, K), statistics (4,)). The gradient is
+    written out by hand: it is elementwise but for one sum over j, and costs a fraction
+    of what autodiff of this function costs under vmap. Since BC is in [0, 1], 1 <= E <=
+    exp(1/tau): the clamps on E never bind and carry gradient 1. The statistics are the
+    sums and counts of the Bhattacharyya coefficients BC[i, j, k] (j != i) over the
+    classes both samples have and over the rest: what shows whether the kernels
+    separate same-class pairs from the others.
   """
   similarity = jnp.exp(-distance_i)  # Bhattacharyya coefficient
   exp_sim = jnp.minimum(jnp.exp(similarity / temperature), FLOAT32_HUGE)
@@ -231,7 +238,7 @@ def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
   shared = y_i * y * others  # P[i, j, k], binary
   # den[i, k] over all other samples: >= B - 1 since E >= 1; the floor only guards B = 1.
   denominator = jnp.maximum(_dot(others_i, exp_sim), 1.0)
-  # q = max(E, tiny) J / den, used where P = 1; there J > 0, so q > 0 and the spec's
+  # q = max(E, tiny) J / den, used where P = 1; there J > 0, so q > 0 and the
   # "log(q + 1e-7) where q > 0, else 0" is P * log(q + 1e-7).
   ratio = jnp.maximum(exp_sim, FLOAT32_TINY) * (jaccard_i[:, None] / denominator)
   norm = 1.0 / jnp.maximum(jnp.sum(jnp.max(shared, axis=1)), 1.0)  # 1 / |A(i)|
@@ -240,7 +247,10 @@ def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
   direct = shared * (ratio / (ratio + LOG_EPS))
   through_denominator = others * exp_sim * (_dot(others_i, direct) / denominator)
   grad = (similarity / temperature) * (direct - through_denominator) * norm
-  return loss, grad
+  unshared = others - shared
+  statistics = jnp.stack([jnp.sum(shared * similarity), jnp.sum(shared),
+                          jnp.sum(unshared * similarity), jnp.sum(unshared)])
+  return loss, grad, statistics
 
 
 def _bd_column_grads(carry, column, mu, sigma, scale):
@@ -248,7 +258,8 @@ def _bd_column_grads(carry, column, mu, sigma, scale):
 
   Shapes: carry two (b, D, K) accumulators (mean, variance a) of the b rows held; column
   = (mu_j, sigma_j (D, K), G[rows, j] (b, K)), G symmetric. An elementwise update per
-  column: XLA:CPU runs it several times faster than a reduction over j. The -log(s_i)
+  column: XLA:CPU runs it several times faster than a reduction over j (measured on a
+  2-core CPU; on an accelerator a reduction may win: revisit there). The -log(s_i)
   part of the log term is left to the caller (it needs no pairwise work).
   """
   grad_mu, grad_a = carry
@@ -267,7 +278,8 @@ def _gathered(x, axis_name):
 
 
 def _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size, axis_name):
-  """(loss_i (b,), d loss_i / d BD[i] (b, B, K)) over blocks of this device's b anchors."""
+  """(loss_i (b,), d loss_i / d BD[i] (b, B, K), statistics (b, 4)) over blocks of this
+  device's b anchors."""
   mu_all, sigma_all, labels_all = (_gathered(x, axis_name) for x in (mu, sigma, labels))
   rows, batch = labels.shape[0], labels_all.shape[0]
   intersection = _dot(labels, labels_all.T)
@@ -287,7 +299,7 @@ def _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size, ax
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def anchor_contrastive_losses(mu, sigma, labels, scale: float, temperature: float,
                               block_size: int, axis_name: str | None = None):
-  """loss_i of spec 2c for every anchor i, in blocks of `block_size` anchors.
+  """loss_i (docs/method.md, 2c) for every anchor i, in blocks of `block_size` anchors.
 
   Without `axis_name` the anchors are the whole batch. With it (inside `shard_map` over
   a mesh axis that splits the batch) they are this device's b = B / P rows, compared
@@ -305,19 +317,24 @@ def anchor_contrastive_losses(mu, sigma, labels, scale: float, temperature: floa
     axis_name: the mesh axis the batch is split over, or None.
 
   Returns:
-    (b,) float32; anchors sharing no label with any other sample give 0.
+    (loss_i (b,) float32, statistics (b, 4)): anchors sharing no label with any other
+    sample give 0; the statistics (no gradient) are per anchor the sum and count of BC
+    over pairs sharing a class, then over the other pairs (`_anchor_loss_and_grad`).
   """
-  return _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size, axis_name)[0]
+  per_anchor, _, statistics = _blocked_anchor_losses(mu, sigma, labels, scale, temperature,
+                                                     block_size, axis_name)
+  return per_anchor, statistics
 
 
 def _anchor_contrastive_fwd(mu, sigma, labels, scale, temperature, block_size, axis_name):
-  per_anchor, distance_grad = _blocked_anchor_losses(
+  per_anchor, distance_grad, statistics = _blocked_anchor_losses(
       mu, sigma, labels, scale, temperature, block_size, axis_name)
-  return per_anchor, (mu, sigma, labels, distance_grad)
+  return (per_anchor, statistics), (mu, sigma, labels, distance_grad)
 
 
-def _anchor_contrastive_bwd(scale, temperature, block_size, axis_name, residuals, cotangent):
+def _anchor_contrastive_bwd(scale, temperature, block_size, axis_name, residuals, cotangents):
   del temperature, block_size  # the backward pass walks columns, one b x D x K slice each
+  cotangent, _ = cotangents  # the statistics carry no gradient
   mu, sigma, labels, distance_grad = residuals  # distance_grad[i, j] = d loss_i / d BD[i, j]
   mu_all, sigma_all, cotangent_all = (_gathered(x, axis_name) for x in (mu, sigma, cotangent))
   # received[n, m] = d loss_n / d BD[n, m] for every anchor n and this device's rows m.
@@ -348,7 +365,8 @@ anchor_contrastive_losses.defvjp(_anchor_contrastive_fwd, _anchor_contrastive_bw
 
 
 def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, block_size=None,
-                     mesh: jax.sharding.Mesh | None = None, axis_name: str = "data"):
+                     mesh: jax.sharding.Mesh | None = None, axis_name: str = DATA_AXIS,
+                     with_statistics: bool = False):
   """Kernel contrastive loss L_con over every ordered pair of the batch.
 
   Args:
@@ -364,8 +382,14 @@ def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, 
       the whole, all-gathered batch. The value is the same; per-device work and memory
       shrink P-fold. Use it under `jit` with the batch sharded over that axis.
 
+    with_statistics: also return {"bc_positive", "bc_negative"}: the mean Bhattacharyya
+      coefficient over pairs of different samples and classes both have, and over the
+      other pairs of different samples (NaN where there is no such pair); taken from
+      the loss's own pairwise pass.
+
   Returns:
-    Scalar float32 L_con (0 when no two samples share a label).
+    Scalar float32 L_con (0 when no two samples share a label), and the statistics if
+    asked for.
   """
   _check_labels(labels)
   _check_gaussians(mu, var, labels, kernel, None)
@@ -385,13 +409,19 @@ def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, 
   static = (float(feature_dim), float(temperature), int(min(block_size, batch // devices)))
   labels = labels.astype(jnp.float32)
   if devices == 1:
-    per_anchor = anchor_contrastive_losses(mu, sigma, labels, *static)
+    per_anchor, statistics = anchor_contrastive_losses(mu, sigma, labels, *static)
   else:
-    per_anchor = jax.shard_map(
+    per_anchor, statistics = jax.shard_map(
         lambda *rows: anchor_contrastive_losses(*rows, *static, axis_name), mesh=mesh,
         in_specs=jax.sharding.PartitionSpec(axis_name),
         out_specs=jax.sharding.PartitionSpec(axis_name))(mu, sigma, labels)
-  return jnp.sum(per_anchor) / batch
+  value = jnp.sum(per_anchor) / batch
+  if not with_statistics:
+    return value
+  positive_sum, positive_count, negative_sum, negative_count = jnp.sum(statistics, axis=0)
+  mean = lambda total, count: jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
+  return value, {"bc_positive": mean(positive_sum, positive_count),
+                 "bc_negative": mean(negative_sum, negative_count)}
 
 
 # --------------------------------------------------------------------------------------
@@ -399,34 +429,69 @@ def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, 
 # --------------------------------------------------------------------------------------
 
 
-def kmcl_loss(features, logits, mu, var, labels, *, kernel="anisotropic", mode="all",
+TERMS = ("asl", "reconstruction", "contrastive")
+
+
+def kmcl_loss(features, pi, mu, var, labels, *, kernel="anisotropic", mode="all",
               temperature=0.17, gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
+              weights: Mapping[str, float] | None = None, reference_batch: int | None = None,
               block_size=None, mesh: jax.sharding.Mesh | None = None,
-              axis_name: str = "data") -> tuple[jax.Array, Mapping[str, jax.Array]]:
-  """The KMCL objective with all weights 1.
+              axis_name: str = DATA_AXIS, with_diagnostics: bool = False):
+  """The KMCL objective L = w_asl L_asl + w_rec L_rec + w_con L_con.
+
+  L_asl is a sum over the batch, the other two terms are means. With `reference_batch`
+  it enters as that sum times reference_batch / B for the B samples it is computed
+  over, so the three terms keep the proportions they have at the reference's batch
+  whatever the batch: at B = reference_batch nothing changes, at 4x the batch L_asl is
+  the mean of its four reference-sized chunks' sums. Without it L_asl is the plain sum
+  (the reference's loss at its own batch).
 
   Args:
     features: (B, D) features f (ignored when mode="asl_only").
-    logits: (B, K) class logits pi.
+    pi: (B, K) class logits.
     mu, var: (B, D, K) anisotropic or (B, K) isotropic (ignored when mode="asl_only").
     labels: (B, K) binary targets y.
     kernel: "anisotropic" or "isotropic".
-    mode: "all" for L_asl + L_rec + L_con, "asl_only" for L_asl alone.
+    mode: "all" for every term, "asl_only" for L_asl alone.
+    weights: {"asl", "reconstruction", "contrastive"} -> weight (missing ones are 1); a
+      term of weight 0 is not computed at all (and reported as 0).
+    reference_batch: the batch size the ASL sum is balanced to (None: no balancing).
     temperature, gamma_neg, gamma_pos, clip, block_size, mesh, axis_name: see the
       individual terms (`mesh` splits the contrastive term's anchors over devices).
+    with_diagnostics: also return {"bc_positive", "bc_negative", "var_mean", "var_std"}
+      (see `contrastive_loss`; the mean and standard deviation of every predicted
+      variance), computed without a second pass; NaN where not computed.
 
   Returns:
-    (total, {"asl", "reconstruction", "contrastive"}), all float32 scalars.
+    (total, {"asl", "reconstruction", "contrastive"}) float32 scalars, the terms as they
+    enter the total before their weights; and the diagnostics if asked for.
   """
   _check_choice("mode", mode, MODES)
   _check_choice("kernel", kernel, KERNELS)
-  asl = asl_loss(logits, labels, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip)
-  if mode == "asl_only":
-    zero = jnp.zeros((), jnp.float32)
-    return asl, {"asl": asl, "reconstruction": zero, "contrastive": zero}
-  reconstruction = reconstruction_loss(features, logits, mu, var, labels, kernel=kernel)
-  contrastive = contrastive_loss(mu, var, labels, kernel=kernel, feature_dim=features.shape[-1],
-                                 temperature=temperature, block_size=block_size, mesh=mesh,
-                                 axis_name=axis_name)
-  terms = {"asl": asl, "reconstruction": reconstruction, "contrastive": contrastive}
-  return asl + reconstruction + contrastive, terms
+  weights = {term: 1.0 for term in TERMS} | dict(weights or {})
+  if set(weights) != set(TERMS):
+    raise ValueError(f"`weights` must name terms of {TERMS}, got {sorted(weights)}.")
+  zero = jnp.zeros((), jnp.float32)
+  terms = dict.fromkeys(TERMS, zero)
+  diagnostics = {name: jnp.full((), jnp.nan, jnp.float32)
+                 for name in ("bc_positive", "bc_negative", "var_mean", "var_std")}
+  if weights["asl"]:
+    terms["asl"] = asl_loss(pi, labels, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip)
+    if reference_batch is not None:
+      terms["asl"] = terms["asl"] * (reference_batch / labels.shape[0])
+  if mode == "all":
+    if weights["reconstruction"]:
+      terms["reconstruction"] = reconstruction_loss(features, pi, mu, var, labels,
+                                                    kernel=kernel)
+    if weights["contrastive"]:
+      terms["contrastive"], statistics = contrastive_loss(
+          mu, var, labels, kernel=kernel, feature_dim=features.shape[-1],
+          temperature=temperature, block_size=block_size, mesh=mesh, axis_name=axis_name,
+          with_statistics=True)
+      diagnostics.update(statistics)
+    variances = var.astype(jnp.float32)
+    diagnostics.update(var_mean=jnp.mean(variances), var_std=jnp.std(variances))
+  total = (weights["asl"] * terms["asl"] + weights["reconstruction"] * terms["reconstruction"]
+           + weights["contrastive"] * terms["contrastive"])
+  diagnostics = jax.tree.map(jax.lax.stop_gradient, diagnostics)
+  return (total, terms, diagnostics) if with_diagnostics else (total, terms)

@@ -6,7 +6,9 @@
 - `one_cycle_lr` / `one_cycle_beta1`: torch `OneCycleLR` (cosine, two phases) with its
   exact phase ends: warm-up ends at step pct_start * total - 1, the run at total - 1.
   The schedule counts applied updates: a skipped step does not advance it.
-- `ema_update`: decay * ema + (1 - decay) * new over any pytree (params and BN statistics).
+- `ema_update`: decay * ema + (1 - decay) * new over any pytree (params and BN statistics),
+  with `ema_decay_per_step` keeping the EMA's horizon in images whatever the batch.
+- `batch_scaled_lr`: an optional rule for the learning rate of a larger batch.
 - `update_or_skip`: the update of a train step (the optimiser, the EMA of params and BN
   statistics, and the skip of a non-finite step), leaf by leaf or over a few 1-D
   buffers (`update_layout`, `FlatLayout`, `DecayGroups`), with the same operations on
@@ -90,17 +92,45 @@ def _adam_coupled_l2(learning_rate, b1, b2, eps, weight_decay):
                      optax.scale_by_learning_rate(learning_rate))
 
 
-def create_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
-  """The optimiser of config.optim (lr, weight_decay, b2, eps, pct_start, div_factor,
-  final_div_factor, beta1_base, beta1_peak) over `total_steps` updates.
+def create_optimizer(optim, total_steps: int, batch: int | None = None,
+                     recipe_batch: int | None = None) -> optax.GradientTransformation:
+  """The optimiser of config.optim (lr, lr_scaling, weight_decay, b2, eps, pct_start,
+  div_factor, final_div_factor, beta1_base, beta1_peak) over `total_steps` updates of
+  `batch` images, its peak learning rate scaled from `recipe_batch` per
+  optim.lr_scaling (`batch_scaled_lr`; unscaled when the batches are not given).
 
   Its state's `hyperparams` hold the learning rate and beta1 of the latest update.
   """
+  lr = optim.lr
+  if batch is not None and recipe_batch is not None:
+    lr = batch_scaled_lr(optim.lr, batch, recipe_batch, optim.lr_scaling)
   return optax.inject_hyperparams(_adam_coupled_l2)(
-      learning_rate=one_cycle_lr(total_steps, optim.lr, optim.pct_start, optim.div_factor,
+      learning_rate=one_cycle_lr(total_steps, lr, optim.pct_start, optim.div_factor,
                                  optim.final_div_factor),
       b1=one_cycle_beta1(total_steps, optim.pct_start, optim.beta1_base, optim.beta1_peak),
       b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
+
+
+def ema_decay_per_step(decay: float, batch: int, recipe_batch: int) -> float:
+  """The per-step decay that averages over as many images as `decay` does at
+  `recipe_batch` images per step: decay ** (batch / recipe_batch), exactly `decay` when
+  the batches are equal."""
+  return decay if batch == recipe_batch else decay ** (batch / recipe_batch)
+
+
+LR_SCALING = ("none", "sqrt", "linear")
+
+
+def batch_scaled_lr(lr: float, batch: int, recipe_batch: int, rule: str) -> float:
+  """The learning rate for `batch` images per step given `lr` at `recipe_batch`:
+  "none" keeps it; "sqrt" multiplies it by sqrt(batch / recipe_batch), the square-root
+  rule for Adam (Malladi et al., "On the SDEs and Scaling Rules for Adaptive Gradient
+  Algorithms", NeurIPS 2022); "linear" by batch / recipe_batch, the rule for SGD (Goyal
+  et al., "Accurate, Large Minibatch SGD", 2017)."""
+  if rule not in LR_SCALING:
+    raise ValueError(f"config.optim.lr_scaling={rule!r}: expected one of {LR_SCALING}.")
+  ratio = batch / recipe_batch
+  return lr * {"none": 1.0, "sqrt": ratio ** 0.5, "linear": ratio}[rule]
 
 
 def ema_update(ema, new, decay: float):

@@ -186,11 +186,13 @@ class Reporter:
     done = round(PROGRESS_BAR_WIDTH * step / self.total_steps)
     logging.info(
         "[%s%s] %3d%% epoch %.2f/%d step %d/%d  loss %.4f [asl %.4f rec %.4f con %.4f]"
-        "  lr %.2e beta1 %.4f  skipped %d  %.1f img/s  ETA %s",
+        "  BC same-class %.3g other %.3g  var %.3g+-%.3g  lr %.2e beta1 %.4f  skipped %d"
+        "  %.1f img/s  ETA %s",
         "#" * done, "." * (PROGRESS_BAR_WIDTH - done), 100 * step // self.total_steps,
         self.epoch(step), math.ceil(self.total_steps / self.steps_per_epoch), step,
         self.total_steps, metrics["loss"], metrics["asl"], metrics["reconstruction"],
-        metrics["contrastive"], metrics["learning_rate"], metrics["beta1"],
+        metrics["contrastive"], metrics["bc_positive"], metrics["bc_negative"],
+        metrics["var_mean"], metrics["var_std"], metrics["learning_rate"], metrics["beta1"],
         metrics["skipped_steps"], images_per_s, eta)
     self.write({"step": step, "epoch": self.epoch(step), "split": "train",
                 "images_per_second": images_per_s, **metrics}, "train")

@@ -24,8 +24,9 @@ from kmcl_jax.state import VARIANTS, TrainState
 
 
 def scoped_loss(config: ml_collections.ConfigDict, mesh: Mesh):
-  """(outputs, labels) -> (total, terms) over the global batch, or per device and averaged
-  over devices (what the reference's DistributedDataParallel script optimises).
+  """(outputs, labels) -> (total, terms, diagnostics) over the global batch, or per device
+  and averaged over devices (what the reference's DistributedDataParallel script
+  optimises).
 
   Over the global batch, the contrastive term's anchors are split over the mesh: each
   device pairs its own rows with the all-gathered batch (`losses.contrastive_loss`).
@@ -34,7 +35,8 @@ def scoped_loss(config: ml_collections.ConfigDict, mesh: Mesh):
       losses.kmcl_loss, kernel=config.model.kernel, mode=config.model.mode,
       temperature=config.loss.temperature, gamma_neg=config.loss.gamma_neg,
       gamma_pos=config.loss.gamma_pos, clip=config.loss.clip,
-      block_size=config.loss.block_size or None)
+      weights=dict(config.loss.weights), reference_batch=config.loss.reference_batch,
+      block_size=config.loss.block_size or None, with_diagnostics=True)
 
   def loss(out, labels, mesh=None):
     return kmcl_loss(out["features"], out["pi"], out["mu"], out["var"], labels, mesh=mesh)
@@ -59,6 +61,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: KMCLModel,
   """
   loss_of = scoped_loss(config, mesh)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
+  ema_decay = optim.ema_decay_per_step(config.ema_decay, config.batch_size,
+                                       config.recipe_batch)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     images = transforms.normalize(
@@ -67,19 +71,20 @@ def make_train_step(config: ml_collections.ConfigDict, model: KMCLModel,
     def objective(params):
       out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
                                  train=True, mutable=["batch_stats"])
-      total, terms = loss_of(out, batch["labels"])
-      return total, (terms, updates["batch_stats"])
+      total, terms, diagnostics = loss_of(out, batch["labels"])
+      return total, (terms, diagnostics, updates["batch_stats"])
 
-    (loss, (terms, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params)
+    (loss, (terms, diagnostics, batch_stats)), grads = jax.value_and_grad(
+        objective, has_aux=True)(state.params)
     new_state, hyperparams, finite = optim.update_or_skip(
-        optimizer, state, grads, batch_stats, loss, config.ema_decay,
+        optimizer, state, grads, batch_stats, loss, ema_decay,
         optim.update_layout(config.update_layout))
     skipped = (~finite).astype(jnp.int32)
     new_state = new_state.replace(
         step=state.step + 1, skipped_steps=state.skipped_steps + skipped,
         consecutive_skipped_steps=(state.consecutive_skipped_steps + 1) * skipped)
-    metrics = {"loss": loss, **terms, "learning_rate": hyperparams["learning_rate"],
+    metrics = {"loss": loss, **terms, **diagnostics,
+               "learning_rate": hyperparams["learning_rate"],
                "beta1": hyperparams["b1"], "skipped_steps": new_state.skipped_steps,
                "consecutive_skipped_steps": new_state.consecutive_skipped_steps,
                "corrupt_images": jnp.sum(batch["skipped"])}

@@ -56,6 +56,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       workdir, a different config than the run it would resume); one sentence says why.
   """
   config_lib.validate(config)
+  config_lib.require_initial_weights(config)
   enable_cache(config.compilation_cache, workdir)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   with workdir_lib.exclusive(workdir):
@@ -76,7 +77,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
 
   # Model, optimiser, state: resume the same run, or start one. ----------------------
   model = create_model(config, len(datasets.class_names))
-  optimizer = optim.create_optimizer(config.optim, total_steps)
+  optimizer = optim.create_optimizer(config.optim, total_steps, config.batch_size,
+                                     config.recipe_batch)
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
   reporter = None
   try:
@@ -89,7 +91,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
       logging.info("Resumed from step %d of %s.", step, workdir)
     else:
       state = initial_state(config, model, optimizer, replicated(mesh))
-      if config.init_from:
+      if config_lib.initial_weights(config):
         state = load_initial_weights(state, config.init_from, config,
                                      len(datasets.class_names))
         logging.info("Initial weights from %s.", config.init_from)

@@ -1,9 +1,24 @@
 """Session-wide test settings."""
 
 import os
+import subprocess
 import tempfile
+
+import pytest
+
+from runs import ROOT, finish, main_command
 
 # Identical XLA programs compiled by several test processes (the trainer's subprocess
 # runs) are compiled once: a persistent compilation cache private to this session.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="kmcl_jax_xla_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+  """The uninterrupted single-device demo run (tests/runs.py) other runs are compared
+  with, trained once per session."""
+  workdir = tmp_path_factory.mktemp("reference")
+  finish(subprocess.Popen(main_command(workdir), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True))
+  return workdir

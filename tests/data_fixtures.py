@@ -6,9 +6,9 @@ import struct
 import zlib
 
 import numpy as np
-from ml_collections import ConfigDict
 from PIL import Image
 
+from kmcl_jax.config import defaults
 from kmcl_jax.data import voc
 
 
@@ -102,15 +102,19 @@ def make_coco(root, split, categories, images, annotations):
     write_image(os.path.join(root, f"{split}2014", image["file_name"]), k)
 
 
+def pipeline_config(seed, batch_size, eval_batch_size, **data):
+  """The defaults of kmcl_jax.config with these batches and data fields."""
+  config = defaults()
+  config.seed, config.batch_size, config.eval_batch_size = seed, batch_size, eval_batch_size
+  config.data.update(dict(worker_count=0, read_threads=2) | data)
+  return config
+
+
 def demo_config(**data):
-  return ConfigDict(dict(seed=1, batch_size=8, eval_batch_size=16, data={**dict(
-      name="demo", root=None, train_split="train", eval_split="test", image_size=48,
-      augment="randaugment", cutout=0.5, worker_count=0, read_threads=2, skip_corrupt=False),
-      **data}))
+  return pipeline_config(1, 8, 16, **(dict(name="demo", train_split="train", eval_split="test",
+                                            image_size=48) | data))
 
 
 def voc_config(root, **data):
-  return ConfigDict(dict(seed=0, batch_size=1, eval_batch_size=2, data={**dict(
-      name="voc2007", root=root, train_split="trainval", eval_split="test", image_size=16,
-      augment="randaugment", cutout=0.5, worker_count=0, read_threads=2, skip_corrupt=False),
-      **data}))
+  return pipeline_config(0, 1, 2, **(dict(name="voc2007", root=root, train_split="trainval",
+                                          eval_split="test", image_size=16) | data))

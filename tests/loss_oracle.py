@@ -1,6 +1,6 @@
-"""A slow, obviously-correct float64 NumPy transcription of spec section 2.
+"""A slow, obviously-correct float64 NumPy transcription of the loss (docs/method.md, section 2).
 
-Written line by line from `shared/spec/kmcl-method.md`, with a Python loop over
+Written line by line from the method's equations, with a Python loop over
 anchors as the reference has; it shares no code with `kmcl_jax.losses`.
 """
 
@@ -18,7 +18,7 @@ def sigmoid(x):
 def asl(logits, y, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-7, focus_logits=None):
   """`focus_logits`: where to evaluate the focusing weight w (default: at `logits`).
 
-  The spec lets no gradient through w; finite differences freeze it this way.
+  No gradient flows through w; finite differences freeze it this way.
   """
   p = sigmoid(logits)
   pn = np.minimum(1.0 - p + clip, 1.0)
@@ -33,7 +33,7 @@ def asl(logits, y, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-7, focus_logi
 
 
 def reconstruction(f, logits, mu, var, y, kernel):
-  """Evaluates the spec's G and r directly, in float64 (no subnormal issue there)."""
+  """Evaluates G and r directly, in float64 (no subnormal issue there)."""
   batch, classes = y.shape
   sigma = np.sqrt(var) + E0
   total = 0.0
@@ -45,7 +45,7 @@ def reconstruction(f, logits, mu, var, y, kernel):
       else:
         expo = -0.5 * np.sum((f[b] - mu[b, k]) ** 2 / sigma[b, k] ** 2)
       log_g[k] = max(expo, np.log(TINY))
-    # G = max(G, TINY) in the spec; in float64 exp(log_g) may go below TINY's float64
+    # G = max(G, TINY) in the method; in float64 exp(log_g) may go below TINY's float64
     # neighbourhood only at the clamp, which log space keeps exact.
     s = sigmoid(logits[b])
     w = s * np.exp(log_g - log_g.max())
@@ -54,16 +54,35 @@ def reconstruction(f, logits, mu, var, y, kernel):
   return total / batch
 
 
-def contrastive(mu, var, y, kernel, m, temperature=0.17):
-  batch, classes = y.shape
+def bhattacharyya_coefficients(mu, var, kernel, m):
+  """BC[i, j, k] of every ordered pair, (B, B, K)."""
+  batch = mu.shape[0]
   sigma = np.sqrt(var) + E0
-  bd = np.zeros((batch, batch, classes))
+  bd = np.zeros((batch, batch, mu.shape[-1]))
   for i in range(batch):
     for j in range(batch):
       a, c = sigma[i] ** 2, sigma[j] ** 2
       val = m / 2 * np.log((a + c) / (2 * sigma[i] * sigma[j])) + m / 4 * (mu[i] - mu[j]) ** 2 / (a + c)
       bd[i, j] = val.sum(axis=0) if kernel == "anisotropic" else val
-  bc = np.exp(-bd)
+  return np.exp(-bd)
+
+
+def bhattacharyya_means(mu, var, y, kernel, m):
+  """(mean BC over pairs i != j and classes k both have, mean BC over the other pairs
+  i != j and classes), NaN where there is no such pair."""
+  bc = bhattacharyya_coefficients(mu, var, kernel, m)
+  positive, negative = [], []
+  for i in range(len(y)):
+    for j in range(len(y)):
+      if i != j:
+        for k in range(y.shape[1]):
+          (positive if y[i, k] and y[j, k] else negative).append(bc[i, j, k])
+  return (np.mean(positive) if positive else np.nan, np.mean(negative) if negative else np.nan)
+
+
+def contrastive(mu, var, y, kernel, m, temperature=0.17):
+  batch, classes = y.shape
+  bc = bhattacharyya_coefficients(mu, var, kernel, m)
   e = np.exp(bc / temperature)
   e = np.where(np.isinf(e), HUGE, e)
   total = 0.0

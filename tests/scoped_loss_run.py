@@ -35,14 +35,18 @@ def main():
   result = {}
   for scope in ("global", "device"):
     config.contrastive_scope = scope
-    total, terms = jax.jit(scoped_loss(config, mesh))(*sharded)
+    total, terms, _ = jax.jit(scoped_loss(config, mesh))(*sharded)
     result[scope] = {"total": float(total), **{t: float(v) for t, v in terms.items()}}
+  # The reference's balance of the terms (its loss at 64 images) at either scope: ASL is
+  # rescaled for the 8 images of the batch, or for each device's 2.
+  balance = {"reference_batch": config.loss.reference_batch}
   chunks = [losses.kmcl_loss(out["features"][i:i + 2], out["pi"][i:i + 2], out["mu"][i:i + 2],
-                             out["var"][i:i + 2], labels[i:i + 2]) for i in range(0, b, 2)]
+                             out["var"][i:i + 2], labels[i:i + 2], **balance)
+            for i in range(0, b, 2)]
   result["per_device_mean"] = {
       "total": float(np.mean([c[0] for c in chunks])),
       **{t: float(np.mean([c[1][t] for c in chunks])) for t in chunks[0][1]}}
-  whole = losses.kmcl_loss(out["features"], out["pi"], out["mu"], out["var"], labels)
+  whole = losses.kmcl_loss(out["features"], out["pi"], out["mu"], out["var"], labels, **balance)
   result["whole_batch"] = {"total": float(whole[0]), **{t: float(v) for t, v in whole[1].items()}}
   result["split_anchors"] = split_anchor_differences(mesh, rng)
   result["dot_precision"] = dot_precisions(mesh, rng)

@@ -9,7 +9,8 @@ from kmcl_jax import config as config_lib
 from kmcl_jax.data.sources import NAMES
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-CONFIGS = sorted(name[:-3] for name in os.listdir(CONFIG_DIR) if name.endswith(".py"))
+CONFIGS = sorted(name[:-3] for name in os.listdir(CONFIG_DIR)
+                 if name.endswith(".py") and name != "ablations.py")
 
 
 def config_module(name):
@@ -62,6 +63,69 @@ def test_every_dataset_offers_both_multi_gpu_backbones_but_not_both_at_once():
       with pytest.raises(ValueError, match=f"configs/{name}.py: variants \\['tresnet_l', "
                                            "'tresnet_l_v2'\\] each choose the backbone"):
         module.get_config("tresnet_l,tresnet_l_v2")
+
+
+def test_each_ablation_is_the_voc_recipe_with_only_its_own_fields_changed():
+  ablations, voc = config_module("ablations"), config_module("voc")
+  base = flat(voc.get_config())
+  for variant in ablations.VARIANTS:
+    config = ablations.get_config(variant)
+    config_lib.validate(config)
+    name = variant.partition("=")[0]
+    changed = {k for k, v in flat(config).items() if base.get(k) != v}
+    expected = set(ablations.ABLATIONS[name]) | ({"data.subset_ids"} if "=" in variant else set())
+    assert changed and changed <= expected, (variant, changed)
+  with pytest.raises(ValueError, match="unknown variant 'coco_subset'"):
+    ablations.get_config("coco_subset")  # needs the CSV
+
+
+def flat(config):
+  return dict(_flatten(config.to_dict()))
+
+
+def _flatten(tree, prefix=""):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flatten(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", config_module("ablations").VARIANTS)
+def test_every_ablation_trains_two_steps_on_the_demo_data(variant):
+  import jax
+  import numpy as np
+
+  from kmcl_jax import optim
+  from kmcl_jax.data import create_datasets
+  from kmcl_jax.mesh import create_mesh, replicated, to_global_batch
+  from kmcl_jax.state import create_model, initial_state
+  from kmcl_jax.steps import jit_steps
+
+  config = config_module("ablations").get_config(variant)
+  demo = config_lib.load(os.path.join(CONFIG_DIR, "demo.py:smoke"))
+  config.model.backbone = "tresnet_tiny"
+  config.data = demo.data
+  config.batch_size, config.eval_batch_size, config.train_steps = 8, 100, 2
+  datasets = create_datasets(config)
+  model = create_model(config, len(datasets.class_names))
+  optimizer = optim.create_optimizer(config.optim, 2)
+  mesh = create_mesh()
+  state = initial_state(config, model, optimizer, replicated(mesh))
+  train_step, _ = jit_steps(config, model, optimizer, mesh, state)
+  for _ in range(2):
+    state, metrics = train_step(state, to_global_batch(next(datasets.train), mesh))
+  datasets.train.close()
+  metrics = jax.device_get(metrics)
+  assert int(state.step) == 2 and int(metrics["skipped_steps"]) == 0
+  assert np.isfinite(metrics["loss"]) and metrics["asl"] > 0
+  weights = dict(config.loss.weights)
+  for term in ("reconstruction", "contrastive"):
+    computed = config.model.mode == "all" and weights[term] > 0
+    assert (metrics[term] != 0) == computed, (term, metrics[term])
+  assert np.isfinite(metrics["bc_positive"]) == (config.model.mode == "all"
+                                                 and weights["contrastive"] > 0)
 
 
 def test_a_bad_update_layout_is_refused_with_its_field():

@@ -1,4 +1,4 @@
-"""The KMM head: shapes, the spec's initialisation, the (D, K) reading, float32 behind a
+"""The KMM head: shapes, the reference's initialisation, the (D, K) reading, float32 behind a
 bfloat16 backbone."""
 
 import re
@@ -41,7 +41,7 @@ def test_shapes_and_variance_sharing(kernel, variance, embedding_dim, dim):
     np.testing.assert_array_equal(var, np.repeat(var[:, :1], CLASSES, axis=-1))
 
 
-def test_initialisation_follows_the_spec():
+def test_initialisation_follows_the_reference():
   x = jnp.ones((BATCH, 16))
   variables, _ = _init_apply(KMM(num_classes=CLASSES, kernel="anisotropic"), x)
   params = variables["params"]

@@ -121,7 +121,7 @@ def test_terms_match_float64_oracle(case):
 
 
 def test_cases_cover_the_edge_conditions():
-  """The parametrised cases above really contain the situations the spec calls out."""
+  """The parametrised cases above really contain the situations the method calls out."""
   seen = {"no_pair": 0, "empty_row": 0, "all_pairs": 0}
   for case in CASES:
     y = make_case(case)["labels"]
@@ -146,7 +146,7 @@ def test_contrastive_is_zero_without_shared_labels():
 
 
 def plain_kmcl(features, logits, mu, var, labels, kernel):
-  """The spec's formulas as one unblocked broadcast over (B, B, [D,] K), autodiff'd.
+  """The method's formulas as one unblocked broadcast over (B, B, [D,] K), autodiff'd.
 
   Written for float64 (tests run it under jax.enable_x64), where the reference's
   direct ratio for L_rec has no underflow problem once scaled by its maximum.
@@ -350,7 +350,7 @@ def _good():
 
 @pytest.mark.parametrize("change, message", [
     (lambda a: a.__setitem__(0, a[0][:, :5]), "`mu` must have shape (B=4, D=5, K=3)"),
-    (lambda a: a.__setitem__(1, a[1][:3]), "`labels` must have the shape of `logits`"),
+    (lambda a: a.__setitem__(1, a[1][:3]), "`labels` must have the shape of `pi`"),
     (lambda a: a.__setitem__(2, a[2][:, :, :2]), "`mu` must have shape (B=4, D, K=3)"),
     (lambda a: a.__setitem__(3, a[3][:2]), "`var` must have the shape of `mu`"),
     (lambda a: a.__setitem__(4, a[4] * 2), "`labels` must contain only 0 and 1"),
@@ -382,3 +382,91 @@ def test_shape_checks_run_at_trace_time():
   # Under jit values are unknown: value checks are skipped rather than costing a sync.
   total, _ = jax.jit(lambda *a: losses.kmcl_loss(*a))(*args)
   assert np.isfinite(float(total))
+
+
+# --------------------------------------------------------------------------------------
+# The balance of the terms at any batch, their weights, and the diagnostics.
+# --------------------------------------------------------------------------------------
+
+
+def test_at_the_reference_batch_the_balanced_loss_is_todays_to_the_bit():
+  data = make_case(Case("anisotropic", 64, 6, 0.3, "moderate", dim=8))
+  args = jax_inputs(data)
+  plain = jax.jit(lambda *a: losses.kmcl_loss(*a))(*args)
+  balanced = jax.jit(lambda *a: losses.kmcl_loss(*a, reference_batch=64))(*args)
+  assert float(plain[0]) == float(balanced[0])
+  for term in losses.TERMS:
+    assert float(plain[1][term]) == float(balanced[1][term]), term
+
+
+def test_at_four_times_the_reference_batch_asl_is_the_mean_of_the_chunks_sums():
+  data = make_case(Case("isotropic", 256, 5, 0.3, "moderate"))
+  features, logits, mu, var, labels = jax_inputs(data)
+  _, terms = losses.kmcl_loss(features, logits, mu, var, labels, kernel="isotropic",
+                              reference_batch=64)
+  chunk_sums = [float(losses.asl_loss(logits[i:i + 64], labels[i:i + 64]))
+                for i in range(0, 256, 64)]
+  assert float(terms["asl"]) == pytest.approx(np.mean(chunk_sums), rel=1e-6)
+  # ... which is the reference-sized sum of the per-image mean: 64 x mean_b asl_b.
+  assert float(terms["asl"]) == pytest.approx(64 * sum(chunk_sums) / 256, rel=1e-6)
+  # The mean terms are not rescaled.
+  unbalanced = losses.kmcl_loss(features, logits, mu, var, labels, kernel="isotropic")[1]
+  assert float(unbalanced["asl"]) == pytest.approx(4 * float(terms["asl"]), rel=1e-6)
+  for term in ("reconstruction", "contrastive"):
+    assert float(terms[term]) == float(unbalanced[term])
+
+
+@pytest.mark.parametrize("left_out", ["reconstruction", "contrastive", "asl"])
+def test_a_zero_weight_gives_the_gradients_of_leaving_the_term_out(left_out):
+  data = make_case(Case("anisotropic", 12, 5, 0.4, "moderate", dim=8))
+  args = jax_inputs(data)
+  kept = [t for t in losses.TERMS if t != left_out]
+
+  def weighted(*a):
+    return losses.kmcl_loss(*a, weights={left_out: 0.0})[0]
+
+  def without(*a):
+    features, logits, mu, var, labels = a
+    terms = {"asl": lambda: losses.asl_loss(logits, labels),
+             "reconstruction": lambda: losses.reconstruction_loss(
+                 features, logits, mu, var, labels, kernel="anisotropic"),
+             "contrastive": lambda: losses.contrastive_loss(
+                 mu, var, labels, kernel="anisotropic", feature_dim=8)}
+    return sum(terms[t]() for t in kept)
+
+  ours = jax.grad(weighted, argnums=(0, 1, 2, 3))(*args)
+  reference = jax.grad(without, argnums=(0, 1, 2, 3))(*args)
+  for name, a, b in zip(("features", "logits", "mu", "var"), ours, reference):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9, err_msg=name)
+  # The term is not computed at all: no pairwise loop without the contrastive term.
+  text = jax.jit(weighted).lower(*args).as_text()
+  assert ("stablehlo.while" in text) == (left_out != "contrastive")
+  assert float(losses.kmcl_loss(*args, weights={left_out: 0.0})[1][left_out]) == 0.0
+
+
+@pytest.mark.parametrize("kernel", losses.KERNELS)
+def test_diagnostics_are_the_mean_coefficients_of_same_class_and_other_pairs(kernel):
+  data = make_case(Case(kernel, 9, 4, 0.4, "moderate", dim=6))
+  total, terms, diagnostics = jax.jit(lambda *a: losses.kmcl_loss(
+      *a, kernel=kernel, with_diagnostics=True))(*jax_inputs(data))
+  mu, var = data["mu"], data["var"]
+  if kernel == "isotropic":
+    mu, var = mu[:, None, :], var[:, None, :]
+  positive, negative = oracle.bhattacharyya_means(mu, var, data["labels"], "anisotropic",
+                                                  data["features"].shape[1])
+  assert float(diagnostics["bc_positive"]) == pytest.approx(positive, rel=1e-5)
+  assert float(diagnostics["bc_negative"]) == pytest.approx(negative, rel=1e-5)
+  assert float(diagnostics["var_mean"]) == pytest.approx(data["var"].mean(), rel=1e-5)
+  assert float(diagnostics["var_std"]) == pytest.approx(data["var"].std(), rel=1e-4)
+  # Diagnostics do not change the loss (to float32 round-off: another program).
+  assert float(total) == pytest.approx(
+      float(losses.kmcl_loss(*jax_inputs(data), kernel=kernel)[0]), rel=1e-6)
+
+
+def test_diagnostics_without_same_class_pairs_are_nan():
+  labels = np.eye(4, dtype=np.float32)  # no class shared by two samples
+  data = make_case(Case("isotropic", 4, 4, 0.4, "moderate"))
+  args = jax_inputs(data)[:4] + [jnp.asarray(labels)]
+  _, _, diagnostics = losses.kmcl_loss(*args, kernel="isotropic", with_diagnostics=True)
+  assert np.isnan(float(diagnostics["bc_positive"]))
+  assert 0 < float(diagnostics["bc_negative"]) <= 1

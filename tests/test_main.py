@@ -15,7 +15,7 @@ def run_main(*flags):
 
 def test_a_bad_input_ends_with_its_one_sentence_and_exit_code_1(tmp_path):
   result = run_main("--config=configs/voc.py", f"--workdir={tmp_path}",
-                    f"--config.data.root={tmp_path}/no_such_folder")
+                    f"--config.data.root={tmp_path}/no_such_folder", "--config.init_from=scratch")
   assert result.returncode == 1
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
@@ -25,7 +25,8 @@ def test_a_bad_input_ends_with_its_one_sentence_and_exit_code_1(tmp_path):
 
 def test_verbosity_1_shows_the_traceback_of_the_same_error(tmp_path):
   result = run_main("--config=configs/voc.py", f"--workdir={tmp_path}",
-                    f"--config.data.root={tmp_path}/no_such_folder", "--verbosity=1")
+                    f"--config.data.root={tmp_path}/no_such_folder", "--config.init_from=scratch",
+                    "--verbosity=1")
   assert result.returncode == 1
   assert "Traceback" in result.stderr and "FileNotFoundError" in result.stderr
 
@@ -36,3 +37,14 @@ def test_a_bad_config_value_is_named(tmp_path):
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1].endswith(
       "config.keep_checkpoints=0: expected a positive integer.")
+
+
+def test_a_paper_config_without_initial_weights_says_how_to_get_them(tmp_path):
+  result = run_main("--config=configs/coco.py:tresnet_l_v2", f"--workdir={tmp_path}",
+                    f"--config.data.root={tmp_path}")
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].endswith(
+      "config.init_from is empty: the coco2014 recipe starts from an ImageNet tresnet_l_v2; "
+      "convert one with `python -m kmcl_jax.convert --src=WEIGHTS.pth --arch=tresnet_l_v2 "
+      "--dst=DIR` and pass --config.init_from=DIR, or pass --config.init_from=scratch to "
+      "train from random weights on purpose.")

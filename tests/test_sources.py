@@ -16,7 +16,6 @@ from data_fixtures import (
   COCO_ANNOTATIONS,
   COCO_CATEGORIES,
   COCO_IMAGES,
-  VOC_TEST,
   VOC_TRAINVAL,
   XRAY_ENTRIES,
   cut_short,

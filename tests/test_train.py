@@ -1,7 +1,6 @@
 """The trainer end to end on the demo data with a tiny TResNet: smoke, resume, sharding,
 several processes, non-finite steps, config checks."""
 
-import csv
 import json
 import os
 import signal
@@ -11,7 +10,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from kmcl_jax import config as config_lib
@@ -19,69 +17,8 @@ from kmcl_jax import optim, train
 from kmcl_jax.mesh import create_mesh, replicated
 from kmcl_jax.state import create_model, initial_state, load_initial_weights
 from kmcl_jax.steps import jit_steps
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 6 steps of 8 images at 32 px, one evaluation at the end, a checkpoint every 2 steps.
-# Runs on different device layouts sum in different orders. Adam divides a gradient by
-# its magnitude, so on a gradient that is zero but for round-off it takes a step of the
-# full learning rate in a direction the round-off picks; its epsilon at 1e-3 (1e-8 in the
-# recipe) keeps those steps at round-off scale while real gradients still move weights.
-RUN_OVERRIDES = {"train_steps": 6, "checkpoint_every_steps": 2, "log_every_steps": 1,
-                 "optim.lr": 1e-4, "optim.eps": 1e-3}
-
-
-def records(workdir, split):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [r for r in map(json.loads, f) if r["split"] == split]
-
-
-def checkpoint_state(workdir, step):
-  """The saved TrainState as NumPy arrays, whatever device topology saved it."""
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    tree = checkpointer.metadata(path).item_metadata.tree
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-
-
-def assert_trees_close(a, b, atol):
-  flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)
-  assert len(flat_a) == len(flat_b)
-  for (path, x), y in zip(flat_a, flat_b):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol,
-                               err_msg=jax.tree_util.keystr(path))
-
-
-def launch_local_processes(workdir, processes, devices_per_process):
-  """The reference run's config as one JAX job of several processes on this machine, by
-  launch/multiprocess_local.sh."""
-  return subprocess.Popen(
-      ["bash", os.path.join(ROOT, "launch", "multiprocess_local.sh"), str(processes),
-       f"--devices_per_process={devices_per_process}", *main_flags(workdir)],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(process, timeout=600):
-  output, _ = process.communicate(timeout=timeout)
-  assert process.returncode == 0, output[-4000:]
-  return output
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-  """The uninterrupted single-device run every other run is compared with."""
-  workdir = tmp_path_factory.mktemp("reference")
-  finish(subprocess.Popen(main_command(workdir), cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True))
-  return workdir
-
-
-def run_config():
-  """The config of every run here (what `main_command` runs)."""
-  config = config_lib.load(os.path.join(ROOT, "configs", "demo.py:smoke"))
-  config.update_from_flattened_dict(RUN_OVERRIDES)
-  return config
-
+from runs import (ROOT, assert_trees_close, checkpoint_state, finish, launch_local_processes,
+                  main_command, records, run_config)
 
 def test_smoke_training_and_evaluation_then_a_resume_that_scores_the_same(
     tmp_path, reference_run):
@@ -108,7 +45,13 @@ def test_smoke_training_and_evaluation_then_a_resume_that_scores_the_same(
     assert (tmp_path / "plots" / plot).stat().st_size > 10_000, plot
   assert any(name.startswith("events.out.tfevents") for name in
              os.listdir(tmp_path / "tensorboard"))
-  assert json.loads((tmp_path / "run.json").read_text())["class_names"] == list("0123456789")
+  run = json.loads((tmp_path / "run.json").read_text())
+  assert run["class_names"] == list("0123456789")
+  # What the compiled step costs, from XLA's cost analysis: a training step is about
+  # three forward passes (forward, and the backward pass's two).
+  counts, cost = run["parameters"], run["flops_per_image"]
+  assert counts["total"] == counts["backbone"] + counts["head"] > 0
+  assert 2 * cost["forward"] < cost["train_step"] < 5 * cost["forward"]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]  # keep_checkpoints=2
   assert sorted(os.listdir(tmp_path / "best")) == ["6"]
   # The same program in another process computed the same parameters, bit for bit.
@@ -257,7 +200,8 @@ def test_training_starts_from_converted_weights(tmp_path, reference_run):
   config = run_config()
   saved = checkpoint_state(reference_run, 6)
   description = {"arch": config.model.backbone, "kind": "kmcl", "num_classes": 10,
-                 "kernel": config.model.kernel, "variance": config.model.variance}
+                 "mode": "all", "kernel": config.model.kernel,
+                 "variance": config.model.variance}
   convert.save_converted({"params": saved["params"], "batch_stats": saved["batch_stats"]},
                          description, str(tmp_path / "converted"))
   model = create_model(config, 10)
@@ -303,66 +247,6 @@ def test_bad_config_values_fail_before_compiling(tmp_path):
       cwd=ROOT, capture_output=True, text=True)
   assert result.returncode != 0 and 'Did you mean "backbone"' in result.stderr
   assert not os.listdir(tmp_path)
-
-
-def main_flags(workdir, *flags):
-  """kmcl_jax.main's flags for the reference run's config in `workdir`, then `flags`."""
-  return (["--config=configs/demo.py:smoke", f"--workdir={workdir}"]
-          + [f"--config.{k}={v}" for k, v in RUN_OVERRIDES.items()] + list(flags))
-
-
-def main_command(workdir, *flags):
-  return [sys.executable, "-m", "kmcl_jax.main", *main_flags(workdir, *flags)]
-
-
-def test_eval_mode_reproduces_the_trained_map(reference_run):
-  result = subprocess.run(main_command(reference_run, "--mode=eval"), cwd=ROOT,
-                          capture_output=True, text=True)
-  assert result.returncode == 0, result.stderr[-3000:]
-  trained = json.loads((reference_run / "summary.json").read_text())
-  scored = json.loads((reference_run / "eval.json").read_text())
-  for key in ("map", "map_model", "map_ema", "OF1", "CF1"):
-    assert scored[key] == trained[key], key
-  assert scored["images"] == 1000 and len(scored["ap"]) == 10
-  assert "class  AP %" in result.stderr
-
-
-def test_predict_mode_labels_every_readable_image_and_names_the_corrupt_one(
-    tmp_path, reference_run):
-  from PIL import Image
-
-  from kmcl_jax.data.demo import DigitGridSource
-  source = DigitGridSource("test")
-  Image.fromarray(source[0]["image"]).save(tmp_path / "a.jpg")
-  Image.fromarray(source[1]["image"]).save(tmp_path / "b.png")
-  Image.fromarray(source[2]["image"]).convert("L").save(tmp_path / "c_grey.png")
-  Image.fromarray(source[3]["image"]).convert("CMYK").save(tmp_path / "d_cmyk.jpg")
-  (tmp_path / "e_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-  (tmp_path / "notes.txt").write_text("not an image")
-  output = tmp_path / "out" / "predictions.csv"
-  result = subprocess.run(main_command(reference_run, "--mode=predict", f"--inputs={tmp_path}",
-                                       f"--output={output}"),
-                          cwd=ROOT, capture_output=True, text=True)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "e_broken.jpg" in result.stderr and "1 unreadable" in result.stderr
-  with open(output) as f:
-    rows = list(csv.reader(f))
-  assert rows[0] == ["path", *"0123456789", "labels"]
-  assert [os.path.basename(r[0]) for r in rows[1:]] == ["a.jpg", "b.png", "c_grey.png",
-                                                        "d_cmyk.jpg"]
-  for row in rows[1:]:
-    probabilities = np.array(row[1:11], float)
-    assert ((0 < probabilities) & (probabilities < 1)).all()
-    predicted = [str(k) for k in range(10) if probabilities[k] >= 0.8]
-    assert row[11] == "|".join(predicted)
-  # JSON output holds the same numbers.
-  result = subprocess.run(main_command(reference_run, "--mode=predict",
-                                       f"--inputs={tmp_path}/a.jpg",
-                                       f"--output={tmp_path}/one.json"),
-                          cwd=ROOT, capture_output=True, text=True)
-  assert result.returncode == 0, result.stderr[-3000:]
-  (one,) = json.loads((tmp_path / "one.json").read_text())
-  assert one["probabilities"]["7"] == pytest.approx(float(rows[1][8]), abs=1e-6)
 
 
 def test_sigterm_saves_the_current_step_and_the_rerun_finishes_the_same(

@@ -79,7 +79,8 @@ class Measurement:
 def step_config(arch: str, image_size: int, dtype: str, batch: int,
                 update_layout: str = "auto") -> ml_collections.ConfigDict:
   """The VOC recipe (`config.defaults()`) with this backbone, image size, compute dtype,
-  global batch and update layout; 1,000 scheduled steps."""
+  global batch and update layout; 1,000 scheduled steps. At another batch than the
+  recipe's, the EMA decay and the ASL balance adapt as in training."""
   config = config_lib.defaults()
   config.data.name = "voc-like"
   config.model.backbone, config.data.image_size, config.dtype = arch, image_size, dtype
@@ -126,7 +127,8 @@ def train_step_program(config: ml_collections.ConfigDict):
   """(step(carry, batch) -> carry, initial carry, compiled program, mesh) of the config's
   jitted train step; carry is (state, metrics), the state donated to each step."""
   model = create_model(config, CLASSES)
-  optimizer = optim.create_optimizer(config.optim, config.train_steps)
+  optimizer = optim.create_optimizer(config.optim, config.train_steps, config.batch_size,
+                                     config.recipe_batch)
   mesh = create_mesh()
   state = initial_state(config, model, optimizer, replicated(mesh))
   train_step, _ = jit_steps(config, model, optimizer, mesh, state)

@@ -242,36 +242,26 @@ def _check_batch(config, field: str, process_count: int) -> None:
                      f"number of JAX processes ({process_count}).")
 
 
-# config.data fields added after the first configs; a config without them gets these.
-DATA_DEFAULTS = {"augment_on": "host", "subset_ids": "", "drop_no_finding": False,
-                 "train_fraction": 1.0, "eval_fraction": 1.0}
-
-
-def data_option(data, name: str):
-  """config.data.<name>, or its default for a config written before the field existed."""
-  return data.get(name, DATA_DEFAULTS[name])
-
-
 def check_data_config(data) -> None:
   """Raises ValueError naming the first of config.data's pipeline options with a bad value
   (the fields `create_datasets` reads beyond those the trainer checks)."""
-  augment_on = data_option(data, "augment_on")
+  augment_on = data.augment_on
   if augment_on not in AUGMENT_ON:
     raise ValueError(f"config.data.augment_on={augment_on!r}: expected one of {AUGMENT_ON}.")
   if augment_on == "device" and data.augment not in ("randaugment", "none"):
     raise ValueError(f"config.data.augment_on='device' runs Cutout and RandAugment only; "
                      f"config.data.augment={data.augment!r} needs augment_on='host'.")
   for field in ("train_fraction", "eval_fraction"):
-    fraction = data_option(data, field)
+    fraction = data[field]
     if not 0 < fraction <= 1:
       raise ValueError(f"config.data.{field}={fraction!r}: expected a fraction in (0, 1].")
     if fraction != 1 and data.name != "chestxray14":
       raise ValueError(f"config.data.{field}={fraction!r} applies to chestxray14 only, "
                        f"not {data.name!r}.")
-  if data_option(data, "drop_no_finding") and data.name != "chestxray14":
+  if data.drop_no_finding and data.name != "chestxray14":
     raise ValueError(f"config.data.drop_no_finding applies to chestxray14 only, not "
                      f"{data.name!r}.")
-  if data_option(data, "subset_ids") and data.name != "coco2014":
+  if data.subset_ids and data.name != "coco2014":
     raise ValueError(f"config.data.subset_ids applies to the coco2014 train split only, not "
                      f"{data.name!r}.")
 
@@ -280,10 +270,10 @@ def source_options(data, training: bool) -> dict:
   """get_source's keyword options for the training or the evaluation split."""
   options = {}
   if data.name == "chestxray14":
-    options["drop_no_finding"] = bool(data_option(data, "drop_no_finding"))
-    options["fraction"] = data_option(data, "train_fraction" if training else "eval_fraction")
-  if data.name == "coco2014" and training and data_option(data, "subset_ids"):
-    options["subset_ids"] = data_option(data, "subset_ids")
+    options["drop_no_finding"] = bool(data.drop_no_finding)
+    options["fraction"] = data.train_fraction if training else data.eval_fraction
+  if data.name == "coco2014" and training and data.subset_ids:
+    options["subset_ids"] = data.subset_ids
   return options
 
 
@@ -356,7 +346,7 @@ def create_datasets(config, process_index: int | None = None,
                         augment=data.augment, process_index=process_index,
                         process_count=process_count, worker_count=data.worker_count,
                         read_threads=data.read_threads, skip_corrupt=data.skip_corrupt,
-                        augment_on=data_option(data, "augment_on"))
+                        augment_on=data.augment_on)
   return Datasets(
       train=iter(train), eval=evaluation, class_names=tuple(train_source.class_names),
       num_train=len(train_source), num_eval=len(eval_source),

@@ -1,4 +1,4 @@
-"""The whole KMCL model: TResNet backbone -> KMCL head (projection + KMM), spec section 1."""
+"""The whole KMCL model: TResNet backbone -> KMCL head (projection + KMM); docs/method.md, section 1."""
 
 from __future__ import annotations
 

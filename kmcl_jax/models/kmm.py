@@ -1,5 +1,5 @@
 """The kernel mixture module (KMM): the head that turns pooled backbone features into
-class logits pi and per-class Gaussian kernels (mu, var), spec section 1.
+class logits pi and per-class Gaussian kernels (mu, var); docs/method.md, section 1.
 
     pooled (B, C) -> [anisotropic] projection Dense(C -> embedding_dim) -> f (B, D)
     f -> pi  = Dense(D -> K)                                   (B, K)

@@ -1,0 +1,77 @@
+"""The demo runs the trainer's tests share: the config, the command that runs it, and
+ways to read what a run left in its workdir (tests/conftest.py trains the reference run
+once per session)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from kmcl_jax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 6 steps of 8 images at 32 px, one evaluation at the end, a checkpoint every 2 steps.
+# Runs on different device layouts sum in different orders. Adam divides a gradient by
+# its magnitude, so on a gradient that is zero but for round-off it takes a step of the
+# full learning rate in a direction the round-off picks; its epsilon at 1e-3 (1e-8 in the
+# recipe) keeps those steps at round-off scale while real gradients still move weights.
+RUN_OVERRIDES = {"train_steps": 6, "checkpoint_every_steps": 2, "log_every_steps": 1,
+                 "optim.lr": 1e-4, "optim.eps": 1e-3}
+
+
+def records(workdir, split):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+def checkpoint_state(workdir, step):
+  """The saved TrainState as NumPy arrays, whatever device topology saved it."""
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(path).item_metadata.tree
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+
+
+def assert_trees_close(a, b, atol):
+  flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)
+  assert len(flat_a) == len(flat_b)
+  for (path, x), y in zip(flat_a, flat_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def launch_local_processes(workdir, processes, devices_per_process):
+  """The reference run's config as one JAX job of several processes on this machine, by
+  launch/multiprocess_local.sh."""
+  return subprocess.Popen(
+      ["bash", os.path.join(ROOT, "launch", "multiprocess_local.sh"), str(processes),
+       f"--devices_per_process={devices_per_process}", *main_flags(workdir)],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process, timeout=600):
+  output, _ = process.communicate(timeout=timeout)
+  assert process.returncode == 0, output[-4000:]
+  return output
+
+
+def run_config():
+  """The config of every run here (what `main_command` runs)."""
+  config = config_lib.load(os.path.join(ROOT, "configs", "demo.py:smoke"))
+  config.update_from_flattened_dict(RUN_OVERRIDES)
+  return config
+
+
+def main_flags(workdir, *flags):
+  """kmcl_jax.main's flags for the reference run's config in `workdir`, then `flags`."""
+  return (["--config=configs/demo.py:smoke", f"--workdir={workdir}"]
+          + [f"--config.{k}={v}" for k, v in RUN_OVERRIDES.items()] + list(flags))
+
+
+def main_command(workdir, *flags):
+  return [sys.executable, "-m", "kmcl_jax.main", *main_flags(workdir, *flags)]
