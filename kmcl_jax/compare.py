@@ -19,20 +19,27 @@ with the reference's parameter groups and OneCycleLR, against our jitted train s
 (`steps.make_train_step`, EMA included) started from the same weights (converted with
 `convert.convert_state_dict`), on the same batch. First the loss of each of --steps
 steps with both in float32 (TF32 off): the same weights, then the same updates. Then
-the median step time over --repeats steps in the training precision: on a GPU theirs
-under autocast with a GradScaler, as their train.py runs, and ours in bfloat16; on the
-CPU both in float32. The timing starts once their GradScaler stops skipping steps (or
-after 50 warm-up steps; the JSON counts the timed steps it skipped).
+the median step time over --repeats steps in the training precision: on a GPU ours in
+bfloat16 against theirs in two forms, (a) float16 autocast with a GradScaler, as their
+train.py runs, and (b) bfloat16 autocast without a scaler. On a randomly initialised
+model (a) can skip every step (non-finite float16 gradients: no optimizer update in
+the time); (b) updates at every step, so it is the step the speed-up is measured
+against. On the CPU both run in float32. Each of their forms is timed once its warm-up
+steps stop being skipped (at most 50); the table and the JSON count the steps each
+skipped, in warm-up and timed. Our step is timed with one device-to-host read per step.
 
 Prints one table; with --json=FILE also writes
-{"loss": {"max_rel_diff", "speedup", ...}, "step": {"speedup", "device", ...}}: the
-largest relative difference of any term's value or gradient, the smaller of the
-kernels' loss speed-ups, and the step's speed-up (their time / ours).
+{"loss": {"max_rel_diff", "speedup", ...}, "step": {"speedup", "device", "theirs", ...}}:
+the largest relative difference of any term's value or gradient, the smaller of the
+kernels' loss speed-ups, the step's speed-up (their time / ours, against their
+bfloat16 step on a GPU, float32 on the CPU) and, per form of their step ("float16",
+"bfloat16"; "float32" on the CPU), its time, images/s, speed-up and skipped steps.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -46,6 +53,7 @@ from ml_collections import config_flags
 
 from kmcl_jax import convert, losses, optim
 from kmcl_jax.benchmarks import baseline
+from kmcl_jax.benchmarks.inputs import random_batch
 from kmcl_jax.benchmarks.loss_programs import jax_value_and_grad, make_inputs
 from kmcl_jax.benchmarks.timing import median_seconds
 from kmcl_jax.data import transforms
@@ -135,23 +143,25 @@ def compare_loss(baseline_dir: str, kernel: str, batch: int, classes: int, on_gp
 # --------------------------------------------------------------------------------------
 
 
-def random_batch(batch: int, image_size: int, classes: int, seed: int = 0) -> dict:
-  """uint8 images (B, S, S, 3) and binary labels (B, K) with at least one label per row."""
-  rng = np.random.default_rng(seed)
-  labels = rng.random((batch, classes)) < 2.0 / classes
-  labels[np.arange(batch), rng.integers(0, classes, batch)] = True
-  return {"image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
-          "labels": labels.astype(np.float32), "skipped": np.zeros((batch,), bool)}
+# How their step can run: their train.py's float16 autocast with a GradScaler, which
+# skips every step whose scaled gradients overflow; bfloat16 autocast with no scaler
+# (float32's exponent range: nothing to scale, every step updates); or float32.
+THEIR_PRECISIONS = ("float16", "bfloat16", "float32")
 
 
 def their_training(baseline_dir: str, config, classes: int, total_steps: int, on_gpu: bool,
-                   mixed: bool):
+                   precision: str):
   """(model, step(images, labels) -> ([total, asl, rec, con], skipped)) as their train.py
-  trains: autocast forward and a GradScaler when `mixed`, whose overflowing steps are
-  skipped (skipped = True)."""
+  trains, in `precision` (`THEIR_PRECISIONS`): "float16" runs the model under float16
+  autocast and the backward pass through a GradScaler, which skips (skipped = True) the
+  steps whose gradients overflow; "bfloat16" runs it under bfloat16 autocast with no
+  scaler (skipped is always False); "float32" uses neither. Their loss is computed
+  outside autocast, as in their train.py."""
   import timm
   import torch
 
+  if precision not in THEIR_PRECISIONS:
+    raise ValueError(f"precision={precision!r}: expected one of {THEIR_PRECISIONS}.")
   torch.manual_seed(config.seed)
   with baseline.device_context(on_gpu):
     encoder = timm.create_model(TIMM_NAMES[config.model.backbone], pretrained=False,
@@ -176,11 +186,13 @@ def their_training(baseline_dir: str, config, classes: int, total_steps: int, on
       optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=settings.pct_start,
       div_factor=settings.div_factor, final_div_factor=settings.final_div_factor,
       base_momentum=settings.beta1_base, max_momentum=settings.beta1_peak)
-  scaler = torch.amp.GradScaler("cuda", enabled=mixed)
+  device_type = "cuda" if on_gpu else "cpu"
+  scaler = torch.amp.GradScaler(device_type, enabled=precision == "float16")
+  autocast_dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
 
   def step(images, labels):
     with baseline.device_context(on_gpu):
-      with torch.autocast("cuda", enabled=mixed):
+      with torch.autocast(device_type, dtype=autocast_dtype, enabled=precision != "float32"):
         features, gaussians = model(images)
       total, asl, reconstruction, contrastive = criterion(features, gaussians, labels)
       model.zero_grad()
@@ -189,7 +201,8 @@ def their_training(baseline_dir: str, config, classes: int, total_steps: int, on
       scaler.step(optimizer)
       scaler.update()
       scheduler.step()
-      skipped = mixed and scaler.get_scale() < scale  # the scaler backs off after an overflow
+      # The scaler backs off after an overflow, whose step it skipped.
+      skipped = scaler.is_enabled() and scaler.get_scale() < scale
       return [v.item() for v in (total, asl, reconstruction, contrastive)], skipped
 
   return model, step
@@ -211,25 +224,30 @@ def float32_products():
 
 
 def paired_steps(baseline_dir: str, config, classes: int, total_steps: int, on_gpu: bool,
-                 mixed: bool):
-  """(ours, theirs): two step functions from the same weights on the same batch, each
-  () -> ([total, asl, rec, con], skipped). Ours computes in bfloat16 when `mixed`."""
+                 their_precisions: tuple[str, ...]):
+  """(ours, {precision: theirs}): step functions from the same weights on the same batch,
+  each () -> ([total, asl, rec, con], skipped). Theirs, one per precision of
+  `their_precisions` (each with its own optimizer); ours computes in float32 if theirs
+  do, else in bfloat16."""
   import torch
 
   config = config.copy_and_resolve_references()
-  config.dtype = "bfloat16" if mixed else "float32"
+  config.dtype = "float32" if set(their_precisions) == {"float32"} else "bfloat16"
   config.train_steps = total_steps
   # Their loss is the plain sum of ASL and their EMA decays per step at whatever batch:
   # the batch the recipe is balanced to is this one.
   config.loss.reference_batch = config.recipe_batch = config.batch_size
-  their_model, their_step = their_training(baseline_dir, config, classes, total_steps, on_gpu,
-                                           mixed)
   host_batch = random_batch(config.batch_size, config.data.image_size, classes, config.seed)
   device = "cuda" if on_gpu else "cpu"
   images = torch.tensor(transforms.normalize(host_batch["image"], config.data.mean,
                                              config.data.std), device=device)
   images = images.permute(0, 3, 1, 2).contiguous()
   labels = torch.tensor(host_batch["labels"], device=device)
+  theirs = {}
+  for precision in their_precisions:  # each from config.seed: the same initial weights
+    their_model, their_step = their_training(baseline_dir, config, classes, total_steps,
+                                             on_gpu, precision)
+    theirs[precision] = functools.partial(their_step, images, labels)
 
   model = create_model(config, classes)
   optimizer = optim.create_optimizer(config.optim, total_steps)
@@ -244,18 +262,43 @@ def paired_steps(baseline_dir: str, config, classes: int, total_steps: int, on_g
 
   def ours():
     nonlocal state
-    skipped_before = int(state.skipped_steps)  # read before the step donates the state
     state, metrics = train_step(state, batch)
-    return ([float(metrics[k]) for k in ("loss", *TERMS)],
-            int(metrics["skipped_steps"]) > skipped_before)
+    # One transfer, which waits for the step; a step was skipped iff it starts a run of
+    # skipped steps or extends one.
+    host = jax.device_get({k: metrics[k] for k in ("loss", *TERMS, "consecutive_skipped_steps")})
+    return [float(host[k]) for k in ("loss", *TERMS)], int(host["consecutive_skipped_steps"]) > 0
 
-  return ours, lambda: their_step(images, labels)
+  return ours, theirs
+
+
+def time_their_step(theirs, repeats: int, max_warmup: int) -> dict:
+  """Their step's median time over `repeats` steps and the steps it skipped. Warm-up
+  (autotuning) lasts until a step is not skipped: a GradScaler skips while it looks for a
+  scale that does not overflow, and a skipped step does no optimizer work, which would
+  flatter the time (at most `max_warmup` steps)."""
+  warmup_skips = [theirs()[1]]
+  while warmup_skips[-1] and len(warmup_skips) < max_warmup:
+    warmup_skips.append(theirs()[1])
+  timed_skips, timed_losses = [], []
+
+  def timed():
+    losses, skipped = theirs()
+    timed_skips.append(skipped)
+    timed_losses.append(losses[0])
+
+  seconds = median_seconds(timed, repeats)
+  return {"ms": seconds * 1e3, "seconds": seconds, "warmup_steps": len(warmup_skips),
+          "skipped_warmup_steps": int(sum(warmup_skips)),
+          # median_seconds' first call is untimed
+          "timed_steps": repeats, "skipped_timed_steps": int(sum(timed_skips[1:])),
+          "nonfinite_timed_losses": int(sum(not np.isfinite(v) for v in timed_losses[1:]))}
 
 
 def compare_step(baseline_dir: str, config, classes: int, steps: int, repeats: int,
                  on_gpu: bool) -> dict:
   """Losses of `steps` steps in float32 from the same weights on the same batch, then step
-  times in the training precision (bfloat16 vs autocast on a GPU, float32 on the CPU)."""
+  times in the training precision: on a GPU ours in bfloat16 against theirs in float16
+  with a GradScaler (their train.py) and in bfloat16 without one; on the CPU float32."""
   # Every step run counts in the schedule; torch's OneCycleLR also divides by zero when
   # pct_start * total_steps <= 1.
   max_warmup = 50
@@ -264,32 +307,32 @@ def compare_step(baseline_dir: str, config, classes: int, steps: int, repeats: i
   # On the CPU both already compute in float32, and the timed steps reuse the compiled
   # step, which a change of JAX's matmul precision would recompile.
   with float32_products() if on_gpu else contextlib.nullcontext():
-    ours, theirs = paired_steps(baseline_dir, config, classes, total_steps, on_gpu, mixed=False)
-    losses_by_step = [{"ours": ours()[0], "theirs": theirs()[0]} for _ in range(steps)]
+    ours, theirs = paired_steps(baseline_dir, config, classes, total_steps, on_gpu,
+                                ("float32",))
+    losses_by_step = [{"ours": ours()[0], "theirs": theirs["float32"]()[0]}
+                      for _ in range(steps)]
   logging.info("step: %d float32 steps of both compared (%.0f s, compilation included)", steps,
                time.perf_counter() - start)
   if on_gpu:
-    ours, theirs = paired_steps(baseline_dir, config, classes, total_steps, on_gpu, mixed=True)
-  # Warm up (compilation, autotuning) until their GradScaler has found a scale that does
-  # not overflow: the steps it skips do no optimizer work and would flatter their time.
-  ours()
-  warmup = 1
-  while theirs()[1] and warmup < max_warmup:
-    warmup += 1
-  timed_skips = []
+    ours, theirs = paired_steps(baseline_dir, config, classes, total_steps, on_gpu,
+                                ("float16", "bfloat16"))
+  ours()  # compiles
   ours_seconds = median_seconds(ours, repeats)
-  theirs_seconds = median_seconds(lambda: timed_skips.append(theirs()[1]), repeats)
-  logging.info("step: timed after %d warm-up steps (%.0f s in all)", warmup,
-               time.perf_counter() - start)
+  timings = {precision: time_their_step(step, repeats, max_warmup)
+             for precision, step in theirs.items()}
+  logging.info("step: timed (%.0f s in all)", time.perf_counter() - start)
+  # The speed-up that counts is against their step that updates the weights every step.
+  updating = "bfloat16" if on_gpu else "float32"
   return {
       "losses": losses_by_step,
       "max_rel_diff": max(relative_difference(s["ours"][0], s["theirs"][0])
                           for s in losses_by_step),
-      "ours_ms": ours_seconds * 1e3, "theirs_ms": theirs_seconds * 1e3,
-      "ours_images_per_s": config.batch_size / ours_seconds,
-      "theirs_images_per_s": config.batch_size / theirs_seconds,
-      "speedup": theirs_seconds / ours_seconds,
-      "theirs_warmup_steps": warmup, "theirs_skipped_timed_steps": int(sum(timed_skips[1:])),
+      "ours_ms": ours_seconds * 1e3, "ours_images_per_s": config.batch_size / ours_seconds,
+      "theirs": {precision: {"images_per_s": config.batch_size / t["seconds"],
+                             "speedup": t["seconds"] / ours_seconds,
+                             **{k: v for k, v in t.items() if k != "seconds"}}
+                 for precision, t in timings.items()},
+      "speedup": timings[updating]["seconds"] / ours_seconds,
   }
 
 
@@ -339,17 +382,21 @@ def main(argv):
             f"{row['value_rel_diff']:>9.1e} {row['grad_rel_diff']:>9.1e}")
     print(f"  {'forward + backward':<42} {'':>11} {'':>11} {'':>9} {'':>9} "
           f"{result['ours_ms']:>9.1f} {result['theirs_ms']:>9.1f} {result['speedup']:>7.1f}x")
-  precision = "JAX bfloat16 vs torch autocast float16" if on_gpu else "float32"
+  precision = ("JAX bfloat16 vs torch autocast float16 + GradScaler and bfloat16" if on_gpu
+               else "float32")
   print(f"train step, {config.model.backbone} {config.data.image_size} px, batch "
         f"{config.batch_size}: losses in float32, time in {precision}")
   for i, losses_at in enumerate(step["losses"], 1):
     ours, theirs = losses_at["ours"][0], losses_at["theirs"][0]
     print(f"  {f'loss at step {i}':<42} {ours:>11.5f} {theirs:>11.5f} "
           f"{relative_difference(ours, theirs):>9.1e}")
-  rates = (f"step (images/s: {step['ours_images_per_s']:.1f} JAX, "
-           f"{step['theirs_images_per_s']:.1f} torch)")
-  print(f"  {rates:<42} {'':>11} {'':>11} {'':>9} {'':>9} {step['ours_ms']:>9.1f} "
-        f"{step['theirs_ms']:>9.1f} {step['speedup']:>7.2f}x")
+  for their_precision, timing in step["theirs"].items():
+    skipped = timing["skipped_warmup_steps"] + timing["skipped_timed_steps"]
+    label = (f"step, theirs {their_precision}: skipped {skipped} of "
+             f"{timing['warmup_steps'] + timing['timed_steps']} (img/s: "
+             f"{step['ours_images_per_s']:.1f} JAX, {timing['images_per_s']:.1f} torch)")
+    print(f"  {label:<42} {'':>11} {'':>11} {'':>9} {'':>9} {step['ours_ms']:>9.1f} "
+          f"{timing['ms']:>9.1f} {timing['speedup']:>7.2f}x")
 
   if _JSON.value:
     loss_rows = [row for result in loss_results.values() for row in result["terms"].values()]

@@ -37,7 +37,7 @@ RESUMABLE_FIELDS = (
     "threshold", "init_from", "keep_checkpoints", "max_consecutive_skipped_steps",
     "model.remat", "loss.block_size",
     "data.root", "data.worker_count", "data.read_threads", "data.skip_corrupt",
-    "profile_steps", "compilation_cache",
+    "profile_steps", "compilation_cache", "update_layout",
 )
 
 
@@ -55,6 +55,9 @@ def defaults() -> ml_collections.ConfigDict:
       remat=False,            # rematerialise each block in the backward pass
   ))
   config.dtype = "auto"       # compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU
+  # How the step's optimiser, EMA and skip run: per_leaf, flat (a few 1-D buffers: fewer
+  # kernels, more copies) or auto (flat on GPU); the same operations either way.
+  config.update_layout = "auto"
   # Training starts from ImageNet weights: a folder written by `python -m kmcl_jax.convert`,
   # or "scratch" to train from random weights on purpose.
   config.init_from = ""
@@ -200,6 +203,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(isinstance(config.model.embedding_dim, int) and config.model.embedding_dim > 0,
           "model.embedding_dim", "a positive integer")
   require(config.dtype in DTYPES, "dtype", f"one of {DTYPES}")
+  require(config.update_layout in ("auto", *optim.UPDATE_LAYOUTS), "update_layout",
+          f"'auto' or one of {optim.UPDATE_LAYOUTS}")
   require(config.contrastive_scope in SCOPES, "contrastive_scope", f"one of {SCOPES}")
   for field in ("batch_size", "eval_batch_size", "num_epochs", "eval_every_epochs",
                 "checkpoint_every_steps", "log_every_steps", "keep_checkpoints",

@@ -20,7 +20,7 @@ from kmcl_jax import losses, optim
 from kmcl_jax.data import device_augment, transforms
 from kmcl_jax.mesh import DATA_AXIS, batch_sharded, replicated
 from kmcl_jax.models import KMCLModel
-from kmcl_jax.state import VARIANTS, TrainState, all_finite
+from kmcl_jax.state import VARIANTS, TrainState
 
 
 def scoped_loss(config: ml_collections.ConfigDict, mesh: Mesh):
@@ -76,19 +76,13 @@ def make_train_step(config: ml_collections.ConfigDict, model: KMCLModel,
 
     (loss, (terms, diagnostics, batch_stats)), grads = jax.value_and_grad(
         objective, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & all_finite(grads, params, batch_stats)
-    updated = state.replace(
-        params=params, batch_stats=batch_stats, opt_state=opt_state,
-        ema_params=optim.ema_update(state.ema_params, params, ema_decay),
-        ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats, ema_decay))
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    new_state, hyperparams, finite = optim.update_or_skip(
+        optimizer, state, grads, batch_stats, loss, ema_decay,
+        optim.update_layout(config.update_layout))
     skipped = (~finite).astype(jnp.int32)
     new_state = new_state.replace(
         step=state.step + 1, skipped_steps=state.skipped_steps + skipped,
         consecutive_skipped_steps=(state.consecutive_skipped_steps + 1) * skipped)
-    hyperparams = opt_state.hyperparams
     metrics = {"loss": loss, **terms, **diagnostics,
                "learning_rate": hyperparams["learning_rate"],
                "beta1": hyperparams["b1"], "skipped_steps": new_state.skipped_steps,

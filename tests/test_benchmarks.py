@@ -146,3 +146,162 @@ def test_scaling_benchmark_reports_memory_collectives_and_time():
       "devices       ms"))) + 1:]]
   assert [row[0] for row in times] == ["1", "4"] and all(float(row[1]) > 0 for row in times)
   assert float(times[0][2]) == pytest.approx(float(times[1][2]), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_step_benchmark_programs_report_consistent_numbers(tmp_path):
+  """The train step (both update layouts) and the backbone pass of the step benchmark,
+  tiny and on the CPU, then the step fed by the grain pipeline."""
+  import jax
+
+  from kmcl_jax.benchmarks import inputs, step_programs
+  from kmcl_jax.data import pipeline
+
+  backbone = step_programs.measure_backbone("tresnet_tiny", "float32", 2, 32, repeats=2)
+  steps = {layout: step_programs.measure_train_step(
+      step_programs.step_config("tresnet_tiny", 32, "float32", 2, layout), repeats=2)
+      for layout in ("per_leaf", "flat")}
+  assert backbone.program == "backbone" and steps["flat"].layout == "flat"
+  for row in (backbone, *steps.values()):
+    assert row.batch == 2 and row.timing.steps == 2
+    assert row.images_per_second == pytest.approx(2 / row.timing.seconds)
+    assert 0 < row.timing.dispatch_seconds <= row.timing.seconds
+    assert row.flops > 0 and row.flops_per_image == pytest.approx(row.flops / 2)
+    assert row.compiled_bytes > 0
+    # The CPU: no peak FLOP/s is listed and no memory statistics are kept.
+    assert row.peak_fraction(jax.devices()[0].device_kind) is None
+    assert row.device_peak_bytes is None
+    assert row.peak_fraction("NVIDIA H200") == pytest.approx(
+        row.flops / row.timing.seconds / 989e12)
+    # The step is the backbone's pass plus the head, the loss and the update.
+    if row is not backbone:
+      assert row.flops > backbone.flops and row.compiled_bytes > backbone.compiled_bytes
+      assert 0 < row.images_per_second / backbone.images_per_second < 2
+
+  config = step_programs.step_config("tresnet_tiny", 32, "float32", 2, "per_leaf")
+  source = inputs.write_photos(str(tmp_path), 4)
+  dataset = pipeline.train_dataset(
+      source, seed=0, global_batch=2, image_size=32, cutout_factor=0.5, augment="randaugment",
+      process_index=0, process_count=1, worker_count=0, read_threads=1)
+  result = step_programs.measure_fed_train_step(config, iter(dataset), repeats=2)
+  fed, resident = result["fed"], result["resident"]
+  assert fed.steps == resident.steps == 2
+  # Decoding and augmenting JPEGs takes longer than handing over a resident batch, and
+  # the loop's time per step includes its wait.
+  assert fed.wait_seconds > resident.wait_seconds and fed.seconds >= fed.wait_seconds
+  slower = fed.seconds - resident.seconds
+  assert result["input_bound"] == (slower > 0.1 * resident.seconds
+                                   and fed.wait_seconds > 0.5 * slower)
+
+
+@pytest.mark.slow
+def test_step_benchmark_prints_its_table():
+  out = run_module("kmcl_jax.benchmarks.step", "--arch=tresnet_tiny", "--image_size=32",
+                   "--batches=2", "--dtype=float32", "--repeats=1", "--update_layouts=per_leaf")
+  rows = [line.split() for line in out.splitlines() if line.startswith(("backbone", "train"))]
+  assert [r[0] for r in rows] == ["backbone", "train"] and rows[1][2] == "per_leaf"
+  assert rows[0][-1] == "n/a" and 0 < float(rows[1][-1])  # vs backbone
+  # img/s = batch / (ms per step / 1000), as printed
+  for row in rows:
+    rate, ms = (float(row[3]), float(row[4])) if row[0] == "backbone" else (
+        float(row[4]), float(row[5]))
+    assert rate == pytest.approx(2 / (ms / 1e3), rel=0.02)
+
+
+STAND_IN_MODEL = '''
+import torch.nn as nn
+
+class KMCL(nn.Module):
+    """Stands in for the authors' wrapper: linear heads on the encoder's pooled features."""
+    def __init__(self, encoder, num_features, num_classes, opt):
+        super().__init__()
+        self.encoder = encoder
+        self.pi = nn.Linear(num_features, num_classes)
+        self.mu = nn.Linear(num_features, 2 * num_classes)
+        self.var = nn.Linear(num_features, 2 * num_classes)
+
+    def forward(self, x):
+        features = self.encoder(x)
+        return features, {"pi": self.pi(features), "mu": self.mu(features),
+                          "var": nn.functional.softplus(self.var(features)) + 1}
+'''
+
+
+def test_their_step_runs_in_each_precision_and_says_when_it_skipped(tmp_path, monkeypatch):
+  """compare's builder of their step, on a stand-in model, loss and encoder: the
+  autocast dtype of each precision, and `skipped` true exactly when no weight moved."""
+  torch = pytest.importorskip("torch")
+  timm = pytest.importorskip("timm")
+  import os
+
+  from kmcl_jax import compare
+  from kmcl_jax import config as config_lib
+
+  (tmp_path / "src" / "loss_functions").mkdir(parents=True)
+  (tmp_path / "src" / "loss_functions" / "losses.py").write_text(textwrap.dedent(FAKE_BASELINE))
+  (tmp_path / "Kmcl_Class.py").write_text(textwrap.dedent(STAND_IN_MODEL))
+
+  class Encoder(torch.nn.Module):
+    """A convolution and a mean: records the dtype its convolution computed in."""
+    num_features = 8
+
+    def __init__(self):
+      super().__init__()
+      self.conv = torch.nn.Conv2d(3, 8, 3)
+      self.dtypes = []
+
+    def forward(self, x):
+      y = self.conv(x)
+      self.dtypes.append(y.dtype)
+      return y.float().mean((2, 3))
+
+  encoders = []
+  monkeypatch.setattr(timm, "create_model",
+                      lambda name, pretrained, num_classes: encoders.append(Encoder()) or
+                      encoders[-1])
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = config_lib.load(os.path.join(root, "configs", "demo.py:smoke"))
+  config.model.backbone = "tresnet_m"  # a timm name; the encoder is the stand-in
+  images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+  labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+  skipped_by_precision = {}
+  for precision, dtype in (("float32", torch.float32), ("float16", torch.float16),
+                           ("bfloat16", torch.bfloat16)):
+    model, step = compare.their_training(str(tmp_path), config, 3, 20, on_gpu=False,
+                                         precision=precision)
+    before = [p.detach().clone() for p in model.parameters()]
+    losses, skipped = step(images, labels)
+    moved = any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert encoders[-1].dtypes == [dtype], precision
+    assert len(losses) == 4 and all(np.isfinite(losses)), precision
+    assert skipped == (not moved), precision
+    skipped_by_precision[precision] = skipped
+  # GradScaler's first scale, 65536, overflows float16 gradients of order one: that step
+  # is skipped; without a scaler every step updates.
+  assert skipped_by_precision == {"float32": False, "float16": True, "bfloat16": False}
+  with pytest.raises(ValueError, match="precision='float8': expected one of"):
+    compare.their_training(str(tmp_path), config, 3, 20, on_gpu=False, precision="float8")
+
+
+def test_their_step_timing_counts_the_steps_each_form_skipped():
+  from kmcl_jax import compare
+
+  def fake_step(skips):
+    flags = iter(skips)
+
+    def step():
+      skipped = next(flags)
+      return [float("nan") if skipped else 1.0, 0.0, 0.0, 0.0], skipped
+
+    return step
+
+  # Warm-up until a step is not skipped (3 steps), one untimed call, then 3 timed steps.
+  timing = compare.time_their_step(fake_step([True, True, False, True, True, False, False]),
+                                   repeats=3, max_warmup=50)
+  assert (timing["warmup_steps"], timing["skipped_warmup_steps"]) == (3, 2)
+  assert (timing["timed_steps"], timing["skipped_timed_steps"]) == (3, 1)
+  assert timing["nonfinite_timed_losses"] == 1 and timing["ms"] > 0
+  # A scaler that never stops skipping: warm-up ends at max_warmup.
+  timing = compare.time_their_step(fake_step([True] * 6), repeats=2, max_warmup=3)
+  assert (timing["warmup_steps"], timing["skipped_warmup_steps"]) == (3, 3)
+  assert (timing["timed_steps"], timing["skipped_timed_steps"]) == (2, 2)

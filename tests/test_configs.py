@@ -126,3 +126,11 @@ def test_every_ablation_trains_two_steps_on_the_demo_data(variant):
     assert (metrics[term] != 0) == computed, (term, metrics[term])
   assert np.isfinite(metrics["bc_positive"]) == (config.model.mode == "all"
                                                  and weights["contrastive"] > 0)
+
+
+def test_a_bad_update_layout_is_refused_with_its_field():
+  config = config_module("demo").get_config()
+  config.update_layout = "leafy"
+  with pytest.raises(ValueError, match=r"config.update_layout='leafy': expected 'auto' or one "
+                                       r"of \('per_leaf', 'flat'\)"):
+    config_lib.validate(config)

@@ -106,3 +106,66 @@ def test_decay_mask_and_ema():
                                       "bn": {"scale": False}, "conv": True}
   ema = optim.ema_update({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 0.0])}, 0.75)
   np.testing.assert_allclose(ema["w"], [1.5, 1.5])
+
+
+def test_flat_layout_packs_each_group_in_tree_order_and_unpacks_exactly():
+  tree = {"a": {"kernel": np.arange(6.0, dtype=np.float32).reshape(2, 3),
+                "bias": np.arange(3.0, dtype=np.float32) + 100},
+          "b": np.arange(4.0, dtype=np.float32).reshape(1, 1, 2, 2) + 200}
+  groups = jax.tree.map(lambda decays: 0 if decays else 1, optim.decay_mask(tree))
+  layout = optim.FlatLayout.of(tree, groups, groups=2)
+  decayed, plain = layout.pack(tree)
+  np.testing.assert_array_equal(decayed, np.concatenate([tree["a"]["kernel"].ravel(),
+                                                         tree["b"].ravel()]))
+  np.testing.assert_array_equal(plain, tree["a"]["bias"])
+  back = layout.unpack(layout.pack(tree))
+  assert jax.tree.structure(back) == jax.tree.structure(tree)
+  for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(tree)):
+    assert got.shape == want.shape and np.array_equal(got, want)
+  # One group; a group with no leaves is an empty buffer.
+  (whole,) = optim.FlatLayout.of(tree).pack(tree)
+  assert whole.shape == (13,)
+  _, empty = optim.FlatLayout.of(tree, jax.tree.map(lambda _: 0, tree), groups=2).pack(tree)
+  assert empty.shape == (0,) and empty.dtype == jnp.float32
+  with pytest.raises(ValueError, match="one dtype"):
+    optim.FlatLayout.of({"x": np.zeros(2, np.float32), "n": np.zeros(2, np.int32)})
+
+
+def test_the_optimizer_on_decay_groups_decays_the_decayed_buffer_only():
+  """The same transformation over `DecayGroups` (what update_or_skip's flat layout runs)
+  as over the leaves, with a weight decay large enough to show on every leaf."""
+  rng = np.random.default_rng(1)
+  params = {"dense": {"kernel": rng.normal(size=(4, 5)).astype(np.float32),
+                      "bias": rng.normal(size=(5,)).astype(np.float32)},
+            "norm": {"scale": rng.normal(size=(5,)).astype(np.float32)}}
+  layout = optim.FlatLayout.of(
+      params, jax.tree.map(lambda d: 0 if d else 1, optim.decay_mask(params)), groups=2)
+  assert optim.decay_mask(optim.DecayGroups(*layout.pack(params))) == optim.DecayGroups(
+      decayed=True, plain=False)
+  transform = optim.create_optimizer(optim_config(lr=1e-2, weight_decay=0.5), 10)
+  per_leaf, per_leaf_state = params, transform.init(params)
+  grouped = optim.DecayGroups(*layout.pack(params))
+  grouped_state = transform.init(grouped)
+  for _ in range(5):
+    grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+    updates, per_leaf_state = transform.update(grads, per_leaf_state, per_leaf)
+    per_leaf = optax.apply_updates(per_leaf, updates)
+    updates, grouped_state = transform.update(optim.DecayGroups(*layout.pack(grads)),
+                                              grouped_state, grouped)
+    grouped = optax.apply_updates(grouped, updates)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(layout.unpack(grouped)):
+    want = per_leaf
+    for key in path:
+      want = want[key.key]
+    # Equal up to where the compiler contracts a multiply-add (an ulp or two).
+    np.testing.assert_allclose(leaf, want, rtol=0, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def test_update_layout_auto_is_per_leaf_on_the_cpu_and_bad_names_are_refused():
+  assert jax.default_backend() == "cpu"
+  assert optim.update_layout("auto") == "per_leaf"
+  assert [optim.update_layout(name) for name in optim.UPDATE_LAYOUTS] == ["per_leaf", "flat"]
+  with pytest.raises(ValueError, match="config.update_layout='leafy': expected 'auto'"):
+    optim.update_layout("leafy")
+  with pytest.raises(ValueError, match="layout='leafy': expected one of"):
+    optim.update_or_skip(None, None, None, None, None, 0.9, layout="leafy")

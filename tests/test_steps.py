@@ -96,11 +96,13 @@ def test_a_non_finite_step_is_skipped_and_counted():
 
 
 @pytest.mark.slow
-def test_an_update_that_makes_the_parameters_non_finite_is_skipped():
+@pytest.mark.parametrize("layout", ["per_leaf", "flat"])
+def test_an_update_that_makes_the_parameters_non_finite_is_skipped(layout):
   """The loss and the gradients are finite, the update is not (a learning rate beyond
   float32): applying it would poison every later step."""
   config = run_config()
   config.optim.lr = 1e40
+  config.update_layout = layout
   model = create_model(config, 10)
   optimizer = optim.create_optimizer(config.optim, config.train_steps)
   mesh = create_mesh()
@@ -111,3 +113,37 @@ def test_an_update_that_makes_the_parameters_non_finite_is_skipped():
   assert np.isfinite(metrics["loss"]) and int(metrics["skipped_steps"]) == 1
   assert int(after.consecutive_skipped_steps) == 1 and int(after.opt_state.count) == 0
   assert_trees_close(jax.device_get(after.params), before.params, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("xla_flags,layouts", [
+    ("--xla_cpu_max_isa=AVX", ("per_leaf", "flat")),  # no FMA instructions
+    ("", ("per_leaf",))])
+def test_update_layouts_are_bit_identical_to_the_per_leaf_step(xla_flags, layouts):
+  """4 steps (the second skipped: a NaN label) from the same state on the same batches:
+  params, BatchNorm statistics, optimiser state, EMA, metrics and counters equal bit for
+  bit to the step before `optim.update_or_skip` (tests/step_oracle.py).
+
+  Both layouts run the same operations on every element. XLA:CPU contracts a * x + b * y
+  into a fused multiply-add on either product, chosen per fusion, and the two layouts
+  fuse differently (so did the old step from one leaf to the next): the flat layout is
+  equal bit for bit where no FMA instruction exists (--xla_cpu_max_isa=AVX), the
+  per-leaf one, today's default on the CPU, with default flags too."""
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "tests", "update_identity_run.py"), "4", *layouts],
+      cwd=ROOT, capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": xla_flags})
+  assert result.returncode == 0, result.stderr[-3000:]
+  values = json.loads(result.stdout.splitlines()[-1])
+  oracle_losses = [m["loss"] for m in values["oracle_metrics"]]
+  assert np.isfinite(oracle_losses[0]) and np.isnan(oracle_losses[1])
+  for layout in layouts:
+    run = values[layout]
+    for part, leaves in run["different"].items():
+      if not part.endswith("_leaves"):
+        assert leaves == [] and run["different"][part + "_leaves"] > 0, (layout, part, leaves)
+    for ours, oracle in zip(run["metrics"], values["oracle_metrics"]):
+      assert list(ours) == list(oracle)
+      np.testing.assert_array_equal(list(ours.values()), list(oracle.values()), err_msg=layout)
+    assert run["counters"] == {"step": [4, 4], "skipped_steps": [1, 1],
+                               "consecutive_skipped_steps": [0, 0]}, layout
+    assert run["optimizer_count"] == [3, 3], layout

@@ -36,6 +36,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
+from kmcl_jax.benchmarks.inputs import write_photos
 from kmcl_jax.data import pipeline, transforms
 from kmcl_jax.data.image_files import ImageFileSource, decode_image, read_rgb
 
@@ -53,23 +54,6 @@ _DEVICE = flags.DEFINE_bool("device", True, "With --stages, also time the JAX au
                             "(augment_on=device) on this machine's default device.")
 _HEADER_FILES = flags.DEFINE_integer("header_files", 0, "Also write this many small JPEGs and "
                                      "time the start-up header check over them (0: skip).")
-
-
-def write_photos(folder: str, count: int) -> ImageFileSource:
-  """`count` 500 x 375 JPEGs of smooth colour fields with noise (photo-like compression)."""
-  rng = np.random.default_rng(0)
-  y, x = np.mgrid[0:375, 0:500] / 100.0
-  paths = []
-  for i in range(count):
-    phase = rng.uniform(0, 6, size=3)
-    field = 127 + 100 * np.sin(x[..., None] * (1 + phase) + y[..., None] * phase)
-    pixels = np.clip(field + rng.normal(0, 12, field.shape), 0, 255).astype(np.uint8)
-    paths.append(os.path.join(folder, f"{i:06d}.jpg"))
-    Image.fromarray(pixels).save(paths[-1], quality=90)
-  labels = (rng.random((count, 20)) < 0.15).astype(np.float32)
-  return ImageFileSource(paths=paths, labels=labels, ignore=np.zeros_like(labels, bool),
-                         ids=[str(i) for i in range(count)], class_names=[str(k) for k in range(20)],
-                         name="benchmark photos")
 
 
 def images_per_second(batches, batch_size: int) -> float:
