@@ -11,7 +11,7 @@ default --config is `configs/voc.py`, the reference's VOC recipe).
 
 Loss: on the same random head outputs (B = --loss_batch, K = --classes, D = 128), their
 `KMCL_Loss` against `losses.kmcl_loss`, both in float32: every term's value and its
-gradient with respect to features, logits, mu and var, and the time of the total's
+gradient with respect to features, pi (the logits), mu and var, and the time of the total's
 forward + backward (median of --repeats).
 
 Step: timm's TResNet with their `KMCL` head (`Kmcl_Class.py`), their loss and torch Adam
@@ -54,7 +54,7 @@ from ml_collections import config_flags
 from kmcl_jax import convert, losses, optim
 from kmcl_jax.benchmarks import baseline
 from kmcl_jax.benchmarks.inputs import random_batch
-from kmcl_jax.benchmarks.loss_programs import jax_value_and_grad, make_inputs
+from kmcl_jax.benchmarks.loss_programs import loss_parity, make_inputs, relative_difference
 from kmcl_jax.benchmarks.timing import median_seconds
 from kmcl_jax.data import transforms
 from kmcl_jax.mesh import create_mesh, replicated, to_global_batch
@@ -74,68 +74,7 @@ _KERNELS = flags.DEFINE_list("kernels", list(losses.KERNELS), "Kernels of the lo
 _STEPS = flags.DEFINE_integer("steps", 3, "Training steps whose losses are compared.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs (median reported).")
 
-TERMS = ("asl", "reconstruction", "contrastive")
-INPUTS = ("features", "logits", "mu", "var")
 FEATURE_DIM = 128  # the reference's projection width, D
-
-
-def relative_difference(ours, theirs) -> float:
-  """max |ours - theirs| / max |theirs| (0 when both are all zero)."""
-  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-  scale = float(np.max(np.abs(theirs))) if theirs.size else 0.0
-  error = float(np.max(np.abs(ours - theirs))) if theirs.size else 0.0
-  return error / scale if scale > 0 else error
-
-
-def _synchronize(on_gpu: bool) -> None:
-  if on_gpu:
-    import torch
-    torch.cuda.synchronize()
-
-
-# --------------------------------------------------------------------------------------
-# The loss, term by term.
-# --------------------------------------------------------------------------------------
-
-
-def compare_loss(baseline_dir: str, kernel: str, batch: int, classes: int, on_gpu: bool,
-                 repeats: int) -> dict:
-  """Values and input gradients of every term, ours vs theirs, and forward + backward times."""
-  import torch
-
-  inputs = make_inputs(batch, classes, FEATURE_DIM, kernel)
-  args = [jnp.asarray(inputs[k]) for k in (*INPUTS, "labels")]
-  ours = {}
-  for term in TERMS:
-    value_and_grad = jax.jit(jax.value_and_grad(
-        lambda *a, term=term: losses.kmcl_loss(*a, kernel=kernel)[1][term], argnums=(0, 1, 2, 3)))
-    value, grads = value_and_grad(*args)
-    ours[term] = (float(value), [np.asarray(g) for g in grads])
-  total_step = jax_value_and_grad(kernel)
-  ours_seconds = median_seconds(lambda: jax.block_until_ready(total_step(*args)), repeats)
-
-  forward = baseline.loss_terms(baseline_dir, kernel, inputs, on_gpu)
-
-  def forward_backward():
-    _, terms = forward()
-    sum(terms.values()).backward()
-    _synchronize(on_gpu)
-
-  rows = {}
-  with baseline.device_context(on_gpu):
-    leaves, terms = forward()
-    for term in TERMS:
-      grads = torch.autograd.grad(terms[term], leaves, retain_graph=True, allow_unused=True)
-      theirs = [np.zeros(leaf.shape, np.float32) if g is None else g.detach().cpu().numpy()
-                for leaf, g in zip(leaves, grads)]
-      value, ours_grads = ours[term]
-      rows[term] = {
-          "ours": value, "theirs": terms[term].item(),
-          "value_rel_diff": relative_difference(value, terms[term].item()),
-          "grad_rel_diff": max(relative_difference(o, t) for o, t in zip(ours_grads, theirs))}
-    theirs_seconds = median_seconds(forward_backward, repeats)
-  return {"terms": rows, "ours_ms": ours_seconds * 1e3, "theirs_ms": theirs_seconds * 1e3,
-          "speedup": theirs_seconds / ours_seconds}
 
 
 # --------------------------------------------------------------------------------------
@@ -265,8 +204,10 @@ def paired_steps(baseline_dir: str, config, classes: int, total_steps: int, on_g
     state, metrics = train_step(state, batch)
     # One transfer, which waits for the step; a step was skipped iff it starts a run of
     # skipped steps or extends one.
-    host = jax.device_get({k: metrics[k] for k in ("loss", *TERMS, "consecutive_skipped_steps")})
-    return [float(host[k]) for k in ("loss", *TERMS)], int(host["consecutive_skipped_steps"]) > 0
+    host = jax.device_get({k: metrics[k]
+                           for k in ("loss", *losses.TERMS, "consecutive_skipped_steps")})
+    return ([float(host[k]) for k in ("loss", *losses.TERMS)],
+            int(host["consecutive_skipped_steps"]) > 0)
 
   return ours, theirs
 
@@ -367,8 +308,9 @@ def main(argv):
   loss_results = {}
   for kernel in _KERNELS.value:
     start = time.perf_counter()
-    loss_results[kernel] = compare_loss(_BASELINE_DIR.value, kernel, _LOSS_BATCH.value, classes,
-                                        on_gpu, _REPEATS.value)
+    inputs = make_inputs(_LOSS_BATCH.value, classes, FEATURE_DIM, kernel)
+    loss_results[kernel] = loss_parity(_BASELINE_DIR.value, kernel, inputs, _REPEATS.value,
+                                       on_gpu)
     logging.info("loss: %s kernel compared (%.0f s)", kernel, time.perf_counter() - start)
   step = compare_step(_BASELINE_DIR.value, config, classes, _STEPS.value, _REPEATS.value, on_gpu)
 

@@ -55,22 +55,26 @@ class KMCL_Loss(nn.Module):
 '''
 
 
-def test_baseline_shim_runs_cuda_code_on_the_cpu(tmp_path):
-  pytest.importorskip("torch")
-  module_dir = tmp_path / "src" / "loss_functions"
+def write_fake_baseline(directory):
+  module_dir = directory / "src" / "loss_functions"
   module_dir.mkdir(parents=True)
   (module_dir / "losses.py").write_text(textwrap.dedent(FAKE_BASELINE))
+
+
+def test_baseline_shim_runs_cuda_code_on_the_cpu(tmp_path):
+  pytest.importorskip("torch")
+  write_fake_baseline(tmp_path)
   inputs = loss_programs.make_inputs(6, 3, 4, "anisotropic")
   with baseline.cuda_is_cpu():
     leaves, terms = baseline.loss_terms(str(tmp_path), "anisotropic", inputs)()
     sum(terms.values()).backward()
-  np.testing.assert_allclose(terms["asl"].item(), np.sum(inputs["logits"] * inputs["labels"]),
+  np.testing.assert_allclose(terms["asl"].item(), np.sum(inputs["pi"] * inputs["labels"]),
                              rtol=1e-5)
   np.testing.assert_allclose(terms["reconstruction"].item(), np.mean(inputs["features"] ** 2),
                              rtol=1e-5)
   np.testing.assert_allclose(terms["contrastive"].item(),
                              inputs["mu"].sum() + inputs["var"].mean(), rtol=1e-5)
-  np.testing.assert_allclose(leaves[1].grad.numpy(), inputs["labels"])  # d asl / d logits
+  np.testing.assert_allclose(leaves[1].grad.numpy(), inputs["labels"])  # d asl / d pi
   np.testing.assert_allclose(leaves[2].grad.numpy(), np.ones_like(inputs["mu"]))
 
 
@@ -97,37 +101,53 @@ def test_compare_without_a_baseline_says_what_it_needs_in_one_sentence():
 
 
 @pytest.mark.slow
-def test_compare_loss_reports_both_sides_terms_and_gradient_differences(tmp_path):
+def test_loss_parity_reports_both_sides_terms_and_gradient_differences(tmp_path):
   """Against a stand-in whose terms are simple sums: their values and gradients are
   known, so every number of the row can be checked."""
-  torch = pytest.importorskip("torch")
+  pytest.importorskip("torch")
   import jax
   import jax.numpy as jnp
 
-  from kmcl_jax import compare, losses
+  from kmcl_jax import losses
 
-  module_dir = tmp_path / "src" / "loss_functions"
-  module_dir.mkdir(parents=True)
-  (module_dir / "losses.py").write_text(textwrap.dedent(FAKE_BASELINE))
-  result = compare.compare_loss(str(tmp_path), "anisotropic", 6, 3, on_gpu=False, repeats=1)
-  inputs = loss_programs.make_inputs(6, 3, compare.FEATURE_DIM, "anisotropic")
-  args = [jnp.asarray(inputs[k]) for k in ("features", "logits", "mu", "var", "labels")]
+  write_fake_baseline(tmp_path)
+  inputs = loss_programs.make_inputs(6, 3, 128, "anisotropic")
+  result = loss_programs.loss_parity(str(tmp_path), "anisotropic", inputs, repeats=1)
+  args = [jnp.asarray(inputs[k]) for k in loss_programs.LOSS_INPUTS]
   _, ours = losses.kmcl_loss(*args, kernel="anisotropic")
-  theirs = {"asl": np.sum(inputs["logits"] * inputs["labels"]),
+  theirs = {"asl": np.sum(inputs["pi"] * inputs["labels"]),
             "reconstruction": np.mean(inputs["features"] ** 2),
             "contrastive": inputs["mu"].sum() + inputs["var"].mean()}
+  assert list(result["terms"]) == list(losses.TERMS)
   for term, row in result["terms"].items():
     assert row["ours"] == pytest.approx(float(ours[term]), rel=1e-6)
     assert row["theirs"] == pytest.approx(float(theirs[term]), rel=1e-5)
     assert row["value_rel_diff"] == pytest.approx(
         abs(row["ours"] - row["theirs"]) / abs(row["theirs"]), rel=1e-6)
-  # d(their ASL)/d logits = labels; ours is the real ASL gradient, a different array.
-  grad_logits = jax.grad(lambda l: losses.asl_loss(l, args[4]))(args[1])
-  want = np.max(np.abs(np.asarray(grad_logits) - inputs["labels"])) / np.max(inputs["labels"])
+  # d(their ASL)/d pi = labels; ours is the real ASL gradient, a different array.
+  grad_pi = jax.grad(lambda p: losses.asl_loss(p, args[4]))(args[1])
+  want = np.max(np.abs(np.asarray(grad_pi) - inputs["labels"])) / np.max(inputs["labels"])
   assert result["terms"]["asl"]["grad_rel_diff"] == pytest.approx(float(want), rel=1e-5)
   assert result["ours_ms"] > 0 and result["theirs_ms"] > 0
   assert result["speedup"] == pytest.approx(result["theirs_ms"] / result["ours_ms"])
-  del torch
+
+
+@pytest.mark.slow
+def test_the_loss_benchmark_prints_the_parity_compare_reports(tmp_path):
+  """One comparison serves both programs: the benchmark's differences are
+  `loss_parity`'s, to the digits it prints."""
+  pytest.importorskip("torch")
+  write_fake_baseline(tmp_path)
+  out = run_module("kmcl_jax.benchmarks.loss", "--sizes=6x3x128", "--repeats=1",
+                   "--kernels=isotropic", f"--baseline_dir={tmp_path}", "--memory_size=8x3x4")
+  row = next(line.split() for line in out.splitlines() if line.startswith("isotropic"))
+  parity = loss_programs.loss_parity(str(tmp_path), "isotropic",
+                                     loss_programs.make_inputs(6, 3, 128, "isotropic"), repeats=1)
+  printed = [float(v) for v in row[7:11]]
+  want = [t["value_rel_diff"] for t in parity["terms"].values()]
+  want.append(max(t["grad_rel_diff"] for t in parity["terms"].values()))
+  assert printed == pytest.approx(want, rel=1e-2)
+  assert min(want) > 0  # the stand-in's terms differ from ours: a printed 0 would be a bug
 
 
 @pytest.mark.slow
@@ -237,8 +257,7 @@ def test_their_step_runs_in_each_precision_and_says_when_it_skipped(tmp_path, mo
   from kmcl_jax import compare
   from kmcl_jax import config as config_lib
 
-  (tmp_path / "src" / "loss_functions").mkdir(parents=True)
-  (tmp_path / "src" / "loss_functions" / "losses.py").write_text(textwrap.dedent(FAKE_BASELINE))
+  write_fake_baseline(tmp_path)
   (tmp_path / "Kmcl_Class.py").write_text(textwrap.dedent(STAND_IN_MODEL))
 
   class Encoder(torch.nn.Module):

@@ -77,8 +77,8 @@ def kmcl_model_class(baseline_dir: str, on_gpu: bool = False):
 def loss_terms(baseline_dir: str, kernel: str, inputs: dict, on_gpu: bool = False):
   """forward() -> (leaves, terms): their `KMCL_Loss` on fresh leaf tensors of `inputs`.
 
-  inputs: NumPy "features" (B, D), "logits" (B, K), "mu"/"var" (B, D, K) or (B, K),
-  "labels" (B, K). leaves: [features, logits, mu, var] tensors that require grad; terms:
+  inputs: NumPy "features" (B, D), "pi" (B, K), "mu"/"var" (B, D, K) or (B, K),
+  "labels" (B, K). leaves: [features, pi, mu, var] tensors that require grad; terms:
   {"asl", "reconstruction", "contrastive"} scalar tensors. Call it inside
   `device_context(on_gpu)`.
   """
@@ -93,10 +93,10 @@ def loss_terms(baseline_dir: str, kernel: str, inputs: dict, on_gpu: bool = Fals
 
   def forward():
     leaves = [torch.tensor(inputs[k], device=device, requires_grad=True)
-              for k in ("features", "logits", "mu", "var")]
-    features, logits, mu, var = leaves
+              for k in ("features", "pi", "mu", "var")]
+    features, pi, mu, var = leaves
     # Their head emits mu and var flat, (B, D K) with k fastest, as `reshape` lays out (B, D, K).
-    output = {"pi": logits, "mu": mu.reshape(batch, -1), "var": var.reshape(batch, -1)}
+    output = {"pi": pi, "mu": mu.reshape(batch, -1), "var": var.reshape(batch, -1)}
     _, asl, reconstruction, contrastive = criterion(features, output, labels)
     return leaves, {"asl": asl, "reconstruction": reconstruction, "contrastive": contrastive}
 

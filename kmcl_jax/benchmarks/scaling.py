@@ -5,7 +5,7 @@ r"""How the global-batch KMCL loss scales over a device mesh, on simulated CPU d
 
 Memory: the per-device temporary memory XLA's memory analysis reports for the compiled
 value-and-gradient of `kmcl_loss` (anisotropic, K = 80, D = 128, default block size),
-batch sharded over a "data" mesh axis, for two ways of partitioning the contrastive
+batch sharded over the mesh axis, for two ways of partitioning the contrastive
 term: `split` (ours, `losses.contrastive_loss(mesh=...)`: each device's anchors against
 the all-gathered batch under `shard_map`) and `auto` (the same code left to XLA's SPMD
 partitioner). It also counts the collectives in the compiled program and how many of
@@ -21,14 +21,11 @@ from __future__ import annotations
 import re
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kmcl_jax import losses
 from kmcl_jax.benchmarks import loss_programs
-from kmcl_jax.benchmarks.timing import median_seconds
+from kmcl_jax.mesh import create_mesh
 
 _SIMULATED = flags.DEFINE_integer("simulated_devices", 64, "CPU devices to simulate.")
 _MEMORY_DEVICES = flags.DEFINE_list("memory_devices", ["8", "64"],
@@ -64,11 +61,11 @@ def main(argv):
   del argv
   jax.config.update("jax_num_cpu_devices", _SIMULATED.value)  # before any computation
 
-  def mesh_of(devices: int) -> Mesh:
+  def mesh_of(devices: int):
     if devices > jax.device_count():
       raise app.UsageError(f"--simulated_devices={jax.device_count()} is fewer than the "
                            f"{devices} devices asked for.")
-    return Mesh(np.array(jax.devices()[:devices]), ("data",))
+    return create_mesh(jax.devices()[:devices])
 
   classes, dim = _CLASSES.value, _DIM.value
   print(f"JAX {jax.__version__}, {jax.device_count()} simulated {jax.devices()[0].device_kind} "
@@ -94,14 +91,9 @@ def main(argv):
   print(f"\nsplit loss, batch {batch}, median of {_REPEATS.value} runs")
   print(f"{'devices':>7} {'ms':>8} {'total':>10}")
   for devices in (int(d) for d in _TIME_DEVICES.value):
-    mesh = mesh_of(devices)
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
-    args = [jax.device_put(jnp.asarray(inputs[k]), sharding)
-            for k in ("features", "logits", "mu", "var", "labels")]
-    step = loss_programs.jax_value_and_grad("anisotropic", mesh=mesh)
-    (total, _), _ = step(*args)
-    seconds = median_seconds(lambda: jax.block_until_ready(step(*args)), _REPEATS.value)
-    print(f"{devices:>7} {seconds * 1e3:>8.1f} {float(total):>10.5f}", flush=True)
+    seconds, total = loss_programs.time_loss(inputs, "anisotropic", _REPEATS.value,
+                                             mesh_of(devices))
+    print(f"{devices:>7} {seconds * 1e3:>8.1f} {total:>10.5f}", flush=True)
 
 
 if __name__ == "__main__":
