@@ -21,28 +21,34 @@ Each variant differs from the base recipe in the line that sets it below:
 from kmcl_jax.config import defaults
 
 ABLATIONS = {
-    "isotropic": {"model.kernel": "isotropic"},
-    "mks": {"model.variance": "MKS"},
-    "rbf": {"model.kernel": "isotropic", "model.variance": "RBF"},
-    "asl_only": {"model.mode": "asl_only"},
-    "asl_reconstruction": {"loss.weights.contrastive": 0.0},
-    "asl_contrastive": {"loss.weights.reconstruction": 0.0},
-    "temperature_0.1": {"loss.temperature": 0.1},
-    "temperature_0.5": {"loss.temperature": 0.5},
-    "embedding_64": {"model.embedding_dim": 64},
-    "embedding_256": {"model.embedding_dim": 256},
-    "coco_subset": {"data.name": "coco2014", "data.train_split": "train",
-                    "data.eval_split": "val"},  # and data.subset_ids, from the variant
+  "isotropic": {"model.kernel": "isotropic"},
+  "mks": {"model.variance": "MKS"},
+  "rbf": {"model.kernel": "isotropic", "model.variance": "RBF"},
+  "asl_only": {"model.mode": "asl_only"},
+  "asl_reconstruction": {"loss.weights.contrastive": 0.0},
+  "asl_contrastive": {"loss.weights.reconstruction": 0.0},
+  "temperature_0.1": {"loss.temperature": 0.1},
+  "temperature_0.5": {"loss.temperature": 0.5},
+  "embedding_64": {"model.embedding_dim": 64},
+  "embedding_256": {"model.embedding_dim": 256},
+  "coco_subset": {
+    "data.name": "coco2014",
+    "data.train_split": "train",
+    "data.eval_split": "val",
+  },  # and data.subset_ids, from the variant
 }
 VARIANTS = tuple(a for a in ABLATIONS if a != "coco_subset") + (
-    "coco_subset=COCO_Subset_20_Ids.csv",)
+  "coco_subset=COCO_Subset_20_Ids.csv",
+)
 
 
 def get_config(arg=None):
   name, _, subset_ids = (arg or "").partition("=")
   if name not in ABLATIONS or (name == "coco_subset") != bool(subset_ids):
-    raise ValueError(f"configs/ablations.py: unknown variant {arg!r}; expected one of "
-                     f"{sorted(set(ABLATIONS) - {'coco_subset'})} or coco_subset=CSV.")
+    raise ValueError(
+      f"configs/ablations.py: unknown variant {arg!r}; expected one of "
+      f"{sorted(set(ABLATIONS) - {'coco_subset'})} or coco_subset=CSV."
+    )
   config = defaults()
   config.data.name = "voc2007"
   config.data.train_split, config.data.eval_split = "trainval", "test"

@@ -14,8 +14,14 @@ combinations such as `:tresnet_l_v2,reference_lists`.
 
 from kmcl_jax.config import apply_variants, defaults
 
-VARIANTS = ("", "tresnet_l", "tresnet_l_v2", "reference_lists", "tresnet_l,reference_lists",
-            "tresnet_l_v2,reference_lists")
+VARIANTS = (
+  "",
+  "tresnet_l",
+  "tresnet_l_v2",
+  "reference_lists",
+  "tresnet_l,reference_lists",
+  "tresnet_l_v2,reference_lists",
+)
 
 
 def get_config(arg=None):

@@ -63,20 +63,31 @@ def integrity(state: Any) -> tuple[bool, dict[str, int]]:
   """(every value finite, {array path: checksum}) of a state pytree."""
   finite, sums = jax.device_get(_integrity(state))
   paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(state)]
-  return bool(finite), dict(zip(paths, (int(s) for s in sums)))
+  return bool(finite), dict(zip(paths, (int(s) for s in sums), strict=True))
 
 
 def _manager(directory: str, keep: int | None, best: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, enable_async_checkpointing=True,
-      best_fn=(lambda metrics: metrics["map"]) if best else None, best_mode="max",
-      # Both managers may save the same step at once; their cross-host barriers (named
-      # after the step) must not collide.
-      multiprocessing_options=ocp.options.MultiprocessingOptions(
-          barrier_sync_key_prefix=BEST if best else LATEST))
-  return ocp.CheckpointManager(directory, options=options, item_handlers={
-      "state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
-      "integrity": ocp.JsonCheckpointHandler()})
+    max_to_keep=keep,
+    create=True,
+    enable_async_checkpointing=True,
+    best_fn=(lambda metrics: metrics["map"]) if best else None,
+    best_mode="max",
+    # Both managers may save the same step at once; their cross-host barriers (named
+    # after the step) must not collide.
+    multiprocessing_options=ocp.options.MultiprocessingOptions(
+      barrier_sync_key_prefix=BEST if best else LATEST
+    ),
+  )
+  return ocp.CheckpointManager(
+    directory,
+    options=options,
+    item_handlers={
+      "state": ocp.StandardCheckpointHandler(),
+      "data": grain.checkpoint.CheckpointHandler(),
+      "integrity": ocp.JsonCheckpointHandler(),
+    },
+  )
 
 
 def _reason(error: BaseException) -> str:
@@ -96,8 +107,10 @@ class Checkpoints:
     self._pending = {}  # manager directory -> the step its save in flight will commit
     # The best score is kept here, not asked of orbax: while a best save is in flight
     # orbax counts its step but cannot read its metrics from disk yet.
-    self._best = max(((m["map"], m.get("variant"), step) for step, m in self._best_metrics()),
-                     default=(float("-inf"), None, None))
+    self._best = max(
+      ((m["map"], m.get("variant"), step) for step, m in self._best_metrics()),
+      default=(float("-inf"), None, None),
+    )
 
   def _best_metrics(self):
     for step in self.best.all_steps():
@@ -115,14 +128,16 @@ class Checkpoints:
     if self.latest.latest_step() != step:
       self._save(self.latest, step, state, data_iterator)
 
-  def save_best(self, step: int, state: Any, data_iterator: grain.DatasetIterator,
-                score: float, variant: str) -> bool:
+  def save_best(
+    self, step: int, state: Any, data_iterator: grain.DatasetIterator, score: float, variant: str
+  ) -> bool:
     """Saves if `score` (the mAP of `variant`, "model" or "ema") beats the best
     checkpoint's; returns whether it did."""
     if score <= self.best_score():
       return False
-    self._save(self.best, step, state, data_iterator,
-               metrics={"map": float(score), "variant": variant})
+    self._save(
+      self.best, step, state, data_iterator, metrics={"map": float(score), "variant": variant}
+    )
     self._best = (float(score), variant, step)
     return True
 
@@ -130,23 +145,38 @@ class Checkpoints:
     return self._best[0]
 
   def best_variant(self) -> str | None:
-    """"model" or "ema": which of the best checkpoint's two scored its mAP."""
+    """ "model" or "ema": which of the best checkpoint's two scored its mAP."""
     return self._best[1]
 
-  def _save(self, manager: ocp.CheckpointManager, step: int, state: Any,
-            data_iterator: grain.DatasetIterator, metrics: dict | None = None) -> None:
+  def _save(
+    self,
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: Any,
+    data_iterator: grain.DatasetIterator,
+    metrics: dict | None = None,
+  ) -> None:
     finite, checksums = integrity(state)
     if not finite:
-      raise CheckpointError(f"Refusing to save step {step} to {manager.directory}: the state "
-                            "has non-finite values (the checkpoints before it are kept).")
+      raise CheckpointError(
+        f"Refusing to save step {step} to {manager.directory}: the state "
+        "has non-finite values (the checkpoints before it are kept)."
+      )
     # Both managers write to the same storage: a save that failed (a full disk) in either
     # stops the run before another one is started.
     self.wait()
     self._pending[manager.directory] = step
     try:
-      manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
-          integrity=ocp.args.JsonSave({"checksums": checksums})), metrics=metrics, force=True)
+      manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(data_iterator),
+          integrity=ocp.args.JsonSave({"checksums": checksums}),
+        ),
+        metrics=metrics,
+        force=True,
+      )
     except Exception as error:
       raise self._save_error(manager, step, error) from error
 
@@ -160,9 +190,10 @@ class Checkpoints:
   @staticmethod
   def _save_error(manager, step, error) -> CheckpointError:
     return CheckpointError(
-        f"Saving checkpoint {step} to {manager.directory} failed ({_reason(error)}); the "
-        "checkpoints saved before it are intact: fix the cause (free disk space, say) and "
-        "rerun the same command to resume.")
+      f"Saving checkpoint {step} to {manager.directory} failed ({_reason(error)}); the "
+      "checkpoints saved before it are intact: fix the cause (free disk space, say) and "
+      "rerun the same command to resume."
+    )
 
   def wait(self) -> None:
     """Blocks until every save in flight is committed; raises CheckpointError if one failed."""
@@ -171,9 +202,15 @@ class Checkpoints:
 
   # Restoring. --------------------------------------------------------------------
 
-  def restore(self, abstract_state: Any, data_iterator: grain.DatasetIterator | None = None,
-              *, best: bool = False, step: int | None = None, repair: bool = False
-              ) -> tuple[Any, int] | None:
+  def restore(
+    self,
+    abstract_state: Any,
+    data_iterator: grain.DatasetIterator | None = None,
+    *,
+    best: bool = False,
+    step: int | None = None,
+    repair: bool = False,
+  ) -> tuple[Any, int] | None:
     """(state, step) of the newest checkpoint that restores intact, or None if there is
     no checkpoint at all.
 
@@ -195,9 +232,11 @@ class Checkpoints:
     if step is not None:
       candidates = [(m, s) for m, s in bests + latest if s == step][:1]
       if not candidates:
-        raise ValueError(f"--step={step}: no such checkpoint (latest: "
-                         f"{sorted(self.latest.all_steps())}, best: "
-                         f"{sorted(self.best.all_steps())}).")
+        raise ValueError(
+          f"--step={step}: no such checkpoint (latest: "
+          f"{sorted(self.latest.all_steps())}, best: "
+          f"{sorted(self.best.all_steps())})."
+        )
     else:
       candidates = bests + latest if best else latest + bests
     failures = []
@@ -207,8 +246,12 @@ class Checkpoints:
       except _DamagedCheckpoint as damaged:
         where = f"{manager.directory}/{candidate}"
         failures.append(f"{where} ({damaged})")
-        logging.warning("Checkpoint %s cannot be restored: %s.%s", where, damaged,
-                        " Trying the one before it." if len(failures) < len(candidates) else "")
+        logging.warning(
+          "Checkpoint %s cannot be restored: %s.%s",
+          where,
+          damaged,
+          " Trying the one before it." if len(failures) < len(candidates) else "",
+        )
         if repair:
           self._move_aside(manager, candidate)
         continue
@@ -216,14 +259,15 @@ class Checkpoints:
         logging.warning("Restored %s/%d instead.", manager.directory, candidate)
       return state, candidate
     if failures:
-      raise CheckpointError(f"No checkpoint of {self.root} restores intact: "
-                            f"{'; '.join(failures)}. Move the folder aside (or use another "
-                            "--workdir) to start a new run.")
+      raise CheckpointError(
+        f"No checkpoint of {self.root} restores intact: "
+        f"{'; '.join(failures)}. Move the folder aside (or use another "
+        "--workdir) to start a new run."
+      )
     return None
 
   def _restore_verified(self, manager, step, abstract_state, data_iterator):
-    items = {"state": ocp.args.StandardRestore(abstract_state),
-             "integrity": ocp.args.JsonRestore()}
+    items = {"state": ocp.args.StandardRestore(abstract_state), "integrity": ocp.args.JsonRestore()}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
@@ -234,8 +278,9 @@ class Checkpoints:
     saved = restored["integrity"]["checksums"]
     changed = [path for path, value in checksums.items() if saved.get(path) != value]
     if changed:
-      raise _DamagedCheckpoint(f"checksum mismatch in {len(changed)} array(s), e.g. "
-                               f"{', '.join(changed[:3])}")
+      raise _DamagedCheckpoint(
+        f"checksum mismatch in {len(changed)} array(s), e.g. {', '.join(changed[:3])}"
+      )
     if not finite:
       raise _DamagedCheckpoint("it holds non-finite values")
     return restored["state"]
@@ -268,4 +313,3 @@ class Checkpoints:
 
 class _DamagedCheckpoint(Exception):
   """A checkpoint that exists but does not restore intact; the message says why."""
-

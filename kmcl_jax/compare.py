@@ -46,7 +46,6 @@ import time
 import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -62,10 +61,12 @@ from kmcl_jax.models.tresnet import TIMM_NAMES
 from kmcl_jax.state import create_model, initial_state, with_weights
 from kmcl_jax.steps import jit_steps
 
-_BASELINE_DIR = flags.DEFINE_string("baseline_dir", None,
-                                    "Checkout of the authors' repository mahdihosseini/KMCL.")
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/voc.py",
-                                          "Recipe of the step (model, image size, optimiser).")
+_BASELINE_DIR = flags.DEFINE_string(
+  "baseline_dir", None, "Checkout of the authors' repository mahdihosseini/KMCL."
+)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", "configs/voc.py", "Recipe of the step (model, image size, optimiser)."
+)
 _JSON = flags.DEFINE_string("json", None, "Also write the summary to this JSON file.")
 _BATCH = flags.DEFINE_integer("batch", 0, "Images per training step; 0: 64 on a GPU, 8 on the CPU.")
 _CLASSES = flags.DEFINE_integer("classes", 20, "K, classes of the random labels (VOC: 20).")
@@ -88,8 +89,9 @@ FEATURE_DIM = 128  # the reference's projection width, D
 THEIR_PRECISIONS = ("float16", "bfloat16", "float32")
 
 
-def their_training(baseline_dir: str, config, classes: int, total_steps: int, on_gpu: bool,
-                   precision: str):
+def their_training(
+  baseline_dir: str, config, classes: int, total_steps: int, on_gpu: bool, precision: str
+):
   """(model, step(images, labels) -> ([total, asl, rec, con], skipped)) as their train.py
   trains, in `precision` (`THEIR_PRECISIONS`): "float16" runs the model under float16
   autocast and the backward pass through a GradScaler, which skips (skipped = True) the
@@ -103,28 +105,45 @@ def their_training(baseline_dir: str, config, classes: int, total_steps: int, on
     raise ValueError(f"precision={precision!r}: expected one of {THEIR_PRECISIONS}.")
   torch.manual_seed(config.seed)
   with baseline.device_context(on_gpu):
-    encoder = timm.create_model(TIMM_NAMES[config.model.backbone], pretrained=False,
-                                num_classes=0)
-    head_options = types.SimpleNamespace(loss_opt="all", loss_case=config.model.kernel,
-                                         similarity=config.model.variance)
+    encoder = timm.create_model(TIMM_NAMES[config.model.backbone], pretrained=False, num_classes=0)
+    head_options = types.SimpleNamespace(
+      loss_opt="all", loss_case=config.model.kernel, similarity=config.model.variance
+    )
     model = baseline.kmcl_model_class(baseline_dir, on_gpu)(
-        encoder.cuda() if on_gpu else encoder, encoder.num_features, classes, head_options)
+      encoder.cuda() if on_gpu else encoder, encoder.num_features, classes, head_options
+    )
     criterion = baseline.kmcl_loss_class(baseline_dir, on_gpu)(
-        gamma_neg=4, gamma_pos=0, clip=0.05, disable_torch_grad_focal_loss=True,
-        loss_case=config.model.kernel, loss_opt="all")
+      gamma_neg=4,
+      gamma_pos=0,
+      clip=0.05,
+      disable_torch_grad_focal_loss=True,
+      loss_case=config.model.kernel,
+      loss_opt="all",
+    )
   model.train()
   # The reference's parameter groups: coupled L2 on weights, none on biases and 1-D params.
   decayed = [p for n, p in model.named_parameters() if p.ndim > 1 and not n.endswith(".bias")]
   plain = [p for n, p in model.named_parameters() if not (p.ndim > 1 and not n.endswith(".bias"))]
   settings = config.optim
   optimizer = torch.optim.Adam(
-      [{"params": plain, "weight_decay": 0.0},
-       {"params": decayed, "weight_decay": settings.weight_decay}],
-      lr=settings.lr, betas=(settings.beta1_peak, settings.b2), eps=settings.eps)
+    [
+      {"params": plain, "weight_decay": 0.0},
+      {"params": decayed, "weight_decay": settings.weight_decay},
+    ],
+    lr=settings.lr,
+    betas=(settings.beta1_peak, settings.b2),
+    eps=settings.eps,
+  )
   scheduler = torch.optim.lr_scheduler.OneCycleLR(
-      optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=settings.pct_start,
-      div_factor=settings.div_factor, final_div_factor=settings.final_div_factor,
-      base_momentum=settings.beta1_base, max_momentum=settings.beta1_peak)
+    optimizer,
+    max_lr=settings.lr,
+    total_steps=total_steps,
+    pct_start=settings.pct_start,
+    div_factor=settings.div_factor,
+    final_div_factor=settings.final_div_factor,
+    base_momentum=settings.beta1_base,
+    max_momentum=settings.beta1_peak,
+  )
   device_type = "cuda" if on_gpu else "cpu"
   scaler = torch.amp.GradScaler(device_type, enabled=precision == "float16")
   autocast_dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
@@ -162,8 +181,14 @@ def float32_products():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags_before
 
 
-def paired_steps(baseline_dir: str, config, classes: int, total_steps: int, on_gpu: bool,
-                 their_precisions: tuple[str, ...]):
+def paired_steps(
+  baseline_dir: str,
+  config,
+  classes: int,
+  total_steps: int,
+  on_gpu: bool,
+  their_precisions: tuple[str, ...],
+):
   """(ours, {precision: theirs}): step functions from the same weights on the same batch,
   each () -> ([total, asl, rec, con], skipped). Theirs, one per precision of
   `their_precisions` (each with its own optimizer); ours computes in float32 if theirs
@@ -178,14 +203,16 @@ def paired_steps(baseline_dir: str, config, classes: int, total_steps: int, on_g
   config.loss.reference_batch = config.recipe_batch = config.batch_size
   host_batch = random_batch(config.batch_size, config.data.image_size, classes, config.seed)
   device = "cuda" if on_gpu else "cpu"
-  images = torch.tensor(transforms.normalize(host_batch["image"], config.data.mean,
-                                             config.data.std), device=device)
+  images = torch.tensor(
+    transforms.normalize(host_batch["image"], config.data.mean, config.data.std), device=device
+  )
   images = images.permute(0, 3, 1, 2).contiguous()
   labels = torch.tensor(host_batch["labels"], device=device)
   theirs = {}
   for precision in their_precisions:  # each from config.seed: the same initial weights
-    their_model, their_step = their_training(baseline_dir, config, classes, total_steps,
-                                             on_gpu, precision)
+    their_model, their_step = their_training(
+      baseline_dir, config, classes, total_steps, on_gpu, precision
+    )
     theirs[precision] = functools.partial(their_step, images, labels)
 
   model = create_model(config, classes)
@@ -193,9 +220,11 @@ def paired_steps(baseline_dir: str, config, classes: int, total_steps: int, on_g
   mesh = create_mesh()
   state = initial_state(config, model, optimizer, replicated(mesh))
   variables = convert.convert_state_dict(
-      {k: v.detach().cpu() for k, v in their_model.state_dict().items()}, config.model.backbone)
-  state = with_weights(state, variables["params"], variables["batch_stats"],
-                       "The baseline model's converted weights")
+    {k: v.detach().cpu() for k, v in their_model.state_dict().items()}, config.model.backbone
+  )
+  state = with_weights(
+    state, variables["params"], variables["batch_stats"], "The baseline model's converted weights"
+  )
   train_step, _ = jit_steps(config, model, optimizer, mesh, state)
   batch = to_global_batch(host_batch, mesh)
 
@@ -204,10 +233,13 @@ def paired_steps(baseline_dir: str, config, classes: int, total_steps: int, on_g
     state, metrics = train_step(state, batch)
     # One transfer, which waits for the step; a step was skipped iff it starts a run of
     # skipped steps or extends one.
-    host = jax.device_get({k: metrics[k]
-                           for k in ("loss", *losses.TERMS, "consecutive_skipped_steps")})
-    return ([float(host[k]) for k in ("loss", *losses.TERMS)],
-            int(host["consecutive_skipped_steps"]) > 0)
+    host = jax.device_get(
+      {k: metrics[k] for k in ("loss", *losses.TERMS, "consecutive_skipped_steps")}
+    )
+    return (
+      [float(host[k]) for k in ("loss", *losses.TERMS)],
+      int(host["consecutive_skipped_steps"]) > 0,
+    )
 
   return ours, theirs
 
@@ -228,15 +260,21 @@ def time_their_step(theirs, repeats: int, max_warmup: int) -> dict:
     timed_losses.append(losses[0])
 
   seconds = median_seconds(timed, repeats)
-  return {"ms": seconds * 1e3, "seconds": seconds, "warmup_steps": len(warmup_skips),
-          "skipped_warmup_steps": int(sum(warmup_skips)),
-          # median_seconds' first call is untimed
-          "timed_steps": repeats, "skipped_timed_steps": int(sum(timed_skips[1:])),
-          "nonfinite_timed_losses": int(sum(not np.isfinite(v) for v in timed_losses[1:]))}
+  return {
+    "ms": seconds * 1e3,
+    "seconds": seconds,
+    "warmup_steps": len(warmup_skips),
+    "skipped_warmup_steps": int(sum(warmup_skips)),
+    # median_seconds' first call is untimed
+    "timed_steps": repeats,
+    "skipped_timed_steps": int(sum(timed_skips[1:])),
+    "nonfinite_timed_losses": int(sum(not np.isfinite(v) for v in timed_losses[1:])),
+  }
 
 
-def compare_step(baseline_dir: str, config, classes: int, steps: int, repeats: int,
-                 on_gpu: bool) -> dict:
+def compare_step(
+  baseline_dir: str, config, classes: int, steps: int, repeats: int, on_gpu: bool
+) -> dict:
   """Losses of `steps` steps in float32 from the same weights on the same batch, then step
   times in the training precision: on a GPU ours in bfloat16 against theirs in float16
   with a GradScaler (their train.py) and in bfloat16 without one; on the CPU float32."""
@@ -248,32 +286,39 @@ def compare_step(baseline_dir: str, config, classes: int, steps: int, repeats: i
   # On the CPU both already compute in float32, and the timed steps reuse the compiled
   # step, which a change of JAX's matmul precision would recompile.
   with float32_products() if on_gpu else contextlib.nullcontext():
-    ours, theirs = paired_steps(baseline_dir, config, classes, total_steps, on_gpu,
-                                ("float32",))
-    losses_by_step = [{"ours": ours()[0], "theirs": theirs["float32"]()[0]}
-                      for _ in range(steps)]
-  logging.info("step: %d float32 steps of both compared (%.0f s, compilation included)", steps,
-               time.perf_counter() - start)
+    ours, theirs = paired_steps(baseline_dir, config, classes, total_steps, on_gpu, ("float32",))
+    losses_by_step = [{"ours": ours()[0], "theirs": theirs["float32"]()[0]} for _ in range(steps)]
+  logging.info(
+    "step: %d float32 steps of both compared (%.0f s, compilation included)",
+    steps,
+    time.perf_counter() - start,
+  )
   if on_gpu:
-    ours, theirs = paired_steps(baseline_dir, config, classes, total_steps, on_gpu,
-                                ("float16", "bfloat16"))
+    ours, theirs = paired_steps(
+      baseline_dir, config, classes, total_steps, on_gpu, ("float16", "bfloat16")
+    )
   ours()  # compiles
   ours_seconds = median_seconds(ours, repeats)
-  timings = {precision: time_their_step(step, repeats, max_warmup)
-             for precision, step in theirs.items()}
+  timings = {
+    precision: time_their_step(step, repeats, max_warmup) for precision, step in theirs.items()
+  }
   logging.info("step: timed (%.0f s in all)", time.perf_counter() - start)
   # The speed-up that counts is against their step that updates the weights every step.
   updating = "bfloat16" if on_gpu else "float32"
   return {
-      "losses": losses_by_step,
-      "max_rel_diff": max(relative_difference(s["ours"][0], s["theirs"][0])
-                          for s in losses_by_step),
-      "ours_ms": ours_seconds * 1e3, "ours_images_per_s": config.batch_size / ours_seconds,
-      "theirs": {precision: {"images_per_s": config.batch_size / t["seconds"],
-                             "speedup": t["seconds"] / ours_seconds,
-                             **{k: v for k, v in t.items() if k != "seconds"}}
-                 for precision, t in timings.items()},
-      "speedup": timings[updating]["seconds"] / ours_seconds,
+    "losses": losses_by_step,
+    "max_rel_diff": max(relative_difference(s["ours"][0], s["theirs"][0]) for s in losses_by_step),
+    "ours_ms": ours_seconds * 1e3,
+    "ours_images_per_s": config.batch_size / ours_seconds,
+    "theirs": {
+      precision: {
+        "images_per_s": config.batch_size / t["seconds"],
+        "speedup": t["seconds"] / ours_seconds,
+        **{k: v for k, v in t.items() if k != "seconds"},
+      }
+      for precision, t in timings.items()
+    },
+    "speedup": timings[updating]["seconds"] / ours_seconds,
   }
 
 
@@ -285,6 +330,7 @@ def compare_step(baseline_dir: str, config, classes: int, steps: int, repeats: i
 def device_description(on_gpu: bool) -> str:
   if on_gpu:
     import torch
+
     return torch.cuda.get_device_name(0)
   return f"CPU ({jax.devices()[0].device_kind}, {jax.device_count()} JAX device(s))"
 
@@ -293,64 +339,88 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not _BASELINE_DIR.value:
-    sys.exit("kmcl_jax.compare needs --baseline_dir=PATH, a checkout of the authors' repository "
-             "(git clone https://github.com/mahdihosseini/KMCL), with torch and timm installed "
-             "(pip install -e '.[test]').")
+    sys.exit(
+      "kmcl_jax.compare needs --baseline_dir=PATH, a checkout of the authors' repository "
+      "(git clone https://github.com/mahdihosseini/KMCL), with torch and timm installed "
+      "(pip install -e '.[test]')."
+    )
   import torch
 
   on_gpu = torch.cuda.is_available() and jax.default_backend() == "gpu"
   config = _CONFIG.value
   config.batch_size = _BATCH.value or (64 if on_gpu else 8)
   classes = _CLASSES.value
-  print(f"device: {device_description(on_gpu)}; JAX {jax.__version__}, torch {torch.__version__}"
-        f" ({torch.get_num_threads()} threads); baseline: {_BASELINE_DIR.value}")
+  print(
+    f"device: {device_description(on_gpu)}; JAX {jax.__version__}, torch {torch.__version__}"
+    f" ({torch.get_num_threads()} threads); baseline: {_BASELINE_DIR.value}"
+  )
 
   loss_results = {}
   for kernel in _KERNELS.value:
     start = time.perf_counter()
     inputs = make_inputs(_LOSS_BATCH.value, classes, FEATURE_DIM, kernel)
-    loss_results[kernel] = loss_parity(_BASELINE_DIR.value, kernel, inputs, _REPEATS.value,
-                                       on_gpu)
+    loss_results[kernel] = loss_parity(_BASELINE_DIR.value, kernel, inputs, _REPEATS.value, on_gpu)
     logging.info("loss: %s kernel compared (%.0f s)", kernel, time.perf_counter() - start)
   step = compare_step(_BASELINE_DIR.value, config, classes, _STEPS.value, _REPEATS.value, on_gpu)
 
-  header = (f"{'':<44} {'JAX':>11} {'PyTorch':>11} {'rel diff':>9} {'grad diff':>9} "
-            f"{'JAX ms':>9} {'torch ms':>9} {'speedup':>8}")
+  header = (
+    f"{'':<44} {'JAX':>11} {'PyTorch':>11} {'rel diff':>9} {'grad diff':>9} "
+    f"{'JAX ms':>9} {'torch ms':>9} {'speedup':>8}"
+  )
   print(header)
   for kernel, result in loss_results.items():
     print(f"loss, {kernel}, B={_LOSS_BATCH.value} K={classes} D={FEATURE_DIM}, float32")
     for term, row in result["terms"].items():
-      print(f"  {term:<42} {row['ours']:>11.5f} {row['theirs']:>11.5f} "
-            f"{row['value_rel_diff']:>9.1e} {row['grad_rel_diff']:>9.1e}")
-    print(f"  {'forward + backward':<42} {'':>11} {'':>11} {'':>9} {'':>9} "
-          f"{result['ours_ms']:>9.1f} {result['theirs_ms']:>9.1f} {result['speedup']:>7.1f}x")
-  precision = ("JAX bfloat16 vs torch autocast float16 + GradScaler and bfloat16" if on_gpu
-               else "float32")
-  print(f"train step, {config.model.backbone} {config.data.image_size} px, batch "
-        f"{config.batch_size}: losses in float32, time in {precision}")
+      print(
+        f"  {term:<42} {row['ours']:>11.5f} {row['theirs']:>11.5f} "
+        f"{row['value_rel_diff']:>9.1e} {row['grad_rel_diff']:>9.1e}"
+      )
+    print(
+      f"  {'forward + backward':<42} {'':>11} {'':>11} {'':>9} {'':>9} "
+      f"{result['ours_ms']:>9.1f} {result['theirs_ms']:>9.1f} {result['speedup']:>7.1f}x"
+    )
+  precision = (
+    "JAX bfloat16 vs torch autocast float16 + GradScaler and bfloat16" if on_gpu else "float32"
+  )
+  print(
+    f"train step, {config.model.backbone} {config.data.image_size} px, batch "
+    f"{config.batch_size}: losses in float32, time in {precision}"
+  )
   for i, losses_at in enumerate(step["losses"], 1):
     ours, theirs = losses_at["ours"][0], losses_at["theirs"][0]
-    print(f"  {f'loss at step {i}':<42} {ours:>11.5f} {theirs:>11.5f} "
-          f"{relative_difference(ours, theirs):>9.1e}")
+    print(
+      f"  {f'loss at step {i}':<42} {ours:>11.5f} {theirs:>11.5f} "
+      f"{relative_difference(ours, theirs):>9.1e}"
+    )
   for their_precision, timing in step["theirs"].items():
     skipped = timing["skipped_warmup_steps"] + timing["skipped_timed_steps"]
-    label = (f"step, theirs {their_precision}: skipped {skipped} of "
-             f"{timing['warmup_steps'] + timing['timed_steps']} (img/s: "
-             f"{step['ours_images_per_s']:.1f} JAX, {timing['images_per_s']:.1f} torch)")
-    print(f"  {label:<42} {'':>11} {'':>11} {'':>9} {'':>9} {step['ours_ms']:>9.1f} "
-          f"{timing['ms']:>9.1f} {timing['speedup']:>7.2f}x")
+    label = (
+      f"step, theirs {their_precision}: skipped {skipped} of "
+      f"{timing['warmup_steps'] + timing['timed_steps']} (img/s: "
+      f"{step['ours_images_per_s']:.1f} JAX, {timing['images_per_s']:.1f} torch)"
+    )
+    print(
+      f"  {label:<42} {'':>11} {'':>11} {'':>9} {'':>9} {step['ours_ms']:>9.1f} "
+      f"{timing['ms']:>9.1f} {timing['speedup']:>7.2f}x"
+    )
 
   if _JSON.value:
     loss_rows = [row for result in loss_results.values() for row in result["terms"].values()]
     summary = {
-        "loss": {"max_rel_diff": max(max(r["value_rel_diff"], r["grad_rel_diff"])
-                                     for r in loss_rows),
-                 "speedup": min(r["speedup"] for r in loss_results.values()),
-                 "by_kernel": loss_results},
-        "step": {"speedup": step["speedup"], "device": device_description(on_gpu),
-                 "precision": precision, "batch": config.batch_size,
-                 "image_size": config.data.image_size, "backbone": config.model.backbone,
-                 **step},
+      "loss": {
+        "max_rel_diff": max(max(r["value_rel_diff"], r["grad_rel_diff"]) for r in loss_rows),
+        "speedup": min(r["speedup"] for r in loss_results.values()),
+        "by_kernel": loss_results,
+      },
+      "step": {
+        "speedup": step["speedup"],
+        "device": device_description(on_gpu),
+        "precision": precision,
+        "batch": config.batch_size,
+        "image_size": config.data.image_size,
+        "backbone": config.model.backbone,
+        **step,
+      },
     }
     with open(_JSON.value, "w") as f:
       json.dump(summary, f, indent=2)

@@ -33,11 +33,23 @@ DTYPES = ("auto", "float32", "bfloat16")
 # resumed run may change them (the change is logged). Dotted prefixes: "data.root" covers
 # data.root only, "model" would cover every model field.
 RESUMABLE_FIELDS = (
-    "eval_every_epochs", "checkpoint_every_steps", "log_every_steps", "eval_batch_size",
-    "threshold", "init_from", "keep_checkpoints", "max_consecutive_skipped_steps",
-    "model.remat", "loss.block_size",
-    "data.root", "data.worker_count", "data.read_threads", "data.skip_corrupt",
-    "profile_steps", "compilation_cache", "update_layout",
+  "eval_every_epochs",
+  "checkpoint_every_steps",
+  "log_every_steps",
+  "eval_batch_size",
+  "threshold",
+  "init_from",
+  "keep_checkpoints",
+  "max_consecutive_skipped_steps",
+  "model.remat",
+  "loss.block_size",
+  "data.root",
+  "data.worker_count",
+  "data.read_threads",
+  "data.skip_corrupt",
+  "profile_steps",
+  "compilation_cache",
+  "update_layout",
 )
 
 
@@ -46,15 +58,17 @@ def defaults() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  config.model = ml_collections.ConfigDict(dict(
-      backbone="tresnet_m",   # tresnet_m/l/xl, tresnet_l_v2, tresnet_tiny (tests)
-      kernel="anisotropic",   # anisotropic (D = embedding_dim projection) or isotropic
-      embedding_dim=128,      # D of the anisotropic kernel; isotropic keeps the backbone's
-      variance="BC",          # BC, MKS (anisotropic), RBF (isotropic)
-      mode="all",             # all: ASL + reconstruction + contrastive; asl_only
-      remat=False,            # rematerialise each block in the backward pass
-  ))
-  config.dtype = "auto"       # compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU
+  config.model = ml_collections.ConfigDict(
+    dict(
+      backbone="tresnet_m",  # tresnet_m/l/xl, tresnet_l_v2, tresnet_tiny (tests)
+      kernel="anisotropic",  # anisotropic (D = embedding_dim projection) or isotropic
+      embedding_dim=128,  # D of the anisotropic kernel; isotropic keeps the backbone's
+      variance="BC",  # BC, MKS (anisotropic), RBF (isotropic)
+      mode="all",  # all: ASL + reconstruction + contrastive; asl_only
+      remat=False,  # rematerialise each block in the backward pass
+    )
+  )
+  config.dtype = "auto"  # compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU
   # How the step's optimiser, EMA and skip run: per_leaf, flat (a few 1-D buffers: fewer
   # kernels, more copies) or auto (flat on GPU); the same operations either way.
   config.update_layout = "auto"
@@ -62,37 +76,50 @@ def defaults() -> ml_collections.ConfigDict:
   # or "scratch" to train from random weights on purpose.
   config.init_from = ""
 
-  config.loss = ml_collections.ConfigDict(dict(
-      temperature=0.17, gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
+  config.loss = ml_collections.ConfigDict(
+    dict(
+      temperature=0.17,
+      gamma_neg=4.0,
+      gamma_pos=0.0,
+      clip=0.05,
       # Weights of the three terms; 0 leaves a term out (it is not computed).
       weights=ml_collections.ConfigDict(dict(asl=1.0, reconstruction=1.0, contrastive=1.0)),
       # L_asl is a sum over the batch it is computed on, the other terms are means: it
       # enters scaled by reference_batch / batch, so the terms keep the proportions of
       # the reference's loss (its train.py: one GPU, batch 64) at any batch.
       reference_batch=64,
-      block_size=0,           # anchors per block of the contrastive term; 0 = automatic
-  ))
+      block_size=0,  # anchors per block of the contrastive term; 0 = automatic
+    )
+  )
   # global: the KMCL loss over the whole batch (every device, every host);
   # device: each device's batch on its own, averaged (the reference's DDP script).
   config.contrastive_scope = "global"
 
-  config.batch_size = 64      # global, all hosts
+  config.batch_size = 64  # global, all hosts
   # The global batch the learning rate and the EMA decay were set for: at another batch
   # the EMA keeps its horizon in images (decay ** (batch / recipe_batch) per step) and
   # optim.lr_scaling may rescale the learning rate.
   config.recipe_batch = 64
   config.eval_batch_size = 64
   config.num_epochs = 40
-  config.train_steps = 0      # > 0: train (and schedule) this many steps instead
+  config.train_steps = 0  # > 0: train (and schedule) this many steps instead
 
-  config.optim = ml_collections.ConfigDict(dict(
-      lr=2e-4, weight_decay=1e-4, b2=0.999, eps=1e-8,
-      lr_scaling="none",      # at another batch than recipe_batch: none, sqrt (Adam), linear
-      pct_start=0.2, div_factor=25.0, final_div_factor=1e4,  # torch OneCycleLR
-      beta1_base=0.85, beta1_peak=0.95,
-  ))
+  config.optim = ml_collections.ConfigDict(
+    dict(
+      lr=2e-4,
+      weight_decay=1e-4,
+      b2=0.999,
+      eps=1e-8,
+      lr_scaling="none",  # at another batch than recipe_batch: none, sqrt (Adam), linear
+      pct_start=0.2,
+      div_factor=25.0,
+      final_div_factor=1e4,  # torch OneCycleLR
+      beta1_base=0.85,
+      beta1_peak=0.95,
+    )
+  )
   config.ema_decay = 0.9997
-  config.threshold = 0.8      # score at which a class counts as predicted (OP, CF1, ...)
+  config.threshold = 0.8  # score at which a class counts as predicted (OP, CF1, ...)
 
   config.eval_every_epochs = 1
   config.checkpoint_every_steps = 1000
@@ -101,22 +128,32 @@ def defaults() -> ml_collections.ConfigDict:
   # stops with an error instead of skipping on.
   config.max_consecutive_skipped_steps = 20
   config.log_every_steps = 50
-  config.profile_steps = ""   # "START:STOP": a jax.profiler trace of those steps
+  config.profile_steps = ""  # "START:STOP": a jax.profiler trace of those steps
   # XLA's persistent compilation cache: "auto" (the user's cache folder; WORKDIR/xla_cache
   # for a gs:// workdir), a folder, or "" for none.
   config.compilation_cache = "auto"
 
-  config.data = ml_collections.ConfigDict(dict(
-      name="", root="", train_split="", eval_split="",
-      image_size=224, augment="randaugment", cutout=0.5,
-      mean=IMAGENET_MEAN, std=IMAGENET_STD,
-      worker_count=4, read_threads=8, skip_corrupt=False,
-      augment_on="host",      # host: PIL on the CPU; device: Cutout + RandAugment in the step
-      subset_ids="",          # coco2014: CSV of train image ids (COCO_Subset_<N>_Ids.csv)
+  config.data = ml_collections.ConfigDict(
+    dict(
+      name="",
+      root="",
+      train_split="",
+      eval_split="",
+      image_size=224,
+      augment="randaugment",
+      cutout=0.5,
+      mean=IMAGENET_MEAN,
+      std=IMAGENET_STD,
+      worker_count=4,
+      read_threads=8,
+      skip_corrupt=False,
+      augment_on="host",  # host: PIL on the CPU; device: Cutout + RandAugment in the step
+      subset_ids="",  # coco2014: CSV of train image ids (COCO_Subset_<N>_Ids.csv)
       drop_no_finding=False,  # chestxray14: drop "No Finding" images (both splits)
-      train_fraction=1.0,     # chestxray14: first fraction of the train list (reference: 0.1)
-      eval_fraction=1.0,      # chestxray14: first fraction of the test list (reference: 0.1)
-  ))
+      train_fraction=1.0,  # chestxray14: first fraction of the train list (reference: 0.1)
+      eval_fraction=1.0,  # chestxray14: first fraction of the test list (reference: 0.1)
+    )
+  )
   return config
 
 
@@ -124,8 +161,9 @@ def defaults() -> ml_collections.ConfigDict:
 MULTI_GPU_BACKBONES = ("tresnet_l", "tresnet_l_v2")
 
 
-def apply_variants(config: ml_collections.ConfigDict, arg: str | None, file_name: str,
-                   tfds_name: str | None = None) -> ml_collections.ConfigDict:
+def apply_variants(
+  config: ml_collections.ConfigDict, arg: str | None, file_name: str, tfds_name: str | None = None
+) -> ml_collections.ConfigDict:
   """Applies the comma-separated variants in `arg` that the dataset configs share:
   `tresnet_l` or `tresnet_l_v2` (the reference's multi-GPU settings, 448 px, batch 128,
   lr 4e-4, 80 epochs, on TResNet-L or on TResNet-L-v2, the multi-GPU script's default
@@ -133,12 +171,14 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None, file_name
   variants = set(arg.split(",")) if arg else set()
   known = set(MULTI_GPU_BACKBONES) | ({"tfds"} if tfds_name else set())
   if variants - known:
-    raise ValueError(f"{file_name}: unknown variant(s) {sorted(variants - known)}; expected "
-                     f"{sorted(known)}.")
+    raise ValueError(
+      f"{file_name}: unknown variant(s) {sorted(variants - known)}; expected {sorted(known)}."
+    )
   backbones = sorted(variants & set(MULTI_GPU_BACKBONES))
   if len(backbones) > 1:
-    raise ValueError(f"{file_name}: variants {backbones} each choose the backbone; expected "
-                     "one of them.")
+    raise ValueError(
+      f"{file_name}: variants {backbones} each choose the backbone; expected one of them."
+    )
   if backbones:
     config.model.backbone = backbones[0]
     config.data.image_size = 448
@@ -161,7 +201,8 @@ def load(spec: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--config={spec!r}: no config file {path!r}.")
   module_spec = importlib.util.spec_from_file_location(
-      f"kmcl_config_{os.path.splitext(os.path.basename(path))[0]}", path)
+    f"kmcl_config_{os.path.splitext(os.path.basename(path))[0]}", path
+  )
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(variant or None)
@@ -177,15 +218,17 @@ def require_initial_weights(config: ml_collections.ConfigDict) -> None:
   error that says how to get them (or to train from scratch on purpose)."""
   if not config.init_from:
     raise ValueError(
-        f"config.init_from is empty: the {config.data.name} recipe starts from an ImageNet "
-        f"{config.model.backbone}; convert one with `python -m kmcl_jax.convert "
-        f"--src=WEIGHTS.pth --arch={config.model.backbone} --dst=DIR` and pass "
-        f"--config.init_from=DIR, or pass --config.init_from={SCRATCH} to train from random "
-        "weights on purpose.")
+      f"config.init_from is empty: the {config.data.name} recipe starts from an ImageNet "
+      f"{config.model.backbone}; convert one with `python -m kmcl_jax.convert "
+      f"--src=WEIGHTS.pth --arch={config.model.backbone} --dst=DIR` and pass "
+      f"--config.init_from=DIR, or pass --config.init_from={SCRATCH} to train from random "
+      "weights on purpose."
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first config field with a bad value."""
+
   def value(field: str):
     node = config
     for part in field.split("."):
@@ -196,52 +239,89 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not ok:
       raise ValueError(f"config.{field}={value(field)!r}: expected {expected}.")
 
-  require(config.model.backbone in ARCHITECTURES, "model.backbone", f"one of {sorted(ARCHITECTURES)}")
+  require(
+    config.model.backbone in ARCHITECTURES, "model.backbone", f"one of {sorted(ARCHITECTURES)}"
+  )
   require(config.model.kernel in losses.KERNELS, "model.kernel", f"one of {losses.KERNELS}")
   require(config.model.variance in VARIANCES, "model.variance", f"one of {VARIANCES}")
   require(config.model.mode in losses.MODES, "model.mode", f"one of {losses.MODES}")
-  require(isinstance(config.model.embedding_dim, int) and config.model.embedding_dim > 0,
-          "model.embedding_dim", "a positive integer")
+  require(
+    isinstance(config.model.embedding_dim, int) and config.model.embedding_dim > 0,
+    "model.embedding_dim",
+    "a positive integer",
+  )
   require(config.dtype in DTYPES, "dtype", f"one of {DTYPES}")
-  require(config.update_layout in ("auto", *optim.UPDATE_LAYOUTS), "update_layout",
-          f"'auto' or one of {optim.UPDATE_LAYOUTS}")
+  require(
+    config.update_layout in ("auto", *optim.UPDATE_LAYOUTS),
+    "update_layout",
+    f"'auto' or one of {optim.UPDATE_LAYOUTS}",
+  )
   require(config.contrastive_scope in SCOPES, "contrastive_scope", f"one of {SCOPES}")
-  for field in ("batch_size", "eval_batch_size", "num_epochs", "eval_every_epochs",
-                "checkpoint_every_steps", "log_every_steps", "keep_checkpoints",
-                "max_consecutive_skipped_steps"):
+  for field in (
+    "batch_size",
+    "eval_batch_size",
+    "num_epochs",
+    "eval_every_epochs",
+    "checkpoint_every_steps",
+    "log_every_steps",
+    "keep_checkpoints",
+    "max_consecutive_skipped_steps",
+  ):
     require(isinstance(value(field), int) and value(field) > 0, field, "a positive integer")
-  require(isinstance(config.train_steps, int) and config.train_steps >= 0, "train_steps",
-          "0 (use num_epochs) or a positive integer")
+  require(
+    isinstance(config.train_steps, int) and config.train_steps >= 0,
+    "train_steps",
+    "0 (use num_epochs) or a positive integer",
+  )
   for field in ("batch_size", "eval_batch_size"):
-    require(value(field) % jax.device_count() == 0, field,
-            f"a multiple of the {jax.device_count()} devices")
+    require(
+      value(field) % jax.device_count() == 0,
+      field,
+      f"a multiple of the {jax.device_count()} devices",
+    )
   require(config.optim.lr > 0, "optim.lr", "a positive learning rate")
   require(config.optim.weight_decay >= 0, "optim.weight_decay", "a non-negative number")
   require(0 < config.optim.pct_start < 1, "optim.pct_start", "a fraction in (0, 1)")
   require(0 <= config.ema_decay < 1, "ema_decay", "a number in [0, 1)")
-  require(config.optim.lr_scaling in optim.LR_SCALING, "optim.lr_scaling",
-          f"one of {optim.LR_SCALING}")
+  require(
+    config.optim.lr_scaling in optim.LR_SCALING, "optim.lr_scaling", f"one of {optim.LR_SCALING}"
+  )
   for field in ("recipe_batch", "loss.reference_batch"):
     require(isinstance(value(field), int) and value(field) > 0, field, "a positive integer")
   for term, weight in config.loss.weights.items():
     require(weight >= 0, f"loss.weights.{term}", "a non-negative weight")
-  require(set(config.loss.weights) == set(losses.TERMS), "loss.weights",
-          f"weights for exactly {losses.TERMS}")
+  require(
+    set(config.loss.weights) == set(losses.TERMS),
+    "loss.weights",
+    f"weights for exactly {losses.TERMS}",
+  )
   require(0 < config.threshold < 1, "threshold", "a probability in (0, 1)")
   require(config.loss.block_size >= 0, "loss.block_size", "0 (automatic) or a positive integer")
-  require(config.data.image_size >= 32 and config.data.image_size % 32 == 0, "data.image_size",
-          "a multiple of 32 (TResNet downsamples 32x)")
-  require(config.data.augment in transforms.AUGMENTATIONS, "data.augment",
-          f"one of {transforms.AUGMENTATIONS}")
+  require(
+    config.data.image_size >= 32 and config.data.image_size % 32 == 0,
+    "data.image_size",
+    "a multiple of 32 (TResNet downsamples 32x)",
+  )
+  require(
+    config.data.augment in transforms.AUGMENTATIONS,
+    "data.augment",
+    f"one of {transforms.AUGMENTATIONS}",
+  )
   require(0 <= config.data.cutout < 1, "data.cutout", "a fraction in [0, 1) (0 disables)")
   require(len(config.data.mean) == 3, "data.mean", "three numbers, one per channel")
-  require(len(config.data.std) == 3 and min(config.data.std) > 0, "data.std",
-          "three positive numbers, one per channel")
+  require(
+    len(config.data.std) == 3 and min(config.data.std) > 0,
+    "data.std",
+    "three positive numbers, one per channel",
+  )
   require(config.data.worker_count >= 0, "data.worker_count", "a non-negative integer")
   require(config.data.read_threads >= 1, "data.read_threads", "a positive integer")
   require(bool(config.data.name), "data.name", "a dataset name (see kmcl_jax.data)")
   pipeline.check_data_config(config.data)
   profiling.parse_steps(config.profile_steps)
   if initial_weights(config):
-    require(epath.Path(config.init_from).is_dir(), "init_from",
-            "a folder written by `python -m kmcl_jax.convert`")
+    require(
+      epath.Path(config.init_from).is_dir(),
+      "init_from",
+      "a folder written by `python -m kmcl_jax.convert`",
+    )

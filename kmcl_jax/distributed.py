@@ -24,12 +24,22 @@ MODES = ("auto", "on", "off")
 
 def detected_cluster() -> type[clusters.ClusterEnv] | None:
   """The cluster environment JAX's automatic detection would use here, or None."""
-  return next((env for env in clusters.ClusterEnv._cluster_types
-               if not env.opt_in_only_method and env.is_env_present()), None)
+  return next(
+    (
+      env
+      for env in clusters.ClusterEnv._cluster_types
+      if not env.opt_in_only_method and env.is_env_present()
+    ),
+    None,
+  )
 
 
-def initialize(mode: str = "auto", coordinator_address: str | None = None,
-               num_processes: int | None = None, process_id: int | None = None) -> bool:
+def initialize(
+  mode: str = "auto",
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> bool:
   """Initialises jax.distributed as `mode` says (see the module doc); returns whether
   it did."""
   if mode not in MODES:
@@ -37,8 +47,9 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
   if mode == "off":
     return False
   if mode == "on" or coordinator_address or num_processes:
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
     return True
   cluster = detected_cluster()
   if cluster is None:

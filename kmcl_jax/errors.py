@@ -37,8 +37,11 @@ def raised_on_purpose(error: BaseException) -> bool:
   if isinstance(error, RunStopped):
     return True
   frames = traceback.extract_tb(error.__traceback__)
-  return (isinstance(error, (ValueError, OSError)) and bool(frames)
-          and os.path.abspath(frames[-1].filename).startswith(_PACKAGE + os.sep))
+  return (
+    isinstance(error, (ValueError, OSError))
+    and bool(frames)
+    and os.path.abspath(frames[-1].filename).startswith(_PACKAGE + os.sep)
+  )
 
 
 def run_program(work: Callable[[], None]) -> None:
@@ -48,8 +51,7 @@ def run_program(work: Callable[[], None]) -> None:
   try:
     work()
   except KeyboardInterrupt:
-    logging.warning("Interrupted; rerunning the same command resumes from the latest "
-                    "checkpoint.")
+    logging.warning("Interrupted; rerunning the same command resumes from the latest checkpoint.")
     sys.exit(130)
   except Exception as error:  # sorted into one sentence or a traceback
     if logging.get_verbosity() >= 1 or not raised_on_purpose(error):

@@ -14,27 +14,35 @@ from kmcl_jax.mesh import to_global_batch
 from kmcl_jax.state import VARIANTS, TrainState
 
 
-def evaluate(eval_step, state: TrainState, eval_batches: Iterable[dict], mesh: Mesh,
-             threshold: float) -> dict[str, dict]:
+def evaluate(
+  eval_step, state: TrainState, eval_batches: Iterable[dict], mesh: Mesh, threshold: float
+) -> dict[str, dict]:
   """{"model": metrics, "ema": metrics} over one pass of `eval_batches` (this host's
   batches of the evaluation split); "model" also holds the counts of images scored and
   of undecodable images skipped."""
-  outputs = [jax.device_get(eval_step(state, to_global_batch(batch, mesh)))
-             for batch in eval_batches]
+  outputs = [
+    jax.device_get(eval_step(state, to_global_batch(batch, mesh))) for batch in eval_batches
+  ]
   merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
   keep = merged["mask"]
   if keep.sum() == 0:
     raise ValueError("Evaluation saw no decodable image of the evaluation split.")
-  results = {variant: metrics_lib.multilabel_metrics(
-      merged[variant][keep], merged["labels"][keep], ignore=merged["ignore"][keep],
-      threshold=threshold) for variant in VARIANTS}
+  results = {
+    variant: metrics_lib.multilabel_metrics(
+      merged[variant][keep],
+      merged["labels"][keep],
+      ignore=merged["ignore"][keep],
+      threshold=threshold,
+    )
+    for variant in VARIANTS
+  }
   results["model"]["images"] = int(keep.sum())
   results["model"]["corrupt_images"] = int((merged["index"] >= 0).sum() - keep.sum())
   return results
 
 
 def better_variant(results: dict[str, dict]) -> str:
-  """"model" or "ema": the one with the higher mAP (the model on a tie), which is the
+  """ "model" or "ema": the one with the higher mAP (the model on a tie), which is the
   variant the reference reports."""
   return "model" if results["model"]["map"] >= results["ema"]["map"] else "ema"
 
@@ -43,8 +51,12 @@ def result_record(results: dict[str, dict], class_names: Sequence[str]) -> dict:
   """The record of an evaluation: mAP of both variants, the better one's per-class AP
   (%, by class name) and thresholded metrics, and the number of images scored."""
   best = better_variant(results)
-  return {"map": results[best]["map"], "map_model": results["model"]["map"],
-          "map_ema": results["ema"]["map"], "best_of": best,
-          "images": results["model"]["images"],
-          "ap": dict(zip(class_names, (100 * results[best]["ap"]).round(4).tolist())),
-          **{k: results[best][k] for k in metrics_lib.THRESHOLD_METRICS}}
+  return {
+    "map": results[best]["map"],
+    "map_model": results["model"]["map"],
+    "map_ema": results["ema"]["map"],
+    "best_of": best,
+    "images": results["model"]["images"],
+    "ap": dict(zip(class_names, (100 * results[best]["ap"]).round(4).tolist(), strict=True)),
+    **{k: results[best][k] for k in metrics_lib.THRESHOLD_METRICS},
+  }

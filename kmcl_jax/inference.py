@@ -27,10 +27,15 @@ from kmcl_jax.data.image_files import CorruptImageError, decode_image
 from kmcl_jax.evaluation import evaluate, result_record
 from kmcl_jax.mesh import create_mesh, replicated
 from kmcl_jax.models import KMCLModel
-from kmcl_jax.state import (TrainState, abstract_state, create_model, initial_state,
-                            load_initial_weights)
-from kmcl_jax.steps import class_probabilities, make_eval_step
 from kmcl_jax.reporting import to_json
+from kmcl_jax.state import (
+  TrainState,
+  abstract_state,
+  create_model,
+  initial_state,
+  load_initial_weights,
+)
+from kmcl_jax.steps import class_probabilities, make_eval_step
 from kmcl_jax.workdir import read_run
 
 EVAL_FILE = "eval.json"
@@ -45,25 +50,32 @@ def _class_names(config, workdir: str) -> list[str]:
   return list(get_source(config.data.name, config.data.eval_split, config.data.root).class_names)
 
 
-def load_state(config, workdir: str, class_names, mesh: Mesh, step: int | None = None
-               ) -> tuple[KMCLModel, TrainState, str]:
+def load_state(
+  config, workdir: str, class_names, mesh: Mesh, step: int | None = None
+) -> tuple[KMCLModel, TrainState, str]:
   """(model, state, where the weights came from) for inference."""
   model = create_model(config, len(class_names))
   # Only the optimiser state's structure matters here, not its schedule's length.
   optimizer = optim.create_optimizer(config.optim, total_steps=100)
   if config_lib.initial_weights(config):
     state = initial_state(config, model, optimizer, replicated(mesh))
-    return (model, load_initial_weights(state, config.init_from, config, len(class_names)),
-            config.init_from)
+    return (
+      model,
+      load_initial_weights(state, config.init_from, config, len(class_names)),
+      config.init_from,
+    )
   checkpoints = Checkpoints(workdir)
   try:
-    restored = checkpoints.restore(abstract_state(config, model, optimizer, replicated(mesh)),
-                                   best=True, step=step)
+    restored = checkpoints.restore(
+      abstract_state(config, model, optimizer, replicated(mesh)), best=True, step=step
+    )
   finally:
     checkpoints.close()
   if restored is None:
-    raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoint (best/ or checkpoints/); "
-                            "train first or set --config.init_from to a converted model.")
+    raise FileNotFoundError(
+      f"--workdir={workdir!r} has no checkpoint (best/ or checkpoints/); "
+      "train first or set --config.init_from to a converted model."
+    )
   state, restored_step = restored
   return model, state, f"{workdir} step {restored_step}"
 
@@ -79,12 +91,21 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   model, state, origin = load_state(config, workdir, class_names, mesh, step)
   eval_step = jax.jit(make_eval_step(config, model), out_shardings=replicated(mesh))
   results = evaluate(eval_step, state, eval_batches, mesh, config.threshold)
-  report = {"weights": origin, **result_record(results, class_names),
-            "ema": {k: results["ema"][k] for k in metrics_lib.THRESHOLD_METRICS}}
+  report = {
+    "weights": origin,
+    **result_record(results, class_names),
+    "ema": {k: results["ema"][k] for k in metrics_lib.THRESHOLD_METRICS},
+  }
   best = report["best_of"]
-  logging.info("%s on %s: mAP model %.2f, EMA %.2f. Per-class AP of the %s:\n%s", origin,
-               source.name, results["model"]["map"], results["ema"]["map"], best,
-               metrics_lib.ap_table(results[best]["ap"], class_names))
+  logging.info(
+    "%s on %s: mAP model %.2f, EMA %.2f. Per-class AP of the %s:\n%s",
+    origin,
+    source.name,
+    results["model"]["map"],
+    results["ema"]["map"],
+    best,
+    metrics_lib.ap_table(results[best]["ap"], class_names),
+  )
   if jax.process_index() == 0:
     (epath.Path(workdir) / EVAL_FILE).write_text(to_json(report, indent=2))
   return report
@@ -93,20 +114,26 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
 def find_images(inputs: str) -> list[str]:
   """An image file, every image file in a folder (sorted, not recursive), or a glob."""
   if os.path.isdir(inputs):
-    paths = [os.path.join(inputs, name) for name in sorted(os.listdir(inputs))
-             if name.lower().endswith(IMAGE_EXTENSIONS)]
+    paths = [
+      os.path.join(inputs, name)
+      for name in sorted(os.listdir(inputs))
+      if name.lower().endswith(IMAGE_EXTENSIONS)
+    ]
   elif os.path.isfile(inputs):
     paths = [inputs]
   else:
     paths = sorted(p for p in glob.glob(inputs) if os.path.isfile(p))
   if not paths:
-    raise FileNotFoundError(f"--inputs={inputs!r}: no image file (a file, a folder of "
-                            f"{'/'.join(IMAGE_EXTENSIONS)} files, or a glob).")
+    raise FileNotFoundError(
+      f"--inputs={inputs!r}: no image file (a file, a folder of "
+      f"{'/'.join(IMAGE_EXTENSIONS)} files, or a glob)."
+    )
   return paths
 
 
-def predict(config, workdir: str, inputs: str, output: str, step: int | None = None,
-            variant: str = "auto") -> list[dict]:
+def predict(
+  config, workdir: str, inputs: str, output: str, step: int | None = None, variant: str = "auto"
+) -> list[dict]:
   """Class probabilities and predicted label sets (score >= config.threshold) for every
   readable image of `inputs`, written to `output` (.csv or .json). Unreadable images
   are logged and skipped. Returns the rows."""
@@ -132,7 +159,7 @@ def predict(config, workdir: str, inputs: str, output: str, step: int | None = N
   batch = config.eval_batch_size
   for start in range(0, len(paths), batch):
     images = []
-    for path in paths[start:start + batch]:
+    for path in paths[start : start + batch]:
       try:
         images.append(transforms.eval_image(decode_image(path), config.data.image_size))
         readable.append(path)
@@ -141,15 +168,27 @@ def predict(config, workdir: str, inputs: str, output: str, step: int | None = N
         unreadable.append(path)
     if images:
       padded = np.zeros((batch, *images[0].shape), np.uint8)
-      padded[:len(images)] = np.stack(images)
-      scores.append(np.asarray(probabilities(padded))[:len(images)])
+      padded[: len(images)] = np.stack(images)
+      scores.append(np.asarray(probabilities(padded))[: len(images)])
   scores = np.concatenate(scores) if scores else np.zeros((0, len(class_names)))
-  rows = [{"path": path, "probabilities": dict(zip(class_names, map(float, row))),
-           "labels": [n for n, p in zip(class_names, row) if p >= config.threshold]}
-          for path, row in zip(readable, scores)]
+  rows = [
+    {
+      "path": path,
+      "probabilities": dict(zip(class_names, map(float, row), strict=True)),
+      "labels": [n for n, p in zip(class_names, row, strict=True) if p >= config.threshold],
+    }
+    for path, row in zip(readable, scores, strict=True)
+  ]
   _write_predictions(rows, class_names, output)
-  logging.info("%d images scored with the %s of %s -> %s; %d unreadable%s", len(rows), variant,
-               origin, output, len(unreadable), f": {unreadable}" if unreadable else "")
+  logging.info(
+    "%d images scored with the %s of %s -> %s; %d unreadable%s",
+    len(rows),
+    variant,
+    origin,
+    output,
+    len(unreadable),
+    f": {unreadable}" if unreadable else "",
+  )
   return rows
 
 
@@ -163,5 +202,10 @@ def _write_predictions(rows: list[dict], class_names, output: str) -> None:
     writer = csv.writer(f)
     writer.writerow(["path", *class_names, "labels"])
     for row in rows:
-      writer.writerow([row["path"], *(f"{row['probabilities'][n]:.6f}" for n in class_names),
-                       "|".join(row["labels"])])
+      writer.writerow(
+        [
+          row["path"],
+          *(f"{row['probabilities'][n]:.6f}" for n in class_names),
+          "|".join(row["labels"]),
+        ]
+      )

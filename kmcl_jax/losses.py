@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +50,7 @@ def _check_labels(labels, pi_shape: tuple[int, ...] | None = None) -> None:
   if labels.ndim != 2:
     raise ValueError(f"`labels` must have shape (B, K), got {labels.shape}.")
   if pi_shape is not None and tuple(labels.shape) != tuple(pi_shape):
-    raise ValueError(
-        f"`labels` must have the shape of `pi` {tuple(pi_shape)}, got {labels.shape}.")
+    raise ValueError(f"`labels` must have the shape of `pi` {tuple(pi_shape)}, got {labels.shape}.")
   if _is_concrete(labels):
     values = np.asarray(labels)
     if not np.all((values == 0) | (values == 1)):
@@ -190,8 +189,9 @@ def reconstruction_loss(features, pi, mu, var, labels, *, kernel):
 # pass for the anchor side and one for the column side.
 
 
-def default_block_size(batch: int, dim: int, classes: int, budget_elements: int = 1 << 25,
-                       max_block: int = 32) -> int:
+def default_block_size(
+  batch: int, dim: int, classes: int, budget_elements: int = 1 << 25, max_block: int = 32
+) -> int:
   """Anchors per block: a power of two whose block x B x D x K work fits the budget.
 
   Powers of two split common batch sizes evenly (an uneven last block compiles a second
@@ -248,8 +248,14 @@ def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
   through_denominator = others * exp_sim * (_dot(others_i, direct) / denominator)
   grad = (similarity / temperature) * (direct - through_denominator) * norm
   unshared = others - shared
-  statistics = jnp.stack([jnp.sum(shared * similarity), jnp.sum(shared),
-                          jnp.sum(unshared * similarity), jnp.sum(unshared)])
+  statistics = jnp.stack(
+    [
+      jnp.sum(shared * similarity),
+      jnp.sum(shared),
+      jnp.sum(unshared * similarity),
+      jnp.sum(unshared),
+    ]
+  )
   return loss, grad, statistics
 
 
@@ -297,8 +303,9 @@ def _blocked_anchor_losses(mu, sigma, labels, scale, temperature, block_size, ax
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def anchor_contrastive_losses(mu, sigma, labels, scale: float, temperature: float,
-                              block_size: int, axis_name: str | None = None):
+def anchor_contrastive_losses(
+  mu, sigma, labels, scale: float, temperature: float, block_size: int, axis_name: str | None = None
+):
   """loss_i (docs/method.md, 2c) for every anchor i, in blocks of `block_size` anchors.
 
   Without `axis_name` the anchors are the whole batch. With it (inside `shard_map` over
@@ -321,14 +328,16 @@ def anchor_contrastive_losses(mu, sigma, labels, scale: float, temperature: floa
     sample give 0; the statistics (no gradient) are per anchor the sum and count of BC
     over pairs sharing a class, then over the other pairs (`_anchor_loss_and_grad`).
   """
-  per_anchor, _, statistics = _blocked_anchor_losses(mu, sigma, labels, scale, temperature,
-                                                     block_size, axis_name)
+  per_anchor, _, statistics = _blocked_anchor_losses(
+    mu, sigma, labels, scale, temperature, block_size, axis_name
+  )
   return per_anchor, statistics
 
 
 def _anchor_contrastive_fwd(mu, sigma, labels, scale, temperature, block_size, axis_name):
   per_anchor, distance_grad, statistics = _blocked_anchor_losses(
-      mu, sigma, labels, scale, temperature, block_size, axis_name)
+    mu, sigma, labels, scale, temperature, block_size, axis_name
+  )
   return (per_anchor, statistics), (mu, sigma, labels, distance_grad)
 
 
@@ -338,8 +347,11 @@ def _anchor_contrastive_bwd(scale, temperature, block_size, axis_name, residuals
   mu, sigma, labels, distance_grad = residuals  # distance_grad[i, j] = d loss_i / d BD[i, j]
   mu_all, sigma_all, cotangent_all = (_gathered(x, axis_name) for x in (mu, sigma, cotangent))
   # received[n, m] = d loss_n / d BD[n, m] for every anchor n and this device's rows m.
-  received = distance_grad if axis_name is None else jax.lax.all_to_all(
-      distance_grad, axis_name, split_axis=1, concat_axis=0, tiled=True)
+  received = (
+    distance_grad
+    if axis_name is None
+    else jax.lax.all_to_all(distance_grad, axis_name, split_axis=1, concat_axis=0, tiled=True)
+  )
   # g[i, n] = cotangent[i] distance_grad[i, n] is d L / d BD. Column n of its symmetric
   # fold g + g^T, restricted to this device's rows, is assembled per step from column n
   # of g and row n of the received block, never transposing anything.
@@ -353,9 +365,9 @@ def _anchor_contrastive_bwd(scale, temperature, block_size, axis_name, residuals
   zeros = jnp.zeros_like(mu)
   columns = (mu_all, sigma_all, received, cotangent_all, jnp.arange(mu_all.shape[0]))
   (grad_mu, grad_a), _ = jax.lax.scan(column, (zeros, zeros), columns)
-  g_sym_row_sums = (cotangent[:, None] * jnp.sum(distance_grad, axis=1)
-                    + jnp.einsum("n,nmk->mk", cotangent_all, received,
-                                 precision=jax.lax.Precision.HIGHEST))
+  g_sym_row_sums = cotangent[:, None] * jnp.sum(distance_grad, axis=1) + jnp.einsum(
+    "n,nmk->mk", cotangent_all, received, precision=jax.lax.Precision.HIGHEST
+  )
   grad_log_sigma = -(0.5 * scale) * g_sym_row_sums[:, None, :]
   grad_sigma = 2.0 * sigma * grad_a + grad_log_sigma / sigma
   return grad_mu, grad_sigma, jnp.zeros_like(labels)
@@ -364,9 +376,19 @@ def _anchor_contrastive_bwd(scale, temperature, block_size, axis_name, residuals
 anchor_contrastive_losses.defvjp(_anchor_contrastive_fwd, _anchor_contrastive_bwd)
 
 
-def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, block_size=None,
-                     mesh: jax.sharding.Mesh | None = None, axis_name: str = DATA_AXIS,
-                     with_statistics: bool = False):
+def contrastive_loss(
+  mu,
+  var,
+  labels,
+  *,
+  kernel,
+  feature_dim,
+  temperature=0.17,
+  block_size=None,
+  mesh: jax.sharding.Mesh | None = None,
+  axis_name: str = DATA_AXIS,
+  with_statistics: bool = False,
+):
   """Kernel contrastive loss L_con over every ordered pair of the batch.
 
   Args:
@@ -401,27 +423,35 @@ def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, 
   if block_size is None:
     block_size = default_block_size(batch, dim, classes)
   if block_size < 1:
-    raise ValueError(f"`block_size` must be a positive number of anchors or None, got {block_size}.")
+    raise ValueError(
+      f"`block_size` must be a positive number of anchors or None, got {block_size}."
+    )
   devices = 1 if mesh is None else mesh.shape[axis_name]
   if batch % devices:
-    raise ValueError(f"The batch of {batch} does not split evenly over the {devices} devices of "
-                     f"mesh axis {axis_name!r}.")
+    raise ValueError(
+      f"The batch of {batch} does not split evenly over the {devices} devices of "
+      f"mesh axis {axis_name!r}."
+    )
   static = (float(feature_dim), float(temperature), int(min(block_size, batch // devices)))
   labels = labels.astype(jnp.float32)
   if devices == 1:
     per_anchor, statistics = anchor_contrastive_losses(mu, sigma, labels, *static)
   else:
     per_anchor, statistics = jax.shard_map(
-        lambda *rows: anchor_contrastive_losses(*rows, *static, axis_name), mesh=mesh,
-        in_specs=jax.sharding.PartitionSpec(axis_name),
-        out_specs=jax.sharding.PartitionSpec(axis_name))(mu, sigma, labels)
+      lambda *rows: anchor_contrastive_losses(*rows, *static, axis_name),
+      mesh=mesh,
+      in_specs=jax.sharding.PartitionSpec(axis_name),
+      out_specs=jax.sharding.PartitionSpec(axis_name),
+    )(mu, sigma, labels)
   value = jnp.sum(per_anchor) / batch
   if not with_statistics:
     return value
   positive_sum, positive_count, negative_sum, negative_count = jnp.sum(statistics, axis=0)
   mean = lambda total, count: jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
-  return value, {"bc_positive": mean(positive_sum, positive_count),
-                 "bc_negative": mean(negative_sum, negative_count)}
+  return value, {
+    "bc_positive": mean(positive_sum, positive_count),
+    "bc_negative": mean(negative_sum, negative_count),
+  }
 
 
 # --------------------------------------------------------------------------------------
@@ -432,11 +462,26 @@ def contrastive_loss(mu, var, labels, *, kernel, feature_dim, temperature=0.17, 
 TERMS = ("asl", "reconstruction", "contrastive")
 
 
-def kmcl_loss(features, pi, mu, var, labels, *, kernel="anisotropic", mode="all",
-              temperature=0.17, gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
-              weights: Mapping[str, float] | None = None, reference_batch: int | None = None,
-              block_size=None, mesh: jax.sharding.Mesh | None = None,
-              axis_name: str = DATA_AXIS, with_diagnostics: bool = False):
+def kmcl_loss(
+  features,
+  pi,
+  mu,
+  var,
+  labels,
+  *,
+  kernel="anisotropic",
+  mode="all",
+  temperature=0.17,
+  gamma_neg=4.0,
+  gamma_pos=0.0,
+  clip=0.05,
+  weights: Mapping[str, float] | None = None,
+  reference_batch: int | None = None,
+  block_size=None,
+  mesh: jax.sharding.Mesh | None = None,
+  axis_name: str = DATA_AXIS,
+  with_diagnostics: bool = False,
+):
   """The KMCL objective L = w_asl L_asl + w_rec L_rec + w_con L_con.
 
   L_asl is a sum over the batch, the other two terms are means. With `reference_batch`
@@ -473,25 +518,37 @@ def kmcl_loss(features, pi, mu, var, labels, *, kernel="anisotropic", mode="all"
     raise ValueError(f"`weights` must name terms of {TERMS}, got {sorted(weights)}.")
   zero = jnp.zeros((), jnp.float32)
   terms = dict.fromkeys(TERMS, zero)
-  diagnostics = {name: jnp.full((), jnp.nan, jnp.float32)
-                 for name in ("bc_positive", "bc_negative", "var_mean", "var_std")}
+  diagnostics = {
+    name: jnp.full((), jnp.nan, jnp.float32)
+    for name in ("bc_positive", "bc_negative", "var_mean", "var_std")
+  }
   if weights["asl"]:
     terms["asl"] = asl_loss(pi, labels, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip)
     if reference_batch is not None:
       terms["asl"] = terms["asl"] * (reference_batch / labels.shape[0])
   if mode == "all":
     if weights["reconstruction"]:
-      terms["reconstruction"] = reconstruction_loss(features, pi, mu, var, labels,
-                                                    kernel=kernel)
+      terms["reconstruction"] = reconstruction_loss(features, pi, mu, var, labels, kernel=kernel)
     if weights["contrastive"]:
       terms["contrastive"], statistics = contrastive_loss(
-          mu, var, labels, kernel=kernel, feature_dim=features.shape[-1],
-          temperature=temperature, block_size=block_size, mesh=mesh, axis_name=axis_name,
-          with_statistics=True)
+        mu,
+        var,
+        labels,
+        kernel=kernel,
+        feature_dim=features.shape[-1],
+        temperature=temperature,
+        block_size=block_size,
+        mesh=mesh,
+        axis_name=axis_name,
+        with_statistics=True,
+      )
       diagnostics.update(statistics)
     variances = var.astype(jnp.float32)
     diagnostics.update(var_mean=jnp.mean(variances), var_std=jnp.std(variances))
-  total = (weights["asl"] * terms["asl"] + weights["reconstruction"] * terms["reconstruction"]
-           + weights["contrastive"] * terms["contrastive"])
+  total = (
+    weights["asl"] * terms["asl"]
+    + weights["reconstruction"] * terms["reconstruction"]
+    + weights["contrastive"] * terms["contrastive"]
+  )
   diagnostics = jax.tree.map(jax.lax.stop_gradient, diagnostics)
   return (total, terms, diagnostics) if with_diagnostics else (total, terms)

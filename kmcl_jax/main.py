@@ -31,24 +31,39 @@ from ml_collections import config_flags
 from kmcl_jax import distributed
 from kmcl_jax.errors import run_program
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file (path[:variant]).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, summary.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
-                          "train (resumes from --workdir), eval (scores the test split and "
-                          "writes WORKDIR/eval.json), predict (labels --inputs).")
+_MODE = flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "eval", "predict"],
+  "train (resumes from --workdir), eval (scores the test split and "
+  "writes WORKDIR/eval.json), predict (labels --inputs).",
+)
 _STEP = flags.DEFINE_integer("step", None, "eval/predict: this checkpoint instead of the best.")
 _INPUTS = flags.DEFINE_string("inputs", None, "predict: an image, a folder or a glob.")
 _OUTPUT = flags.DEFINE_string("output", None, "predict: the .csv or .json file to write.")
-_VARIANT = flags.DEFINE_enum("variant", "auto", ["auto", "model", "ema"],
-                             "predict: which weights; auto = the better in the best checkpoint.")
+_VARIANT = flags.DEFINE_enum(
+  "variant",
+  "auto",
+  ["auto", "model", "ema"],
+  "predict: which weights; auto = the better in the best checkpoint.",
+)
 _DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", distributed.MODES,
-    "Start jax.distributed: auto = where JAX detects a cluster of several processes "
-    "(Cloud TPU slice, GKE, SLURM, Open MPI; never on a plain machine), on, off.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0, for multi-process runs JAX does "
-                                   "not detect (then also --num_processes, --process_id).")
+  "distributed",
+  "auto",
+  distributed.MODES,
+  "Start jax.distributed: auto = where JAX detects a cluster of several processes "
+  "(Cloud TPU slice, GKE, SLURM, Open MPI; never on a plain machine), on, off.",
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "host:port of process 0, for multi-process runs JAX does "
+  "not detect (then also --num_processes, --process_id).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in that run.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -77,8 +92,7 @@ def _is_failed_save_noise(error: BaseException, where: object = None) -> bool:
   they print a few hundred tracebacks of these; the failure itself is reported in one
   sentence."""
   closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-  finalised = (isinstance(error, (RuntimeError, ImportError))
-               and "coroutine" in repr(where))
+  finalised = isinstance(error, (RuntimeError, ImportError)) and "coroutine" in repr(where)
   return logging.get_verbosity() < 1 and (closed_loop or finalised)
 
 
@@ -101,22 +115,32 @@ def main(argv):
 
 
 def _run() -> None:
-  distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
-                         _PROCESS_ID.value)
-  logging.info("JAX process %d of %d, %d local / %d global devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  distributed.initialize(
+    _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+  )
+  logging.info(
+    "JAX process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   if _MODE.value == "train":
     from kmcl_jax.train import train_and_evaluate
+
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   elif _MODE.value == "eval":
     from kmcl_jax.inference import evaluate_checkpoint
+
     evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value)
   else:
     if not _INPUTS.value or not _OUTPUT.value:
       raise app.UsageError("--mode=predict needs --inputs and --output.")
     from kmcl_jax.inference import predict
-    predict(_CONFIG.value, _WORKDIR.value, _INPUTS.value, _OUTPUT.value, _STEP.value,
-            _VARIANT.value)
+
+    predict(
+      _CONFIG.value, _WORKDIR.value, _INPUTS.value, _OUTPUT.value, _STEP.value, _VARIANT.value
+    )
 
 
 if __name__ == "__main__":

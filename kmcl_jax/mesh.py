@@ -37,6 +37,9 @@ def to_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
   """This host's rows of a batch -> global arrays sharded over the mesh (every host calls
   it with its own rows, in process order). int64 fields become int32 (JAX's default)."""
   sharding = batch_sharded(mesh)
-  return {name: jax.make_array_from_process_local_data(
-      sharding, value.astype(np.int32) if value.dtype == np.int64 else value)
-      for name, value in batch.items()}
+  return {
+    name: jax.make_array_from_process_local_data(
+      sharding, value.astype(np.int32) if value.dtype == np.int64 else value
+    )
+    for name, value in batch.items()
+  }

@@ -19,12 +19,25 @@ import numpy as np
 # The thresholded metrics `multilabel_metrics` reports besides mAP, fractions in [0, 1]:
 # overall and per-class-averaged precision, recall and F1, then the same over each
 # image's top-3 scores.
-THRESHOLD_METRICS = ("OP", "OR", "OF1", "CP", "CR", "CF1",
-                     "OP_3", "OR_3", "OF1_3", "CP_3", "CR_3", "CF1_3")
+THRESHOLD_METRICS = (
+  "OP",
+  "OR",
+  "OF1",
+  "CP",
+  "CR",
+  "CF1",
+  "OP_3",
+  "OR_3",
+  "OF1_3",
+  "CP_3",
+  "CR_3",
+  "CF1_3",
+)
 
 
-def average_precision(scores: np.ndarray, targets: np.ndarray,
-                      ignore: np.ndarray | None = None) -> np.ndarray:
+def average_precision(
+  scores: np.ndarray, targets: np.ndarray, ignore: np.ndarray | None = None
+) -> np.ndarray:
   """Per-class AP of scores (N, K) against binary targets (N, K); ignore bool (N, K)."""
   ap = np.zeros(scores.shape[1])
   for k in range(scores.shape[1]):
@@ -49,13 +62,23 @@ def _precision_recall_f1(predicted: np.ndarray, targets: np.ndarray) -> dict[str
     cp = np.mean(correct / predictions)
     cr = np.mean(correct / positives)
     cf1 = 2 * cp * cr / (cp + cr)
-  return {"OP": float(op), "OR": float(orecall), "OF1": float(np.nan_to_num(of1, nan=0.0)),
-          "CP": float(cp), "CR": float(cr), "CF1": float(np.nan_to_num(cf1, nan=0.0))}
+  return {
+    "OP": float(op),
+    "OR": float(orecall),
+    "OF1": float(np.nan_to_num(of1, nan=0.0)),
+    "CP": float(cp),
+    "CR": float(cr),
+    "CF1": float(np.nan_to_num(cf1, nan=0.0)),
+  }
 
 
-def multilabel_metrics(scores: np.ndarray, targets: np.ndarray, *,
-                       ignore: np.ndarray | None = None, threshold: float = 0.8
-                       ) -> dict[str, float | np.ndarray]:
+def multilabel_metrics(
+  scores: np.ndarray,
+  targets: np.ndarray,
+  *,
+  ignore: np.ndarray | None = None,
+  threshold: float = 0.8,
+) -> dict[str, float | np.ndarray]:
   """mAP (%), per-class AP (K,) and the F1-type metrics of the reference.
 
   Args:
@@ -85,8 +108,12 @@ def multilabel_metrics(scores: np.ndarray, targets: np.ndarray, *,
   np.put_along_axis(in_top3, top, True, axis=1)
   result = {"map": float(100 * ap.mean()), "ap": ap}
   result.update(_precision_recall_f1(predicted, positive))
-  result.update({f"{name}_3": value for name, value in
-                 _precision_recall_f1(predicted & in_top3, positive).items()})
+  result.update(
+    {
+      f"{name}_3": value
+      for name, value in _precision_recall_f1(predicted & in_top3, positive).items()
+    }
+  )
   return result
 
 
@@ -94,5 +121,7 @@ def ap_table(ap: np.ndarray, class_names: Sequence[str]) -> str:
   """Per-class AP (%) as an aligned text table, one class per line."""
   width = max(len(name) for name in class_names)
   lines = [f"{'class':<{width}}  AP %"]
-  lines += [f"{name:<{width}}  {100 * value:6.2f}" for name, value in zip(class_names, ap)]
+  lines += [
+    f"{name:<{width}}  {100 * value:6.2f}" for name, value in zip(class_names, ap, strict=True)
+  ]
   return "\n".join(lines)

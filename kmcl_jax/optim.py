@@ -42,17 +42,24 @@ def _two_phase(step, total_steps: int, pct_start: float, start, peak, end):
   return jnp.where(step <= warmup_end, rising, falling)
 
 
-def one_cycle_lr(total_steps: int, max_lr: float, pct_start: float = 0.2,
-                 div_factor: float = 25.0, final_div_factor: float = 1e4):
+def one_cycle_lr(
+  total_steps: int,
+  max_lr: float,
+  pct_start: float = 0.2,
+  div_factor: float = 25.0,
+  final_div_factor: float = 1e4,
+):
   """step -> learning rate of torch OneCycleLR(max_lr, total_steps, pct_start, ...)."""
   _check_one_cycle(total_steps, pct_start)
   initial = max_lr / div_factor
-  return lambda step: _two_phase(step, total_steps, pct_start, initial, max_lr,
-                                 initial / final_div_factor)
+  return lambda step: _two_phase(
+    step, total_steps, pct_start, initial, max_lr, initial / final_div_factor
+  )
 
 
-def one_cycle_beta1(total_steps: int, pct_start: float = 0.2, base: float = 0.85,
-                    peak: float = 0.95):
+def one_cycle_beta1(
+  total_steps: int, pct_start: float = 0.2, base: float = 0.85, peak: float = 0.95
+):
   """step -> Adam beta1 as OneCycleLR cycles it: peak -> base -> peak."""
   _check_one_cycle(total_steps, pct_start)
   return lambda step: _two_phase(step, total_steps, pct_start, peak, base, peak)
@@ -64,13 +71,16 @@ def _check_one_cycle(total_steps: int, pct_start: float) -> None:
   warmup_end = float(pct_start * total_steps) - 1
   if total_steps < 1 or warmup_end in (0.0, float(total_steps) - 1):
     # Where torch's OneCycleLR divides by zero.
-    raise ValueError(f"OneCycleLR has an empty phase with {total_steps} steps and "
-                     f"pct_start={pct_start}; change the number of steps or pct_start.")
+    raise ValueError(
+      f"OneCycleLR has an empty phase with {total_steps} steps and "
+      f"pct_start={pct_start}; change the number of steps or pct_start."
+    )
 
 
 class DecayGroups(NamedTuple):
   """Parameters, or anything shaped like them (gradients, Adam moments, their EMA), as two
   1-D buffers laid out by a `FlatLayout`: the leaves that take weight decay, and the rest."""
+
   decayed: jax.Array
   plain: jax.Array
 
@@ -83,17 +93,21 @@ def decay_mask(params):
 
   def decays(path, leaf):
     return jnp.ndim(leaf) > 1 and getattr(path[-1], "key", None) != "bias"
+
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def _adam_coupled_l2(learning_rate, b1, b2, eps, weight_decay):
-  return optax.chain(optax.masked(optax.add_decayed_weights(weight_decay), decay_mask),
-                     optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-                     optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(
+    optax.masked(optax.add_decayed_weights(weight_decay), decay_mask),
+    optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+    optax.scale_by_learning_rate(learning_rate),
+  )
 
 
-def create_optimizer(optim, total_steps: int, batch: int | None = None,
-                     recipe_batch: int | None = None) -> optax.GradientTransformation:
+def create_optimizer(
+  optim, total_steps: int, batch: int | None = None, recipe_batch: int | None = None
+) -> optax.GradientTransformation:
   """The optimiser of config.optim (lr, lr_scaling, weight_decay, b2, eps, pct_start,
   div_factor, final_div_factor, beta1_base, beta1_peak) over `total_steps` updates of
   `batch` images, its peak learning rate scaled from `recipe_batch` per
@@ -105,10 +119,14 @@ def create_optimizer(optim, total_steps: int, batch: int | None = None,
   if batch is not None and recipe_batch is not None:
     lr = batch_scaled_lr(optim.lr, batch, recipe_batch, optim.lr_scaling)
   return optax.inject_hyperparams(_adam_coupled_l2)(
-      learning_rate=one_cycle_lr(total_steps, lr, optim.pct_start, optim.div_factor,
-                                 optim.final_div_factor),
-      b1=one_cycle_beta1(total_steps, optim.pct_start, optim.beta1_base, optim.beta1_peak),
-      b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
+    learning_rate=one_cycle_lr(
+      total_steps, lr, optim.pct_start, optim.div_factor, optim.final_div_factor
+    ),
+    b1=one_cycle_beta1(total_steps, optim.pct_start, optim.beta1_base, optim.beta1_peak),
+    b2=optim.b2,
+    eps=optim.eps,
+    weight_decay=optim.weight_decay,
+  )
 
 
 def ema_decay_per_step(decay: float, batch: int, recipe_batch: int) -> float:
@@ -130,7 +148,7 @@ def batch_scaled_lr(lr: float, batch: int, recipe_batch: int, rule: str) -> floa
   if rule not in LR_SCALING:
     raise ValueError(f"config.optim.lr_scaling={rule!r}: expected one of {LR_SCALING}.")
   ratio = batch / recipe_batch
-  return lr * {"none": 1.0, "sqrt": ratio ** 0.5, "linear": ratio}[rule]
+  return lr * {"none": 1.0, "sqrt": ratio**0.5, "linear": ratio}[rule]
 
 
 def ema_update(ema, new, decay: float):
@@ -150,8 +168,9 @@ def update_layout(setting: str) -> str:
   if setting == "auto":
     return "flat" if jax.default_backend() == "gpu" else "per_leaf"
   if setting not in UPDATE_LAYOUTS:
-    raise ValueError(f"config.update_layout={setting!r}: expected 'auto' or one of "
-                     f"{UPDATE_LAYOUTS}.")
+    raise ValueError(
+      f"config.update_layout={setting!r}: expected 'auto' or one of {UPDATE_LAYOUTS}."
+    )
   return setting
 
 
@@ -160,6 +179,7 @@ class FlatLayout:
   """Where the leaves of a pytree lie in a few 1-D buffers of one dtype: buffer i is the
   leaves listed in groups[i] (indices into the tree's leaves, in tree order), each
   raveled row-major, concatenated. Static: built at trace time from shapes alone."""
+
   treedef: Any
   shapes: tuple[tuple[int, ...], ...]
   dtype: Any
@@ -173,28 +193,37 @@ class FlatLayout:
     leaves, treedef = jax.tree.flatten(tree)
     dtypes = {jnp.dtype(leaf.dtype) for leaf in leaves}
     if len(dtypes) != 1:
-      raise ValueError(f"A FlatLayout holds leaves of one dtype; this tree has "
-                       f"{sorted(map(str, dtypes))}.")
+      raise ValueError(
+        f"A FlatLayout holds leaves of one dtype; this tree has {sorted(map(str, dtypes))}."
+      )
     owner = jax.tree.leaves(group_of) if group_of is not None else [0] * len(leaves)
-    return cls(treedef=treedef, shapes=tuple(tuple(leaf.shape) for leaf in leaves),
-               dtype=dtypes.pop(),
-               groups=tuple(tuple(i for i, g in enumerate(owner) if int(g) == group)
-                            for group in range(groups)))
+    return cls(
+      treedef=treedef,
+      shapes=tuple(tuple(leaf.shape) for leaf in leaves),
+      dtype=dtypes.pop(),
+      groups=tuple(
+        tuple(i for i, g in enumerate(owner) if int(g) == group) for group in range(groups)
+      ),
+    )
 
   def pack(self, tree) -> tuple[jax.Array, ...]:
     """tree -> its buffers, one per group (a group without leaves is an empty buffer)."""
     leaves = jax.tree.leaves(tree)
-    return tuple(jnp.concatenate([jnp.ravel(leaves[i]) for i in group]) if group
-                 else jnp.zeros((0,), self.dtype) for group in self.groups)
+    return tuple(
+      jnp.concatenate([jnp.ravel(leaves[i]) for i in group])
+      if group
+      else jnp.zeros((0,), self.dtype)
+      for group in self.groups
+    )
 
   def unpack(self, buffers) -> Any:
     """pack's inverse: buffers (one per group) -> a tree of this layout's structure."""
     leaves = [None] * len(self.shapes)
-    for buffer, group in zip(buffers, self.groups):
+    for buffer, group in zip(buffers, self.groups, strict=True):
       offset = 0
       for i in group:
         size = int(np.prod(self.shapes[i], dtype=np.int64))
-        leaves[i] = buffer[offset:offset + size].reshape(self.shapes[i])
+        leaves[i] = buffer[offset : offset + size].reshape(self.shapes[i])
         offset += size
     return jax.tree.unflatten(self.treedef, leaves)
 
@@ -203,8 +232,15 @@ def _same(tree):
   return tree
 
 
-def update_or_skip(optimizer: optax.GradientTransformation, state, grads, batch_stats,
-                   loss: jax.Array, ema_decay, layout: str = "per_leaf"):
+def update_or_skip(
+  optimizer: optax.GradientTransformation,
+  state,
+  grads,
+  batch_stats,
+  loss: jax.Array,
+  ema_decay,
+  layout: str = "per_leaf",
+):
   """The update of one train step, or none: (state, hyperparams, finite).
 
   state: a `TrainState`; grads: d loss / d state.params (the same tree); batch_stats: the
@@ -225,8 +261,9 @@ def update_or_skip(optimizer: optax.GradientTransformation, state, grads, batch_
   if layout not in UPDATE_LAYOUTS:
     raise ValueError(f"layout={layout!r}: expected one of {UPDATE_LAYOUTS}.")
   if layout == "flat":
-    param_layout = FlatLayout.of(state.params, jax.tree.map(lambda d: 0 if d else 1,
-                                                            decay_mask(state.params)), groups=2)
+    param_layout = FlatLayout.of(
+      state.params, jax.tree.map(lambda d: 0 if d else 1, decay_mask(state.params)), groups=2
+    )
     stats_layout = FlatLayout.of(state.batch_stats)
 
     def gather_params(tree):
@@ -251,8 +288,11 @@ def update_or_skip(optimizer: optax.GradientTransformation, state, grads, batch_
     return isinstance(node, DecayGroups)
 
   params, gathered_grads = gather_params(state.params), gather_params(grads)
-  opt_state = jax.tree.map(lambda node: gather_params(node) if is_param_shaped(node) else node,
-                           state.opt_state, is_leaf=is_param_shaped)
+  opt_state = jax.tree.map(
+    lambda node: gather_params(node) if is_param_shaped(node) else node,
+    state.opt_state,
+    is_leaf=is_param_shaped,
+  )
   updates, new_opt_state = optimizer.update(gathered_grads, opt_state, params)
   new_params = optax.apply_updates(params, updates)
   stats, new_stats = gather_stats(state.batch_stats), gather_stats(batch_stats)
@@ -263,10 +303,14 @@ def update_or_skip(optimizer: optax.GradientTransformation, state, grads, batch_
     return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
   updated = state.replace(
-      params=scatter_params(kept(new_params, params)),
-      batch_stats=scatter_stats(kept(new_stats, stats)),
-      opt_state=jax.tree.map(lambda node: scatter_params(node) if is_gathered(node) else node,
-                             kept(new_opt_state, opt_state), is_leaf=is_gathered),
-      ema_params=scatter_params(kept(ema_update(ema_params, new_params, ema_decay), ema_params)),
-      ema_batch_stats=scatter_stats(kept(ema_update(ema_stats, new_stats, ema_decay), ema_stats)))
+    params=scatter_params(kept(new_params, params)),
+    batch_stats=scatter_stats(kept(new_stats, stats)),
+    opt_state=jax.tree.map(
+      lambda node: scatter_params(node) if is_gathered(node) else node,
+      kept(new_opt_state, opt_state),
+      is_leaf=is_gathered,
+    ),
+    ema_params=scatter_params(kept(ema_update(ema_params, new_params, ema_decay), ema_params)),
+    ema_batch_stats=scatter_stats(kept(ema_update(ema_stats, new_stats, ema_decay), ema_stats)),
+  )
   return updated, new_opt_state.hyperparams, finite

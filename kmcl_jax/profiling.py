@@ -19,13 +19,14 @@ from etils import epath
 
 
 def parse_steps(spec: str) -> tuple[int, int] | None:
-  """"START:STOP" -> (START, STOP), "" -> None; raises ValueError naming the field."""
+  """ "START:STOP" -> (START, STOP), "" -> None; raises ValueError naming the field."""
   if not spec:
     return None
   start, _, stop = spec.partition(":")
   if not (start.isdigit() and stop.isdigit() and 1 <= int(start) < int(stop)):
-    raise ValueError(f"config.profile_steps={spec!r}: expected START:STOP with "
-                     "1 <= START < STOP, e.g. '20:25'.")
+    raise ValueError(
+      f"config.profile_steps={spec!r}: expected START:STOP with 1 <= START < STOP, e.g. '20:25'."
+    )
   return int(start), int(stop)
 
 
@@ -58,5 +59,9 @@ class StepProfiler:
       jax.block_until_ready(outputs)
       jax.profiler.stop_trace()
       self._tracing = False
-      logging.info("Profile of steps %d-%d written to %s/plugins/profile/.", self.steps[0],
-                   self.steps[1] - 1, self.folder)
+      logging.info(
+        "Profile of steps %d-%d written to %s/plugins/profile/.",
+        self.steps[0],
+        self.steps[1] - 1,
+        self.folder,
+      )

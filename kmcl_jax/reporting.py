@@ -115,18 +115,22 @@ class MetricsLog:
     try:
       return write()
     except OSError as error:
-      raise RunStopped(f"Writing {self.path} failed ({error}); the checkpoints saved so "
-                       "far are intact: fix the cause (free disk space, say) and rerun the "
-                       "same command to resume.") from error
+      raise RunStopped(
+        f"Writing {self.path} failed ({error}); the checkpoints saved so "
+        "far are intact: fix the cause (free disk space, say) and rerun the "
+        "same command to resume."
+      ) from error
 
   def append(self, record: Mapping) -> None:
     line = to_json(record)
     self.records.append(json.loads(line))
     self._lines.append(line)
     if self._local:
+
       def write():
         self._file.write(line + "\n")
         self._file.flush()
+
       self._guard(write)
     else:
       self._guard(self._rewrite)
@@ -141,8 +145,15 @@ class Reporter:
   """Progress lines, metrics.jsonl and TensorBoard for a run of `total_steps` steps
   that starts (or resumes) after step `start_step`."""
 
-  def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, batch_size: int,
-               is_primary: bool, start_step: int = 0):
+  def __init__(
+    self,
+    workdir: str,
+    total_steps: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    is_primary: bool,
+    start_step: int = 0,
+  ):
     self.workdir, self.total_steps = epath.Path(workdir), total_steps
     self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
     self.is_primary = is_primary
@@ -150,10 +161,12 @@ class Reporter:
     self._tensorboard = self._log = None
     if is_primary:
       from tensorboardX import SummaryWriter
+
       self._log = MetricsLog(workdir, start_step)
       # Events after start_step, left by an interrupted run, are hidden from TensorBoard.
-      self._tensorboard = SummaryWriter(os.fspath(self.workdir / "tensorboard"),
-                                        purge_step=start_step + 1)
+      self._tensorboard = SummaryWriter(
+        os.fspath(self.workdir / "tensorboard"), purge_step=start_step + 1
+      )
 
   def epoch(self, step: int) -> float:
     return step / self.steps_per_epoch
@@ -164,10 +177,8 @@ class Reporter:
       return
     self._log.append(record)
     for name, value in record.items():  # non-finite values are gaps, as in the plots
-      if (name not in ("step", "split", "variant") and np.ndim(value) == 0
-          and np.isfinite(value)):
-        self._tensorboard.add_scalar(f"{tensorboard_prefix}/{name}", float(value),
-                                     record["step"])
+      if name not in ("step", "split", "variant") and np.ndim(value) == 0 and np.isfinite(value):
+        self._tensorboard.add_scalar(f"{tensorboard_prefix}/{name}", float(value), record["step"])
 
   def start(self, step: int) -> None:
     self._mark = (time.perf_counter(), step)
@@ -185,30 +196,64 @@ class Reporter:
       images_per_s, eta = math.nan, "?"
     done = round(PROGRESS_BAR_WIDTH * step / self.total_steps)
     logging.info(
-        "[%s%s] %3d%% epoch %.2f/%d step %d/%d  loss %.4f [asl %.4f rec %.4f con %.4f]"
-        "  BC same-class %.3g other %.3g  var %.3g+-%.3g  lr %.2e beta1 %.4f  skipped %d"
-        "  %.1f img/s  ETA %s",
-        "#" * done, "." * (PROGRESS_BAR_WIDTH - done), 100 * step // self.total_steps,
-        self.epoch(step), math.ceil(self.total_steps / self.steps_per_epoch), step,
-        self.total_steps, metrics["loss"], metrics["asl"], metrics["reconstruction"],
-        metrics["contrastive"], metrics["bc_positive"], metrics["bc_negative"],
-        metrics["var_mean"], metrics["var_std"], metrics["learning_rate"], metrics["beta1"],
-        metrics["skipped_steps"], images_per_s, eta)
-    self.write({"step": step, "epoch": self.epoch(step), "split": "train",
-                "images_per_second": images_per_s, **metrics}, "train")
+      "[%s%s] %3d%% epoch %.2f/%d step %d/%d  loss %.4f [asl %.4f rec %.4f con %.4f]"
+      "  BC same-class %.3g other %.3g  var %.3g+-%.3g  lr %.2e beta1 %.4f  skipped %d"
+      "  %.1f img/s  ETA %s",
+      "#" * done,
+      "." * (PROGRESS_BAR_WIDTH - done),
+      100 * step // self.total_steps,
+      self.epoch(step),
+      math.ceil(self.total_steps / self.steps_per_epoch),
+      step,
+      self.total_steps,
+      metrics["loss"],
+      metrics["asl"],
+      metrics["reconstruction"],
+      metrics["contrastive"],
+      metrics["bc_positive"],
+      metrics["bc_negative"],
+      metrics["var_mean"],
+      metrics["var_std"],
+      metrics["learning_rate"],
+      metrics["beta1"],
+      metrics["skipped_steps"],
+      images_per_s,
+      eta,
+    )
+    self.write(
+      {
+        "step": step,
+        "epoch": self.epoch(step),
+        "split": "train",
+        "images_per_second": images_per_s,
+        **metrics,
+      },
+      "train",
+    )
 
   def evaluation(self, step: int, results: Mapping[str, Mapping]) -> None:
     """Logs mAP and F1 of the model and its EMA and writes one record per variant (unless
     the log holds this step's already: a finished run evaluated again)."""
     for variant, metrics in results.items():
-      logging.info("eval step %d %-5s mAP %.2f  OF1 %.4f CF1 %.4f  OF1_3 %.4f CF1_3 %.4f",
-                   step, variant, metrics["map"], metrics["OF1"], metrics["CF1"],
-                   metrics["OF1_3"], metrics["CF1_3"])
-      if self.is_primary and any(r.get("split") == "eval" and r.get("step") == step
-                                 and r.get("variant") == variant for r in self._log.records):
+      logging.info(
+        "eval step %d %-5s mAP %.2f  OF1 %.4f CF1 %.4f  OF1_3 %.4f CF1_3 %.4f",
+        step,
+        variant,
+        metrics["map"],
+        metrics["OF1"],
+        metrics["CF1"],
+        metrics["OF1_3"],
+        metrics["CF1_3"],
+      )
+      if self.is_primary and any(
+        r.get("split") == "eval" and r.get("step") == step and r.get("variant") == variant
+        for r in self._log.records
+      ):
         continue
-      self.write({"step": step, "epoch": self.epoch(step), "split": "eval", "variant": variant,
-                  **metrics}, f"eval/{variant}")
+      self.write(
+        {"step": step, "epoch": self.epoch(step), "split": "eval", "variant": variant, **metrics},
+        f"eval/{variant}",
+      )
     if self._tensorboard is not None:
       self._tensorboard.flush()
 
@@ -237,6 +282,7 @@ def write_plots(workdir: str, summary: Mapping) -> list[str]:
   """PNGs in WORKDIR/plots/ from metrics.jsonl and the summary's per-class AP; returns
   their paths."""
   import matplotlib
+
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
 
@@ -255,14 +301,20 @@ def write_plots(workdir: str, summary: Mapping) -> list[str]:
 
   figure, axes = plt.subplots(1, 2, figsize=(11, 4))
   steps = [r["step"] for r in train]
+
   def series(records, name):  # null (a non-finite value) plots as a gap
     return np.array([np.nan if r[name] is None else r[name] for r in records], float)
 
-  for name, label in (("loss", "total"), ("asl", "ASL"), ("reconstruction", "reconstruction"),
-                      ("contrastive", "contrastive")):
+  for name, label in (
+    ("loss", "total"),
+    ("asl", "ASL"),
+    ("reconstruction", "reconstruction"),
+    ("contrastive", "contrastive"),
+  ):
     axes[0].plot(steps, series(train, name), label=label)
-  axes[0].set(title="Training loss (mean per logging interval)", xlabel="step", ylabel="loss",
-              yscale="log")
+  axes[0].set(
+    title="Training loss (mean per logging interval)", xlabel="step", ylabel="loss", yscale="log"
+  )
   axes[0].legend()
   axes[1].plot(steps, series(train, "learning_rate"), color="tab:purple")
   axes[1].set(title="Learning rate (OneCycle)", xlabel="step", ylabel="learning rate")
@@ -271,8 +323,9 @@ def write_plots(workdir: str, summary: Mapping) -> list[str]:
   figure, axis = plt.subplots(figsize=(6, 4))
   for variant in ("model", "ema"):
     evaluations = [r for r in records if r["split"] == "eval" and r.get("variant") == variant]
-    axis.plot([r["step"] for r in evaluations], series(evaluations, "map"), marker="o",
-              label=variant)
+    axis.plot(
+      [r["step"] for r in evaluations], series(evaluations, "map"), marker="o", label=variant
+    )
   axis.set(title="Test mAP", xlabel="step", ylabel="mAP (%)")
   axis.grid(alpha=0.3)
   axis.legend()
@@ -281,10 +334,13 @@ def write_plots(workdir: str, summary: Mapping) -> list[str]:
   names, values = list(summary["ap"]), list(summary["ap"].values())
   figure, axis = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4.5))
   bars = axis.bar(range(len(names)), values, color="tab:blue")
-  axis.bar_label(bars, fmt="%.1f", fontsize=7, rotation=90 if len(names) > 12 else 0,
-                 padding=2)
+  axis.bar_label(bars, fmt="%.1f", fontsize=7, rotation=90 if len(names) > 12 else 0, padding=2)
   axis.set_xticks(range(len(names)), names, rotation=90 if len(names) > 12 else 0)
-  axis.set(title=f"Per-class AP ({summary['best_of']}, mAP {summary['map']:.2f})",
-           xlabel="class", ylabel="AP (%)", ylim=(0, 108))
+  axis.set(
+    title=f"Per-class AP ({summary['best_of']}, mAP {summary['map']:.2f})",
+    xlabel="class",
+    ylabel="AP (%)",
+    ylim=(0, 108),
+  )
   save(figure, "per_class_ap.png")
   return paths

@@ -31,6 +31,7 @@ class TrainState:
   current run of them (0 after an applied update). The optimiser's own count, which
   drives the schedule, counts applied updates only.
   """
+
   step: jax.Array
   skipped_steps: jax.Array
   consecutive_skipped_steps: jax.Array
@@ -57,10 +58,16 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> KMCLModel:
-  return KMCLModel(backbone=config.model.backbone, num_classes=num_classes,
-                   kernel=config.model.kernel, variance=config.model.variance,
-                   mode=config.model.mode, dtype=compute_dtype(config),
-                   remat=config.model.remat, embedding_dim=config.model.embedding_dim)
+  return KMCLModel(
+    backbone=config.model.backbone,
+    num_classes=num_classes,
+    kernel=config.model.kernel,
+    variance=config.model.variance,
+    mode=config.model.mode,
+    dtype=compute_dtype(config),
+    remat=config.model.remat,
+    embedding_dim=config.model.embedding_dim,
+  )
 
 
 def _init_fn(config, model: KMCLModel, optimizer: optax.GradientTransformation):
@@ -69,14 +76,23 @@ def _init_fn(config, model: KMCLModel, optimizer: optax.GradientTransformation):
     variables = model.init(jax.random.key(config.seed), images, train=False)
     params, batch_stats = variables["params"], variables["batch_stats"]
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, skipped_steps=zero, consecutive_skipped_steps=zero,
-                      params=params, batch_stats=batch_stats, opt_state=optimizer.init(params),
-                      ema_params=params, ema_batch_stats=batch_stats)
+    return TrainState(
+      step=zero,
+      skipped_steps=zero,
+      consecutive_skipped_steps=zero,
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=optimizer.init(params),
+      ema_params=params,
+      ema_batch_stats=batch_stats,
+    )
+
   return init
 
 
-def initial_state(config, model: KMCLModel, optimizer: optax.GradientTransformation,
-                  replicated: NamedSharding) -> TrainState:
+def initial_state(
+  config, model: KMCLModel, optimizer: optax.GradientTransformation, replicated: NamedSharding
+) -> TrainState:
   """Freshly initialised state (params from config.seed), replicated over the mesh.
 
   Initialised on this host's first device and then replicated, so the compiled
@@ -88,33 +104,41 @@ def initial_state(config, model: KMCLModel, optimizer: optax.GradientTransformat
   return jax.device_put(local, replicated)
 
 
-def abstract_state(config, model: KMCLModel, optimizer: optax.GradientTransformation,
-                   replicated: NamedSharding) -> TrainState:
+def abstract_state(
+  config, model: KMCLModel, optimizer: optax.GradientTransformation, replicated: NamedSharding
+) -> TrainState:
   """The state's shapes, dtypes and shardings, computed without running anything: the
   target a checkpoint is restored into."""
   shapes = jax.eval_shape(_init_fn(config, model, optimizer))
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                      shapes)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
 
 
 def load_initial_weights(state: TrainState, path: str, config, num_classes: int) -> TrainState:
   """Replaces the backbone (a converted backbone) or the whole model (a converted KMCL
   model) with converted weights; the EMA starts from them too."""
   from kmcl_jax.convert import load_converted
+
   variables, description = load_converted(path)
   if description.get("arch") != config.model.backbone:
-    raise ValueError(f"config.init_from={path!r} holds a {description.get('arch')} model but "
-                     f"config.model.backbone is {config.model.backbone!r}.")
+    raise ValueError(
+      f"config.init_from={path!r} holds a {description.get('arch')} model but "
+      f"config.model.backbone is {config.model.backbone!r}."
+    )
   params, batch_stats = state.params, state.batch_stats
   if description.get("kind") == "kmcl":
-    expected = {"num_classes": num_classes, "kernel": config.model.kernel,
-                "variance": config.model.variance, "mode": config.model.mode}
+    expected = {
+      "num_classes": num_classes,
+      "kernel": config.model.kernel,
+      "variance": config.model.variance,
+      "mode": config.model.mode,
+    }
     if config.model.kernel == "anisotropic":  # the isotropic head has no projection
       expected["embedding_dim"] = config.model.embedding_dim
     found = {k: description.get(k) for k in expected}
     if found != expected:
-      raise ValueError(f"config.init_from={path!r} is a KMCL model with {found}; the config "
-                       f"asks for {expected}.")
+      raise ValueError(
+        f"config.init_from={path!r} is a KMCL model with {found}; the config asks for {expected}."
+      )
     new_params, new_stats = variables["params"], variables["batch_stats"]
   else:
     new_params = {**params, "backbone": variables["params"]}
@@ -126,25 +150,33 @@ def with_weights(state: TrainState, params, batch_stats, source: str) -> TrainSt
   """`state` with these params and BatchNorm statistics (host arrays of the same tree and
   shapes, placed like the state's), the EMA starting from them; `source` names them in
   the error raised when they do not fit."""
-  for name, old, new in (("params", state.params, params),
-                         ("batch_stats", state.batch_stats, batch_stats)):
+  for name, old, new in (
+    ("params", state.params, params),
+    ("batch_stats", state.batch_stats, batch_stats),
+  ):
     if jax.tree.map(jnp.shape, old) != jax.tree.map(jnp.shape, new):
-      raise ValueError(f"{source}: its {name} do not fit the configured model "
-                       "(different layers or shapes).")
+      raise ValueError(
+        f"{source}: its {name} do not fit the configured model (different layers or shapes)."
+      )
 
   def placed():  # new buffers on every call: the train step donates model and EMA apart
-    return jax.tree.map(lambda old, new: jax.device_put(np.asarray(new, old.dtype), old.sharding),
-                        (state.params, state.batch_stats), (params, batch_stats))
+    return jax.tree.map(
+      lambda old, new: jax.device_put(np.asarray(new, old.dtype), old.sharding),
+      (state.params, state.batch_stats),
+      (params, batch_stats),
+    )
 
   (params, batch_stats), (ema_params, ema_batch_stats) = placed(), placed()
-  return state.replace(params=params, batch_stats=batch_stats, ema_params=ema_params,
-                       ema_batch_stats=ema_batch_stats)
+  return state.replace(
+    params=params, batch_stats=batch_stats, ema_params=ema_params, ema_batch_stats=ema_batch_stats
+  )
 
 
 def parameter_counts(params) -> dict[str, int]:
   """Parameters of each top-level part of the model ("backbone", "head") and in all."""
-  counts = {name: sum(int(np.size(leaf)) for leaf in jax.tree.leaves(part))
-            for name, part in params.items()}
+  counts = {
+    name: sum(int(np.size(leaf)) for leaf in jax.tree.leaves(part)) for name, part in params.items()
+  }
   return {**counts, "total": sum(counts.values())}
 
 

@@ -36,8 +36,15 @@ from kmcl_jax.evaluation import better_variant, evaluate, result_record
 from kmcl_jax.mesh import create_mesh, replicated, to_global_batch
 from kmcl_jax.profiling import StepProfiler
 from kmcl_jax.reporting import SUMMARY_FILE, Reporter
-from kmcl_jax.state import (TrainState, abstract_state, compute_dtype, create_model,
-                            initial_state, load_initial_weights, parameter_counts)
+from kmcl_jax.state import (
+  TrainState,
+  abstract_state,
+  compute_dtype,
+  create_model,
+  initial_state,
+  load_initial_weights,
+  parameter_counts,
+)
 from kmcl_jax.steps import jit_steps
 
 
@@ -66,48 +73,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -> TrainState:
   # Mesh and data. ------------------------------------------------------------------
   mesh = create_mesh()
-  logging.info("%d devices (%s) over %d processes; compute dtype %s", jax.device_count(),
-               jax.devices()[0].platform, jax.process_count(), jnp.dtype(compute_dtype(config)))
+  logging.info(
+    "%d devices (%s) over %d processes; compute dtype %s",
+    jax.device_count(),
+    jax.devices()[0].platform,
+    jax.process_count(),
+    jnp.dtype(compute_dtype(config)),
+  )
   datasets = create_datasets(config)
   total_steps = config.train_steps or config.num_epochs * datasets.steps_per_epoch
   eval_every = config.eval_every_epochs * datasets.steps_per_epoch
-  logging.info("%s: %d train / %d eval images, %d classes, %d steps per epoch, %d steps",
-               config.data.name, datasets.num_train, datasets.num_eval,
-               len(datasets.class_names), datasets.steps_per_epoch, total_steps)
+  logging.info(
+    "%s: %d train / %d eval images, %d classes, %d steps per epoch, %d steps",
+    config.data.name,
+    datasets.num_train,
+    datasets.num_eval,
+    len(datasets.class_names),
+    datasets.steps_per_epoch,
+    total_steps,
+  )
 
   # Model, optimiser, state: resume the same run, or start one. ----------------------
   model = create_model(config, len(datasets.class_names))
-  optimizer = optim.create_optimizer(config.optim, total_steps, config.batch_size,
-                                     config.recipe_batch)
+  optimizer = optim.create_optimizer(
+    config.optim, total_steps, config.batch_size, config.recipe_batch
+  )
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
   reporter = None
   try:
     resuming = bool(checkpoints.latest.all_steps() or checkpoints.best.all_steps())
     changes = workdir_lib.check_resume(config, workdir) if resuming else {}
-    restored = checkpoints.restore(abstract_state(config, model, optimizer, replicated(mesh)),
-                                   datasets.train, repair=True)
+    restored = checkpoints.restore(
+      abstract_state(config, model, optimizer, replicated(mesh)), datasets.train, repair=True
+    )
     if restored is not None:
       state, step = restored
       logging.info("Resumed from step %d of %s.", step, workdir)
     else:
       state = initial_state(config, model, optimizer, replicated(mesh))
       if config_lib.initial_weights(config):
-        state = load_initial_weights(state, config.init_from, config,
-                                     len(datasets.class_names))
+        state = load_initial_weights(state, config.init_from, config, len(datasets.class_names))
         logging.info("Initial weights from %s.", config.init_from)
     step = int(state.step)
     if step >= total_steps and (epath.Path(workdir) / SUMMARY_FILE).exists():
-      logging.info("%s finished at step %d already (see %s); nothing to do.", workdir, step,
-                   SUMMARY_FILE)
+      logging.info(
+        "%s finished at step %d already (see %s); nothing to do.", workdir, step, SUMMARY_FILE
+      )
       return state
-    workdir_lib.write_run(workdir, config, datasets.class_names,
-                          resumed_at=step if restored is not None else None, changes=changes)
+    workdir_lib.write_run(
+      workdir,
+      config,
+      datasets.class_names,
+      resumed_at=step if restored is not None else None,
+      changes=changes,
+    )
 
     # Train. The step is compiled ahead of the first one (or found in the compilation
     # cache), timed, and its cost recorded. -------------------------------------------
     train_jit, eval_step = jit_steps(config, model, optimizer, mesh, state)
-    reporter = Reporter(workdir, total_steps, datasets.steps_per_epoch, config.batch_size,
-                        jax.process_index() == 0, start_step=step)
+    reporter = Reporter(
+      workdir,
+      total_steps,
+      datasets.steps_per_epoch,
+      config.batch_size,
+      jax.process_index() == 0,
+      start_step=step,
+    )
     profiler = StepProfiler(config.profile_steps, workdir)
     pending, previous, results, preempted, first_step = [], None, None, False, step
     train_step = None
@@ -142,21 +173,32 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
       _check_divergence(previous, step, config.max_consecutive_skipped_steps)
     checkpoints.wait()
     if preempted:
-      raise Preempted(f"Stopped at step {step} on a preemption notice or SIGTERM, with "
-                      f"step {step} saved; rerun the same command to resume.")
+      raise Preempted(
+        f"Stopped at step {step} on a preemption notice or SIGTERM, with "
+        f"step {step} saved; rerun the same command to resume."
+      )
 
     # Final evaluation and summary. -------------------------------------------------
     if results is None:  # resumed after the last step: evaluate what was restored.
       results = evaluate(eval_step, state, datasets.eval, mesh, config.threshold)
       reporter.evaluation(step, results)
     best = better_variant(results)
-    logging.info("Per-class AP of the %s (test mAP %.2f):\n%s", best, results[best]["map"],
-                 metrics_lib.ap_table(results[best]["ap"], datasets.class_names))
-    reporter.summary({
+    logging.info(
+      "Per-class AP of the %s (test mAP %.2f):\n%s",
+      best,
+      results[best]["map"],
+      metrics_lib.ap_table(results[best]["ap"], datasets.class_names),
+    )
+    reporter.summary(
+      {
         **result_record(results, datasets.class_names),
-        "best_checkpoint_map": checkpoints.best_score(), "steps": step,
-        "skipped_steps": int(state.skipped_steps), "final_loss": reporter.last_train_loss(),
-        "wall_seconds": time.time() - start_time})
+        "best_checkpoint_map": checkpoints.best_score(),
+        "steps": step,
+        "skipped_steps": int(state.skipped_steps),
+        "final_loss": reporter.last_train_loss(),
+        "wall_seconds": time.time() - start_time,
+      }
+    )
     return state
   finally:
     if reporter is not None:
@@ -171,20 +213,24 @@ def _compile_train_step(train_jit, state: TrainState, batch: dict, model, config
   costs: compile time, parameters, XLA's FLOPs per image of the whole step and of the
   model's forward pass."""
   compiled, seconds = compile_ahead(train_jit, state, batch)
-  image = jax.ShapeDtypeStruct((1, config.data.image_size, config.data.image_size, 3),
-                               jnp.float32)
-  forward = flops(jax.jit(lambda w, x: model.apply(w, x, train=False)).lower(
-      state.weights("model"), image))
+  image = jax.ShapeDtypeStruct((1, config.data.image_size, config.data.image_size, 3), jnp.float32)
+  forward = flops(
+    jax.jit(lambda w, x: model.apply(w, x, train=False)).lower(state.weights("model"), image)
+  )
   step = flops(compiled)
-  costs = {"parameters": parameter_counts(state.params),
-           "flops_per_image": {"train_step": step and step / config.batch_size,
-                               "forward": forward},
-           "compile_seconds": round(seconds, 2)}
-  logging.info("Train step compiled in %.1f s (cache: %s); parameters %s; GFLOP per image: "
-               "train step %s, forward %s.", seconds,
-               jax.config.jax_compilation_cache_dir or "off",
-               ", ".join(f"{k} {v:,}" for k, v in costs["parameters"].items()),
-               *(f"{v / 1e9:.3f}" if v else "n/a" for v in costs["flops_per_image"].values()))
+  costs = {
+    "parameters": parameter_counts(state.params),
+    "flops_per_image": {"train_step": step and step / config.batch_size, "forward": forward},
+    "compile_seconds": round(seconds, 2),
+  }
+  logging.info(
+    "Train step compiled in %.1f s (cache: %s); parameters %s; GFLOP per image: "
+    "train step %s, forward %s.",
+    seconds,
+    jax.config.jax_compilation_cache_dir or "off",
+    ", ".join(f"{k} {v:,}" for k, v in costs["parameters"].items()),
+    *(f"{v / 1e9:.3f}" if v else "n/a" for v in costs["flops_per_image"].values()),
+  )
   workdir_lib.record(workdir, costs)
   return compiled
 
@@ -204,10 +250,11 @@ def _check_divergence(step_metrics: dict, step: int, limit: int) -> None:
   consecutive = int(step_metrics["consecutive_skipped_steps"])
   if consecutive >= limit:
     raise Diverged(
-        f"Stopped at step {step}: its last {consecutive} steps had a non-finite loss, "
-        f"gradient or update (config.max_consecutive_skipped_steps={limit}), so training "
-        "has diverged; lower config.optim.lr or check the data, and resume from the last "
-        "checkpoint, which is kept.")
+      f"Stopped at step {step}: its last {consecutive} steps had a non-finite loss, "
+      f"gradient or update (config.max_consecutive_skipped_steps={limit}), so training "
+      "has diverged; lower config.optim.lr or check the data, and resume from the last "
+      "checkpoint, which is kept."
+    )
 
 
 @contextlib.contextmanager

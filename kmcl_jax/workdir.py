@@ -62,8 +62,10 @@ def read_run(workdir: str) -> dict | None:
   try:
     return json.loads(path.read_text())
   except json.JSONDecodeError as error:
-    raise WorkdirError(f"{path} is not valid JSON ({error}); restore it or move the workdir "
-                       "aside to start a new run.") from error
+    raise WorkdirError(
+      f"{path} is not valid JSON ({error}); restore it or move the workdir "
+      "aside to start a new run."
+    ) from error
 
 
 def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple]:
@@ -77,27 +79,43 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
   """
   run = read_run(workdir)
   if run is None:
-    logging.warning("%s has checkpoints but no %s: resuming without checking that the "
-                    "config is the one it was started with.", workdir, RUN_FILE)
+    logging.warning(
+      "%s has checkpoints but no %s: resuming without checking that the "
+      "config is the one it was started with.",
+      workdir,
+      RUN_FILE,
+    )
     return {}
   saved, new = _flatten(run["config"]), _flatten(_plain(config))
-  changed = {field: (saved.get(field), new.get(field)) for field in sorted(saved.keys() | new.keys())
-             if saved.get(field) != new.get(field)}
-  fixed = {field: values for field, values in changed.items() if not _resumable(field)
-           and field in saved and field in new}
+  changed = {
+    field: (saved.get(field), new.get(field))
+    for field in sorted(saved.keys() | new.keys())
+    if saved.get(field) != new.get(field)
+  }
+  fixed = {
+    field: values
+    for field, values in changed.items()
+    if not _resumable(field) and field in saved and field in new
+  }
   if fixed:
     listed = ", ".join(f"{field} ({old!r} -> {value!r})" for field, (old, value) in fixed.items())
     raise WorkdirError(
-        f"{workdir} holds a run started with another config, and resuming it would mix two "
-        f"experiments: {listed}; use a new --workdir to start a new run, or rerun with the "
-        f"values in {epath.Path(workdir) / RUN_FILE}.")
+      f"{workdir} holds a run started with another config, and resuming it would mix two "
+      f"experiments: {listed}; use a new --workdir to start a new run, or rerun with the "
+      f"values in {epath.Path(workdir) / RUN_FILE}."
+    )
   for field, (old, value) in changed.items():
     logging.info("Resuming with config.%s changed: %r -> %r.", field, old, value)
   return {field: values for field, values in changed.items() if field not in fixed}
 
 
-def write_run(workdir: str, config: ml_collections.ConfigDict, class_names: Sequence[str],
-              resumed_at: int | None = None, changes: dict[str, tuple] | None = None) -> None:
+def write_run(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  class_names: Sequence[str],
+  resumed_at: int | None = None,
+  changes: dict[str, tuple] | None = None,
+) -> None:
   """Writes WORKDIR/run.json for a new run, or records a resume in it (process 0)."""
   if jax.process_index() != 0:
     return
@@ -105,8 +123,12 @@ def write_run(workdir: str, config: ml_collections.ConfigDict, class_names: Sequ
   run.update({"class_names": list(class_names), "config": _plain(config)})
   if resumed_at is not None:
     run.setdefault("resumes", []).append(
-        {"step": resumed_at, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-         "changed": {field: list(values) for field, values in (changes or {}).items()}})
+      {
+        "step": resumed_at,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "changed": {field: list(values) for field, values in (changes or {}).items()},
+      }
+    )
   else:
     run["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
   (epath.Path(workdir) / RUN_FILE).write_text(json.dumps(run, indent=2))
@@ -139,8 +161,10 @@ def exclusive(workdir: str) -> Iterator[None]:
     except BlockingIOError as error:
       lock.seek(0)
       holder = lock.read().strip() or "another process"
-      raise WorkdirError(f"{workdir} is in use by another run ({holder}); wait for it to end "
-                         "or use another --workdir.") from error
+      raise WorkdirError(
+        f"{workdir} is in use by another run ({holder}); wait for it to end "
+        "or use another --workdir."
+      ) from error
     lock.seek(0)
     lock.truncate()
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}")

@@ -5,7 +5,6 @@ import subprocess
 import tempfile
 
 import pytest
-
 from runs import ROOT, finish, main_command
 
 # Identical XLA programs compiled by several test processes (the trainer's subprocess
@@ -19,6 +18,9 @@ def reference_run(tmp_path_factory):
   """The uninterrupted single-device demo run (tests/runs.py) other runs are compared
   with, trained once per session."""
   workdir = tmp_path_factory.mktemp("reference")
-  finish(subprocess.Popen(main_command(workdir), cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True))
+  finish(
+    subprocess.Popen(
+      main_command(workdir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+  )
   return workdir

@@ -23,17 +23,25 @@ def write_image(path, seed=0, size=(20, 16), mode="RGB", fmt="JPEG"):
 def write_blank_png(path, width, height):
   """A valid 1-bit black PNG of any size, written row by row: a 20000 x 20000 one is
   about 50 KB and takes no image-sized memory to make."""
+
   def chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(
-        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+      struct.pack(">I", len(data))
+      + kind
+      + data
+      + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
   compressor = zlib.compressobj(9)
   row = b"\0" * (1 + (width + 7) // 8)  # filter byte 0, then the packed bits
   data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
   with open(path, "wb") as f:
-    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0,
-                                                                0, 0))
-            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    f.write(
+      b"\x89PNG\r\n\x1a\n"
+      + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+      + chunk(b"IDAT", data)
+      + chunk(b"IEND", b"")
+    )
 
 
 def cut_short(path, keep_bytes):
@@ -44,8 +52,11 @@ def cut_short(path, keep_bytes):
 
 
 VOC_TRAINVAL = {  # image id -> {class index: raw label}; every other class is -1.
-    "000005": {8: 1, 14: 0}, "000007": {6: 1}, "000009": {12: 1, 14: 1, 8: 0},
-    "000012": {}}  # no object of any class
+  "000005": {8: 1, 14: 0},
+  "000007": {6: 1},
+  "000009": {12: 1, 14: 1, 8: 0},
+  "000012": {},
+}  # no object of any class
 VOC_TEST = {"000001": {11: 1, 14: 1}, "000002": {18: 0}, "000004": {6: 1}}
 
 
@@ -69,9 +80,24 @@ def voc_image(root, image_id):
   return os.path.join(root, "VOCdevkit", "VOC2007", "JPEGImages", f"{image_id}.jpg")
 
 
-XRAY_ENTRIES = {f"{k:08d}_000.png": findings for k, findings in enumerate(
-    ["Mass", "No Finding", "Effusion|Mass", "No Finding", "Hernia", "Nodule", "No Finding",
-     "Edema", "Fibrosis", "No Finding", "Mass"])}
+XRAY_ENTRIES = {
+  f"{k:08d}_000.png": findings
+  for k, findings in enumerate(
+    [
+      "Mass",
+      "No Finding",
+      "Effusion|Mass",
+      "No Finding",
+      "Hernia",
+      "Nodule",
+      "No Finding",
+      "Edema",
+      "Fibrosis",
+      "No Finding",
+      "Mass",
+    ]
+  )
+}
 
 
 def make_chestxray(root, entries, train, test):
@@ -111,10 +137,18 @@ def pipeline_config(seed, batch_size, eval_batch_size, **data):
 
 
 def demo_config(**data):
-  return pipeline_config(1, 8, 16, **(dict(name="demo", train_split="train", eval_split="test",
-                                            image_size=48) | data))
+  return pipeline_config(
+    1, 8, 16, **(dict(name="demo", train_split="train", eval_split="test", image_size=48) | data)
+  )
 
 
 def voc_config(root, **data):
-  return pipeline_config(0, 1, 2, **(dict(name="voc2007", root=root, train_split="trainval",
-                                          eval_split="test", image_size=16) | data))
+  return pipeline_config(
+    0,
+    1,
+    2,
+    **(
+      dict(name="voc2007", root=root, train_split="trainval", eval_split="test", image_size=16)
+      | data
+    ),
+  )

@@ -22,14 +22,14 @@ def asl(logits, y, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-7, focus_logi
   """
   p = sigmoid(logits)
   pn = np.minimum(1.0 - p + clip, 1.0)
-  l = y * np.log(np.maximum(p, eps)) + (1 - y) * np.log(np.maximum(pn, eps))
+  log_likelihood = y * np.log(np.maximum(p, eps)) + (1 - y) * np.log(np.maximum(pn, eps))
   if focus_logits is not None:
     p_w = sigmoid(focus_logits)
     pt = p_w * y + np.minimum(1.0 - p_w + clip, 1.0) * (1 - y)
   else:
     pt = p * y + pn * (1 - y)
   w = (1 - pt) ** (gamma_pos * y + gamma_neg * (1 - y))
-  return -np.sum(l * w)
+  return -np.sum(log_likelihood * w)
 
 
 def reconstruction(f, logits, mu, var, y, kernel):
@@ -62,7 +62,9 @@ def bhattacharyya_coefficients(mu, var, kernel, m):
   for i in range(batch):
     for j in range(batch):
       a, c = sigma[i] ** 2, sigma[j] ** 2
-      val = m / 2 * np.log((a + c) / (2 * sigma[i] * sigma[j])) + m / 4 * (mu[i] - mu[j]) ** 2 / (a + c)
+      val = m / 2 * np.log((a + c) / (2 * sigma[i] * sigma[j])) + m / 4 * (mu[i] - mu[j]) ** 2 / (
+        a + c
+      )
       bd[i, j] = val.sum(axis=0) if kernel == "anisotropic" else val
   return np.exp(-bd)
 
@@ -110,7 +112,7 @@ def contrastive(mu, var, y, kernel, m, temperature=0.17):
 
 def kmcl(f, logits, mu, var, y, kernel, temperature=0.17, focus_logits=None):
   return {
-      "asl": asl(logits, y, focus_logits=focus_logits),
-      "reconstruction": reconstruction(f, logits, mu, var, y, kernel),
-      "contrastive": contrastive(mu, var, y, kernel, f.shape[1], temperature),
+    "asl": asl(logits, y, focus_logits=focus_logits),
+    "reconstruction": reconstruction(f, logits, mu, var, y, kernel),
+    "contrastive": contrastive(mu, var, y, kernel, f.shape[1], temperature),
   }

@@ -19,8 +19,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # its magnitude, so on a gradient that is zero but for round-off it takes a step of the
 # full learning rate in a direction the round-off picks; its epsilon at 1e-3 (1e-8 in the
 # recipe) keeps those steps at round-off scale while real gradients still move weights.
-RUN_OVERRIDES = {"train_steps": 6, "checkpoint_every_steps": 2, "log_every_steps": 1,
-                 "optim.lr": 1e-4, "optim.eps": 1e-3}
+RUN_OVERRIDES = {
+  "train_steps": 6,
+  "checkpoint_every_steps": 2,
+  "log_every_steps": 1,
+  "optim.lr": 1e-4,
+  "optim.eps": 1e-3,
+}
 
 
 def records(workdir, split):
@@ -40,18 +45,28 @@ def checkpoint_state(workdir, step):
 def assert_trees_close(a, b, atol):
   flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)
   assert len(flat_a) == len(flat_b)
-  for (path, x), y in zip(flat_a, flat_b):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol,
-                               err_msg=jax.tree_util.keystr(path))
+  for (path, x), y in zip(flat_a, flat_b, strict=True):
+    np.testing.assert_allclose(
+      np.asarray(x), np.asarray(y), rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 def launch_local_processes(workdir, processes, devices_per_process):
   """The reference run's config as one JAX job of several processes on this machine, by
   launch/multiprocess_local.sh."""
   return subprocess.Popen(
-      ["bash", os.path.join(ROOT, "launch", "multiprocess_local.sh"), str(processes),
-       f"--devices_per_process={devices_per_process}", *main_flags(workdir)],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    [
+      "bash",
+      os.path.join(ROOT, "launch", "multiprocess_local.sh"),
+      str(processes),
+      f"--devices_per_process={devices_per_process}",
+      *main_flags(workdir),
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def finish(process, timeout=600):
@@ -69,8 +84,11 @@ def run_config():
 
 def main_flags(workdir, *flags):
   """kmcl_jax.main's flags for the reference run's config in `workdir`, then `flags`."""
-  return (["--config=configs/demo.py:smoke", f"--workdir={workdir}"]
-          + [f"--config.{k}={v}" for k, v in RUN_OVERRIDES.items()] + list(flags))
+  return (
+    ["--config=configs/demo.py:smoke", f"--workdir={workdir}"]
+    + [f"--config.{k}={v}" for k, v in RUN_OVERRIDES.items()]
+    + list(flags)
+  )
 
 
 def main_command(workdir, *flags):

@@ -22,9 +22,12 @@ def per_leaf_update(optimizer, state, grads, batch_stats, loss, ema_decay, layou
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss) & all_finite(grads, params, batch_stats)
   updated = state.replace(
-      params=params, batch_stats=batch_stats, opt_state=opt_state,
-      ema_params=optim.ema_update(state.ema_params, params, ema_decay),
-      ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats, ema_decay))
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+    ema_params=optim.ema_update(state.ema_params, params, ema_decay),
+    ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats, ema_decay),
+  )
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
   return new_state, opt_state.hyperparams, finite
 

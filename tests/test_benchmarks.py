@@ -17,21 +17,37 @@ def run_module(*args):
 
 
 def test_loss_benchmark_prints_its_table():
-  out = run_module("kmcl_jax.benchmarks.loss", "--sizes=8x3x4,5x2x4", "--repeats=1",
-                   "--memory_size=32x3x4")
-  rows = [line.split() for line in out.splitlines() if line.startswith(("anisotropic", "isotropic"))]
-  assert [(r[0], r[1]) for r in rows] == [("anisotropic", "8"), ("anisotropic", "5"),
-                                          ("isotropic", "8"), ("isotropic", "5")]
+  out = run_module(
+    "kmcl_jax.benchmarks.loss", "--sizes=8x3x4,5x2x4", "--repeats=1", "--memory_size=32x3x4"
+  )
+  rows = [
+    line.split() for line in out.splitlines() if line.startswith(("anisotropic", "isotropic"))
+  ]
+  assert [(r[0], r[1]) for r in rows] == [
+    ("anisotropic", "8"),
+    ("anisotropic", "5"),
+    ("isotropic", "8"),
+    ("isotropic", "5"),
+  ]
   assert all(float(r[4]) > 0 for r in rows)
   assert "compiled temporaries, anisotropic B=32 K=3 D=4" in out
 
 
 @pytest.mark.slow
 def test_backbone_benchmark_runs_the_flax_model():
-  out = run_module("kmcl_jax.benchmarks.backbone", "--arch=tresnet_tiny", "--batch=2",
-                   "--image_size=32", "--repeats=1", "--torch=false")
-  rates = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()
-           if line.startswith(("forward", "train"))}
+  out = run_module(
+    "kmcl_jax.benchmarks.backbone",
+    "--arch=tresnet_tiny",
+    "--batch=2",
+    "--image_size=32",
+    "--repeats=1",
+    "--torch=false",
+  )
+  rates = {
+    line.split()[0]: float(line.split()[1])
+    for line in out.splitlines()
+    if line.startswith(("forward", "train"))
+  }
   assert set(rates) == {"forward", "train"} and min(rates.values()) > 0
 
 
@@ -68,12 +84,15 @@ def test_baseline_shim_runs_cuda_code_on_the_cpu(tmp_path):
   with baseline.cuda_is_cpu():
     leaves, terms = baseline.loss_terms(str(tmp_path), "anisotropic", inputs)()
     sum(terms.values()).backward()
-  np.testing.assert_allclose(terms["asl"].item(), np.sum(inputs["pi"] * inputs["labels"]),
-                             rtol=1e-5)
-  np.testing.assert_allclose(terms["reconstruction"].item(), np.mean(inputs["features"] ** 2),
-                             rtol=1e-5)
-  np.testing.assert_allclose(terms["contrastive"].item(),
-                             inputs["mu"].sum() + inputs["var"].mean(), rtol=1e-5)
+  np.testing.assert_allclose(
+    terms["asl"].item(), np.sum(inputs["pi"] * inputs["labels"]), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    terms["reconstruction"].item(), np.mean(inputs["features"] ** 2), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    terms["contrastive"].item(), inputs["mu"].sum() + inputs["var"].mean(), rtol=1e-5
+  )
   np.testing.assert_allclose(leaves[1].grad.numpy(), inputs["labels"])  # d asl / d pi
   np.testing.assert_allclose(leaves[2].grad.numpy(), np.ones_like(inputs["mu"]))
 
@@ -85,15 +104,24 @@ def test_missing_baseline_checkout_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_data_benchmark_times_grain_and_torch_loaders():
-  out = run_module("kmcl_jax.benchmarks.data", "--images=8", "--batch=4", "--batches=2",
-                   "--warmup=1", "--workers=0", "--image_size=32", "--repeats=1")
+  out = run_module(
+    "kmcl_jax.benchmarks.data",
+    "--images=8",
+    "--batch=4",
+    "--batches=2",
+    "--warmup=1",
+    "--workers=0",
+    "--image_size=32",
+    "--repeats=1",
+  )
   rows = [line.split() for line in out.splitlines() if line.strip().startswith("0 ")]
   assert len(rows) == 1 and float(rows[0][1]) > 0 and float(rows[0][2]) > 0
 
 
 def test_compare_without_a_baseline_says_what_it_needs_in_one_sentence():
-  result = subprocess.run([sys.executable, "-m", "kmcl_jax.compare"], capture_output=True,
-                          text=True)
+  result = subprocess.run(
+    [sys.executable, "-m", "kmcl_jax.compare"], capture_output=True, text=True
+  )
   assert result.returncode != 0 and result.stdout == ""
   message = result.stderr.strip().splitlines()[-1]
   assert message.startswith("kmcl_jax.compare needs --baseline_dir=PATH")
@@ -115,15 +143,18 @@ def test_loss_parity_reports_both_sides_terms_and_gradient_differences(tmp_path)
   result = loss_programs.loss_parity(str(tmp_path), "anisotropic", inputs, repeats=1)
   args = [jnp.asarray(inputs[k]) for k in loss_programs.LOSS_INPUTS]
   _, ours = losses.kmcl_loss(*args, kernel="anisotropic")
-  theirs = {"asl": np.sum(inputs["pi"] * inputs["labels"]),
-            "reconstruction": np.mean(inputs["features"] ** 2),
-            "contrastive": inputs["mu"].sum() + inputs["var"].mean()}
+  theirs = {
+    "asl": np.sum(inputs["pi"] * inputs["labels"]),
+    "reconstruction": np.mean(inputs["features"] ** 2),
+    "contrastive": inputs["mu"].sum() + inputs["var"].mean(),
+  }
   assert list(result["terms"]) == list(losses.TERMS)
   for term, row in result["terms"].items():
     assert row["ours"] == pytest.approx(float(ours[term]), rel=1e-6)
     assert row["theirs"] == pytest.approx(float(theirs[term]), rel=1e-5)
     assert row["value_rel_diff"] == pytest.approx(
-        abs(row["ours"] - row["theirs"]) / abs(row["theirs"]), rel=1e-6)
+      abs(row["ours"] - row["theirs"]) / abs(row["theirs"]), rel=1e-6
+    )
   # d(their ASL)/d pi = labels; ours is the real ASL gradient, a different array.
   grad_pi = jax.grad(lambda p: losses.asl_loss(p, args[4]))(args[1])
   want = np.max(np.abs(np.asarray(grad_pi) - inputs["labels"])) / np.max(inputs["labels"])
@@ -138,11 +169,18 @@ def test_the_loss_benchmark_prints_the_parity_compare_reports(tmp_path):
   `loss_parity`'s, to the digits it prints."""
   pytest.importorskip("torch")
   write_fake_baseline(tmp_path)
-  out = run_module("kmcl_jax.benchmarks.loss", "--sizes=6x3x128", "--repeats=1",
-                   "--kernels=isotropic", f"--baseline_dir={tmp_path}", "--memory_size=8x3x4")
+  out = run_module(
+    "kmcl_jax.benchmarks.loss",
+    "--sizes=6x3x128",
+    "--repeats=1",
+    "--kernels=isotropic",
+    f"--baseline_dir={tmp_path}",
+    "--memory_size=8x3x4",
+  )
   row = next(line.split() for line in out.splitlines() if line.startswith("isotropic"))
-  parity = loss_programs.loss_parity(str(tmp_path), "isotropic",
-                                     loss_programs.make_inputs(6, 3, 128, "isotropic"), repeats=1)
+  parity = loss_programs.loss_parity(
+    str(tmp_path), "isotropic", loss_programs.make_inputs(6, 3, 128, "isotropic"), repeats=1
+  )
   printed = [float(v) for v in row[7:11]]
   want = [t["value_rel_diff"] for t in parity["terms"].values()]
   want.append(max(t["grad_rel_diff"] for t in parity["terms"].values()))
@@ -152,18 +190,35 @@ def test_the_loss_benchmark_prints_the_parity_compare_reports(tmp_path):
 
 @pytest.mark.slow
 def test_scaling_benchmark_reports_memory_collectives_and_time():
-  out = run_module("kmcl_jax.benchmarks.scaling", "--simulated_devices=4",
-                   "--memory_devices=2,4", "--memory_batches=16", "--classes=3", "--dim=4",
-                   "--time_devices=1,4", "--time_batch=8", "--repeats=1")
+  out = run_module(
+    "kmcl_jax.benchmarks.scaling",
+    "--simulated_devices=4",
+    "--memory_devices=2,4",
+    "--memory_batches=16",
+    "--classes=3",
+    "--dim=4",
+    "--time_devices=1,4",
+    "--time_batch=8",
+    "--repeats=1",
+  )
   lines = out.splitlines()
-  memory = [line.split() for line in lines[lines.index(next(l for l in lines if l.startswith(
-      "devices  batch"))) + 1:] if line.strip() and line.split()[0].isdigit()][:2]
+  memory = [
+    line.split()
+    for line in lines[
+      lines.index(next(text for text in lines if text.startswith("devices  batch"))) + 1 :
+    ]
+    if line.strip() and line.split()[0].isdigit()
+  ][:2]
   assert [(row[0], row[1], row[2]) for row in memory] == [("2", "16", "8"), ("4", "16", "4")]
   for row in memory:
     assert float(row[4]) > 0 and float(row[5]) > 0
     assert row[7] == "(0)", row  # no collective of the split loss sits inside a loop
-  times = [line.split() for line in lines[lines.index(next(l for l in lines if l.startswith(
-      "devices       ms"))) + 1:]]
+  times = [
+    line.split()
+    for line in lines[
+      lines.index(next(text for text in lines if text.startswith("devices       ms"))) + 1 :
+    ]
+  ]
   assert [row[0] for row in times] == ["1", "4"] and all(float(row[1]) > 0 for row in times)
   assert float(times[0][2]) == pytest.approx(float(times[1][2]), rel=1e-5)
 
@@ -178,9 +233,12 @@ def test_step_benchmark_programs_report_consistent_numbers(tmp_path):
   from kmcl_jax.data import pipeline
 
   backbone = step_programs.measure_backbone("tresnet_tiny", "float32", 2, 32, repeats=2)
-  steps = {layout: step_programs.measure_train_step(
-      step_programs.step_config("tresnet_tiny", 32, "float32", 2, layout), repeats=2)
-      for layout in ("per_leaf", "flat")}
+  steps = {
+    layout: step_programs.measure_train_step(
+      step_programs.step_config("tresnet_tiny", 32, "float32", 2, layout), repeats=2
+    )
+    for layout in ("per_leaf", "flat")
+  }
   assert backbone.program == "backbone" and steps["flat"].layout == "flat"
   for row in (backbone, *steps.values()):
     assert row.batch == 2 and row.timing.steps == 2
@@ -192,7 +250,8 @@ def test_step_benchmark_programs_report_consistent_numbers(tmp_path):
     assert row.peak_fraction(jax.devices()[0].device_kind) is None
     assert row.device_peak_bytes is None
     assert row.peak_fraction("NVIDIA H200") == pytest.approx(
-        row.flops / row.timing.seconds / 989e12)
+      row.flops / row.timing.seconds / 989e12
+    )
     # The step is the backbone's pass plus the head, the loss and the update.
     if row is not backbone:
       assert row.flops > backbone.flops and row.compiled_bytes > backbone.compiled_bytes
@@ -201,8 +260,17 @@ def test_step_benchmark_programs_report_consistent_numbers(tmp_path):
   config = step_programs.step_config("tresnet_tiny", 32, "float32", 2, "per_leaf")
   source = inputs.write_photos(str(tmp_path), 4)
   dataset = pipeline.train_dataset(
-      source, seed=0, global_batch=2, image_size=32, cutout_factor=0.5, augment="randaugment",
-      process_index=0, process_count=1, worker_count=0, read_threads=1)
+    source,
+    seed=0,
+    global_batch=2,
+    image_size=32,
+    cutout_factor=0.5,
+    augment="randaugment",
+    process_index=0,
+    process_count=1,
+    worker_count=0,
+    read_threads=1,
+  )
   result = step_programs.measure_fed_train_step(config, iter(dataset), repeats=2)
   fed, resident = result["fed"], result["resident"]
   assert fed.steps == resident.steps == 2
@@ -210,21 +278,30 @@ def test_step_benchmark_programs_report_consistent_numbers(tmp_path):
   # the loop's time per step includes its wait.
   assert fed.wait_seconds > resident.wait_seconds and fed.seconds >= fed.wait_seconds
   slower = fed.seconds - resident.seconds
-  assert result["input_bound"] == (slower > 0.1 * resident.seconds
-                                   and fed.wait_seconds > 0.5 * slower)
+  assert result["input_bound"] == (
+    slower > 0.1 * resident.seconds and fed.wait_seconds > 0.5 * slower
+  )
 
 
 @pytest.mark.slow
 def test_step_benchmark_prints_its_table():
-  out = run_module("kmcl_jax.benchmarks.step", "--arch=tresnet_tiny", "--image_size=32",
-                   "--batches=2", "--dtype=float32", "--repeats=1", "--update_layouts=per_leaf")
+  out = run_module(
+    "kmcl_jax.benchmarks.step",
+    "--arch=tresnet_tiny",
+    "--image_size=32",
+    "--batches=2",
+    "--dtype=float32",
+    "--repeats=1",
+    "--update_layouts=per_leaf",
+  )
   rows = [line.split() for line in out.splitlines() if line.startswith(("backbone", "train"))]
   assert [r[0] for r in rows] == ["backbone", "train"] and rows[1][2] == "per_leaf"
   assert rows[0][-1] == "n/a" and 0 < float(rows[1][-1])  # vs backbone
   # img/s = batch / (ms per step / 1000), as printed
   for row in rows:
-    rate, ms = (float(row[3]), float(row[4])) if row[0] == "backbone" else (
-        float(row[4]), float(row[5]))
+    rate, ms = (
+      (float(row[3]), float(row[4])) if row[0] == "backbone" else (float(row[4]), float(row[5]))
+    )
     assert rate == pytest.approx(2 / (ms / 1e3), rel=0.02)
 
 
@@ -262,6 +339,7 @@ def test_their_step_runs_in_each_precision_and_says_when_it_skipped(tmp_path, mo
 
   class Encoder(torch.nn.Module):
     """A convolution and a mean: records the dtype its convolution computed in."""
+
     num_features = 8
 
     def __init__(self):
@@ -275,22 +353,28 @@ def test_their_step_runs_in_each_precision_and_says_when_it_skipped(tmp_path, mo
       return y.float().mean((2, 3))
 
   encoders = []
-  monkeypatch.setattr(timm, "create_model",
-                      lambda name, pretrained, num_classes: encoders.append(Encoder()) or
-                      encoders[-1])
+  monkeypatch.setattr(
+    timm,
+    "create_model",
+    lambda name, pretrained, num_classes: encoders.append(Encoder()) or encoders[-1],
+  )
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config = config_lib.load(os.path.join(root, "configs", "demo.py:smoke"))
   config.model.backbone = "tresnet_m"  # a timm name; the encoder is the stand-in
   images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
   labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
   skipped_by_precision = {}
-  for precision, dtype in (("float32", torch.float32), ("float16", torch.float16),
-                           ("bfloat16", torch.bfloat16)):
-    model, step = compare.their_training(str(tmp_path), config, 3, 20, on_gpu=False,
-                                         precision=precision)
+  for precision, dtype in (
+    ("float32", torch.float32),
+    ("float16", torch.float16),
+    ("bfloat16", torch.bfloat16),
+  ):
+    model, step = compare.their_training(
+      str(tmp_path), config, 3, 20, on_gpu=False, precision=precision
+    )
     before = [p.detach().clone() for p in model.parameters()]
     losses, skipped = step(images, labels)
-    moved = any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    moved = any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
     assert encoders[-1].dtypes == [dtype], precision
     assert len(losses) == 4 and all(np.isfinite(losses)), precision
     assert skipped == (not moved), precision
@@ -315,8 +399,9 @@ def test_their_step_timing_counts_the_steps_each_form_skipped():
     return step
 
   # Warm-up until a step is not skipped (3 steps), one untimed call, then 3 timed steps.
-  timing = compare.time_their_step(fake_step([True, True, False, True, True, False, False]),
-                                   repeats=3, max_warmup=50)
+  timing = compare.time_their_step(
+    fake_step([True, True, False, True, True, False, False]), repeats=3, max_warmup=50
+  )
   assert (timing["warmup_steps"], timing["skipped_warmup_steps"]) == (3, 2)
   assert (timing["timed_steps"], timing["skipped_timed_steps"]) == (3, 1)
   assert timing["nonfinite_timed_losses"] == 1 and timing["ms"] > 0

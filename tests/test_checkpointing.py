@@ -18,9 +18,13 @@ from kmcl_jax.checkpointing import CheckpointError, Checkpoints
 def state_at(step):
   """A small state whose values depend on the step (w large enough to be stored apart
   from the checkpoint's index)."""
-  return {"step": jnp.asarray(step, jnp.int32),
-          "params": {"w": jnp.arange(64 * 64, dtype=jnp.float32).reshape(64, 64) * step,
-                     "b": jnp.full((4,), float(step))}}
+  return {
+    "step": jnp.asarray(step, jnp.int32),
+    "params": {
+      "w": jnp.arange(64 * 64, dtype=jnp.float32).reshape(64, 64) * step,
+      "b": jnp.full((4,), float(step)),
+    },
+  }
 
 
 def abstract(state):
@@ -136,8 +140,9 @@ def test_a_restored_state_with_a_non_finite_value_is_refused(tmp_path, monkeypat
   state = state_at(1)
   state["params"]["b"] = state["params"]["b"].at[0].set(jnp.nan)
   real_integrity = checkpointing.integrity
-  monkeypatch.setattr(checkpointing, "integrity",
-                      lambda s: (True, real_integrity(s)[1]))  # the save's check fooled
+  monkeypatch.setattr(
+    checkpointing, "integrity", lambda s: (True, real_integrity(s)[1])
+  )  # the save's check fooled
   checkpoints.save_latest(1, state, data_iterator())
   checkpoints.wait()
   monkeypatch.setattr(checkpointing, "integrity", real_integrity)
@@ -146,8 +151,7 @@ def test_a_restored_state_with_a_non_finite_value_is_refused(tmp_path, monkeypat
   checkpoints.close()
 
 
-def test_the_best_score_is_known_while_the_best_save_is_still_being_written(tmp_path,
-                                                                            monkeypatch):
+def test_the_best_score_is_known_while_the_best_save_is_still_being_written(tmp_path, monkeypatch):
   """The second evaluation of a run can come while the first best save is in flight
   (seconds for a large state on a bucket); orbax then counts the step but has no
   metrics on disk for it yet."""

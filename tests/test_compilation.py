@@ -35,5 +35,4 @@ def test_ahead_of_time_compilation_and_its_flops():
   assert seconds > 0
   assert float(compiled(a, b)[0, 0]) == 64.0
   assert compilation.flops(compiled) == pytest.approx(2 * 32 * 64 * 16, rel=0.01)
-  assert compilation.flops(jax.jit(matmul).lower(a, b)) == pytest.approx(2 * 32 * 64 * 16,
-                                                                          rel=0.01)
+  assert compilation.flops(jax.jit(matmul).lower(a, b)) == pytest.approx(2 * 32 * 64 * 16, rel=0.01)

@@ -9,8 +9,9 @@ from kmcl_jax import config as config_lib
 from kmcl_jax.data.sources import NAMES
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-CONFIGS = sorted(name[:-3] for name in os.listdir(CONFIG_DIR)
-                 if name.endswith(".py") and name != "ablations.py")
+CONFIGS = sorted(
+  name[:-3] for name in os.listdir(CONFIG_DIR) if name.endswith(".py") and name != "ablations.py"
+)
 
 
 def config_module(name):
@@ -60,8 +61,11 @@ def test_every_dataset_offers_both_multi_gpu_backbones_but_not_both_at_once():
     module = config_module(name)
     if name != "demo":
       assert {"tresnet_l", "tresnet_l_v2"} <= set(module.VARIANTS), name
-      with pytest.raises(ValueError, match=f"configs/{name}.py: variants \\['tresnet_l', "
-                                           "'tresnet_l_v2'\\] each choose the backbone"):
+      with pytest.raises(
+        ValueError,
+        match=f"configs/{name}.py: variants \\['tresnet_l', "
+        "'tresnet_l_v2'\\] each choose the backbone",
+      ):
         module.get_config("tresnet_l,tresnet_l_v2")
 
 
@@ -124,13 +128,17 @@ def test_every_ablation_trains_two_steps_on_the_demo_data(variant):
   for term in ("reconstruction", "contrastive"):
     computed = config.model.mode == "all" and weights[term] > 0
     assert (metrics[term] != 0) == computed, (term, metrics[term])
-  assert np.isfinite(metrics["bc_positive"]) == (config.model.mode == "all"
-                                                 and weights["contrastive"] > 0)
+  assert np.isfinite(metrics["bc_positive"]) == (
+    config.model.mode == "all" and weights["contrastive"] > 0
+  )
 
 
 def test_a_bad_update_layout_is_refused_with_its_field():
   config = config_module("demo").get_config()
   config.update_layout = "leafy"
-  with pytest.raises(ValueError, match=r"config.update_layout='leafy': expected 'auto' or one "
-                                       r"of \('per_leaf', 'flat'\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"config.update_layout='leafy': expected 'auto' or one "
+    r"of \('per_leaf', 'flat'\)",
+  ):
     config_lib.validate(config)

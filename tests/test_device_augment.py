@@ -57,8 +57,11 @@ def test_every_operation_matches_pil_at_every_magnitude_and_sign(size):
       for magnitude in range(1, 10):
         for negate in (False, True):
           centre = [int(c) for c in centres.integers(size, size=2)]
-          expected = np.asarray(operation(Image.fromarray(image), values[magnitude],
-                                          FixedDraws(0 if negate else 1, centre)))
+          expected = np.asarray(
+            operation(
+              Image.fromarray(image), values[magnitude], FixedDraws(0 if negate else 1, centre)
+            )
+          )
           got = np.asarray(apply(image, op, magnitude, negate, np.array(centre)))
           message = f"{name} magnitude {magnitude} negate {negate}"
           if name in SHEAR_OPS:
@@ -78,8 +81,9 @@ def test_autocontrast_reproduces_pils_float64_truncation():
   image[..., 1], image[..., 2] = np.arange(8)[None] * 30, 7
   expected = np.asarray(HOST_OPS["autocontrast"][0](Image.fromarray(image), 0, None))
   assert expected[4:, :, 0].max() == 254
-  got = jax.jit(device_augment.apply_op)(image, device_augment.OP_NAMES.index("autocontrast"),
-                                         5, False, np.zeros(2, int))
+  got = jax.jit(device_augment.apply_op)(
+    image, device_augment.OP_NAMES.index("autocontrast"), 5, False, np.zeros(2, int)
+  )
   np.testing.assert_array_equal(np.asarray(got), expected)
 
 
@@ -87,8 +91,9 @@ def test_cutout_matches_the_host_rectangle_and_colour():
   for size, factor in ((32, 0.5), (48, 0.3), (17, 0.5)):
     image = sample_images(size)[0] if size != 17 else np.full((17, 17, 3), 9, np.uint8)
     for seed in range(30):
-      expected = np.asarray(transforms.cutout(Image.fromarray(image),
-                                              np.random.default_rng(seed), factor))
+      expected = np.asarray(
+        transforms.cutout(Image.fromarray(image), np.random.default_rng(seed), factor)
+      )
       draws = np.random.default_rng(seed)  # the same draws, in the host's order
       centre = np.array([draws.integers(size), draws.integers(size)])
       colour = draws.integers(0, 256, size=3)
@@ -109,8 +114,13 @@ def test_device_draws_are_distributed_as_the_host_draws(monkeypatch):
   # Host: rand_augment with recording stand-ins whose "value" is the magnitude itself.
   host_records = []
   recorders = tuple(
-      (name, lambda image, magnitude, rng, op=op: host_records.append((op, magnitude)) or image,
-       np.arange(10)) for op, (name, _, _) in enumerate(transforms.RANDAUGMENT_OPS))
+    (
+      name,
+      lambda image, magnitude, rng, op=op: host_records.append((op, magnitude)) or image,
+      np.arange(10),
+    )
+    for op, (name, _, _) in enumerate(transforms.RANDAUGMENT_OPS)
+  )
   monkeypatch.setattr(transforms, "RANDAUGMENT_OPS", recorders)
   tiny = Image.new("RGB", (2, 2))
   per_image_host = []
@@ -122,7 +132,9 @@ def test_device_draws_are_distributed_as_the_host_draws(monkeypatch):
   keys = jax.vmap(lambda row: jax.random.fold_in(jax.random.key(0), row))(jnp.arange(images))
   draws = jax.vmap(lambda key: device_augment.draw_augmentation(key, 32, 32))(keys)
   applied = np.asarray(draws["apply"])
-  device_records = zip(np.asarray(draws["op"])[applied], np.asarray(draws["magnitude"])[applied])
+  device_records = zip(
+    np.asarray(draws["op"])[applied], np.asarray(draws["magnitude"])[applied], strict=True
+  )
   host, device = applied_counts(host_records), applied_counts(device_records)
   # Each of 135 (op, magnitude) cells: probability 2 x 1/2 x 1/135 per image.
   expected = np.full(host.size, images / 135)
@@ -142,8 +154,9 @@ def test_device_draws_are_distributed_as_the_host_draws(monkeypatch):
 
 
 def augment_config(**data):
-  return ConfigDict(dict(seed=3, data={**dict(augment_on="device", augment="randaugment",
-                                              cutout=0.5), **data}))
+  return ConfigDict(
+    dict(seed=3, data={**dict(augment_on="device", augment="randaugment", cutout=0.5), **data})
+  )
 
 
 def test_the_same_seed_step_and_row_give_the_same_pixels_and_rows_differ():
@@ -155,8 +168,9 @@ def test_the_same_seed_step_and_row_give_the_same_pixels_and_rows_differ():
   assert len({row.tobytes() for row in first}) == 8  # the same image, 8 augmentations
   assert (np.asarray(later) != first).any(axis=(1, 2, 3)).all()
   # One row alone gets the pixels it gets in the batch: keys follow the row index.
-  alone = jax.jit(device_augment.augment_image)(images[3], jax.random.fold_in(
-      device_augment.step_key(3, 5), 3))
+  alone = jax.jit(device_augment.augment_image)(
+    images[3], jax.random.fold_in(device_augment.step_key(3, 5), 3)
+  )
   np.testing.assert_array_equal(np.asarray(alone), first[3])
   host = device_augment.train_images(augment_config(augment_on="host"), images, 5)
   assert host is images
@@ -182,8 +196,13 @@ SHARDED = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_a_batch_sharded_over_devices_is_augmented_as_on_one_device():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-  result = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True,
-                          env=env, timeout=300)
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONPATH": ROOT,
+  }
+  result = subprocess.run(
+    [sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=300
+  )
   assert result.stdout.strip() == "same on 1, 2 and 4 devices", result.stderr[-3000:]

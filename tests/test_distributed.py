@@ -10,8 +10,15 @@ from jax._src.clusters import cloud_tpu_cluster
 
 from kmcl_jax import distributed
 
-CLUSTER_VARIABLES = ("SLURM_", "OMPI_", "PMI_", "TPU_", "MEGASCALE_", "KUBERNETES_",
-                     "JOB_COMPLETION_INDEX")
+CLUSTER_VARIABLES = (
+  "SLURM_",
+  "OMPI_",
+  "PMI_",
+  "TPU_",
+  "MEGASCALE_",
+  "KUBERNETES_",
+  "JOB_COMPLETION_INDEX",
+)
 
 
 @pytest.fixture
@@ -31,8 +38,11 @@ def cloud_tpu_vm(monkeypatch, workers, metadata_server=True):
   """A worker of a Cloud TPU VM slice of `workers` hosts, as the GCE metadata server
   describes it (or only the TPU_* variables GKE sets, without the metadata server)."""
   monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
-  metadata = {"agent-worker-number": "1", "tpu-env": "",
-              "worker-network-endpoints": ",".join(f"w{i}:{i}:10.0.0.{i}" for i in range(workers))}
+  metadata = {
+    "agent-worker-number": "1",
+    "tpu-env": "",
+    "worker-network-endpoints": ",".join(f"w{i}:{i}:10.0.0.{i}" for i in range(workers)),
+  }
 
   def get_metadata(key):
     if metadata_server and key in metadata:
@@ -43,16 +53,23 @@ def cloud_tpu_vm(monkeypatch, workers, metadata_server=True):
 
 
 def slurm(monkeypatch, tasks):
-  for name, value in {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "node[001-004]",
-                      "SLURM_NTASKS": str(tasks), "SLURM_PROCID": "0",
-                      "SLURM_LOCALID": "0"}.items():
+  for name, value in {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_STEP_NODELIST": "node[001-004]",
+    "SLURM_NTASKS": str(tasks),
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+  }.items():
     monkeypatch.setenv(name, value)
 
 
 def open_mpi(monkeypatch, size):
-  for name, value in {"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.0.0.1:34911",
-                      "OMPI_COMM_WORLD_SIZE": str(size), "OMPI_COMM_WORLD_RANK": "0",
-                      "OMPI_COMM_WORLD_LOCAL_RANK": "0"}.items():
+  for name, value in {
+    "OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.0.0.1:34911",
+    "OMPI_COMM_WORLD_SIZE": str(size),
+    "OMPI_COMM_WORLD_RANK": "0",
+    "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+  }.items():
     monkeypatch.setenv(name, value)
 
 
@@ -62,14 +79,23 @@ def gke_tpu(monkeypatch, hosts):
   monkeypatch.setenv("TPU_WORKER_ID", "0")
 
 
-@pytest.mark.parametrize("environment, size, initialised", [
+@pytest.mark.parametrize(
+  "environment, size, initialised",
+  [
     (None, 1, False),
-    (cloud_tpu_vm, 4, True), (cloud_tpu_vm, 1, False),
-    (gke_tpu, 2, True), (gke_tpu, 1, False),
-    (slurm, 8, True), (slurm, 1, False),
-    (open_mpi, 2, True), (open_mpi, 1, False)])
+    (cloud_tpu_vm, 4, True),
+    (cloud_tpu_vm, 1, False),
+    (gke_tpu, 2, True),
+    (gke_tpu, 1, False),
+    (slurm, 8, True),
+    (slurm, 1, False),
+    (open_mpi, 2, True),
+    (open_mpi, 1, False),
+  ],
+)
 def test_auto_starts_the_runtime_exactly_where_jax_finds_several_processes(
-    calls, monkeypatch, environment, size, initialised):
+  calls, monkeypatch, environment, size, initialised
+):
   if environment is not None:
     environment(monkeypatch, size)
   assert distributed.initialize("auto") is initialised
@@ -85,8 +111,7 @@ def test_the_cluster_found_is_the_one_jax_would_use(calls, monkeypatch):
 
 def test_explicit_coordinator_wins_and_off_never_starts(calls, monkeypatch):
   assert distributed.initialize("auto", "10.0.0.1:1234", 2, 1)
-  assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 2,
-                    "process_id": 1}]
+  assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}]
   slurm(monkeypatch, 8)
   assert not distributed.initialize("off")
   assert distributed.initialize("on") and len(calls) == 2

@@ -20,9 +20,15 @@ def _init_apply(module, x, seed=0):
   return variables, module.apply(variables, x)
 
 
-@pytest.mark.parametrize("kernel, variance, embedding_dim, dim", [
-    ("anisotropic", "BC", None, DEFAULT_EMBEDDING_DIM), ("anisotropic", "MKS", 24, 24),
-    ("isotropic", "BC", 24, POOLED), ("isotropic", "RBF", None, POOLED)])
+@pytest.mark.parametrize(
+  "kernel, variance, embedding_dim, dim",
+  [
+    ("anisotropic", "BC", None, DEFAULT_EMBEDDING_DIM),
+    ("anisotropic", "MKS", 24, 24),
+    ("isotropic", "BC", 24, POOLED),
+    ("isotropic", "RBF", None, POOLED),
+  ],
+)
 def test_shapes_and_variance_sharing(kernel, variance, embedding_dim, dim):
   """D is embedding_dim (128 unless set) for the anisotropic kernel, the input's C for the
   isotropic one whatever embedding_dim says."""
@@ -88,11 +94,13 @@ def test_a_bfloat16_backbone_feeds_a_float32_head(bfloat16_model):
   model, variables, images = bfloat16_model
   only_backbone = lambda module, method: module.name == "backbone"
   out, state = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=only_backbone))(
-      variables, images)
+    variables, images
+  )
   (pooled,) = state["intermediates"]["backbone"]["__call__"]
   assert pooled.dtype == jnp.float32 and pooled.shape == (2, 512)
-  alone = jax.jit(KMCLHead(num_classes=CLASSES).apply)({"params": variables["params"]["head"]},
-                                                       pooled)
+  alone = jax.jit(KMCLHead(num_classes=CLASSES).apply)(
+    {"params": variables["params"]["head"]}, pooled
+  )
   for name in ("features", "pi", "mu", "var"):
     assert out[name].dtype == jnp.float32
     np.testing.assert_array_equal(out[name], alone[name], err_msg=name)
@@ -106,7 +114,8 @@ def test_every_head_layer_multiplies_in_float32_at_full_precision(bfloat16_model
   full = [line for line in dots if "precision = [HIGHEST, HIGHEST]" in line]
   # projection (2, 128), pi (2, K), mu and var (2, 128 K): float32 operands and result.
   assert sorted(re.search(r"-> tensor<(\S+)>", line)[1] for line in full) == sorted(
-      ["2x128xf32", f"2x{CLASSES}xf32", f"2x{128 * CLASSES}xf32", f"2x{128 * CLASSES}xf32"])
+    ["2x128xf32", f"2x{CLASSES}xf32", f"2x{128 * CLASSES}xf32", f"2x{128 * CLASSES}xf32"]
+  )
   assert not any("bf16" in line for line in full)
   # Every other dot is the backbone's (squeeze-excite) and stays bfloat16.
   assert len(dots) > len(full) and all("bf16" in line for line in dots if line not in full)
@@ -120,13 +129,16 @@ def test_asl_only_head_has_only_pi():
   assert set(variables["params"]) == {"projection", "kmm"}  # the reference projects here too
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     ({"kernel": "isotropic", "variance": "MKS"}, "anisotropic kernel only"),
     ({"kernel": "anisotropic", "variance": "RBF"}, "isotropic kernel only"),
     ({"variance": "cosine"}, "`variance` must be one of"),
     ({"mode": "ASLOnly"}, "`mode` must be one of"),
     ({"embedding_dim": 0}, "`embedding_dim` must be a positive integer, got 0."),
-])
+  ],
+)
 def test_bad_head_settings_raise(kwargs, message):
   with pytest.raises(ValueError, match=message):
     KMCLHead(num_classes=CLASSES, **kwargs).init(jax.random.key(0), jnp.ones((2, POOLED)))
@@ -142,8 +154,9 @@ def test_head_feeds_the_loss_with_finite_gradients(kernel):
 
   def loss(params):
     out = module.apply({"params": params}, x)
-    return losses.kmcl_loss(out["features"], out["pi"], out["mu"], out["var"], labels,
-                            kernel=kernel)[0]
+    return losses.kmcl_loss(
+      out["features"], out["pi"], out["mu"], out["var"], labels, kernel=kernel
+    )[0]
 
   value, grads = jax.value_and_grad(loss)(variables["params"])
   assert np.isfinite(float(value))

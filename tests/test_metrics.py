@@ -47,8 +47,12 @@ def oracle(scores, raw, threshold=0.8):
     for c in np.argsort(-scores[i], kind="stable")[:3]:
       top[i, c] = 1 if scores[i, c] >= threshold else 0
   names = ["OP", "OR", "OF1", "CP", "CR", "CF1"]
-  return {"map": 100 * ap.mean(), "ap": ap, **dict(zip(names, overall)),
-          **{f"{m}_3": v for m, v in zip(names, evaluation(top))}}
+  return {
+    "map": 100 * ap.mean(),
+    "ap": ap,
+    **dict(zip(names, overall, strict=True)),
+    **{f"{m}_3": v for m, v in zip(names, evaluation(top), strict=True)},
+  }
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -13,16 +13,30 @@ torch = pytest.importorskip("torch")
 
 
 def optim_config(**overrides):
-  return ml_collections.ConfigDict({**dict(
-      lr=2e-4, weight_decay=1e-4, b2=0.999, eps=1e-8, pct_start=0.2, div_factor=25.0,
-      final_div_factor=1e4, beta1_base=0.85, beta1_peak=0.95), **overrides})
+  return ml_collections.ConfigDict(
+    {
+      **dict(
+        lr=2e-4,
+        weight_decay=1e-4,
+        b2=0.999,
+        eps=1e-8,
+        pct_start=0.2,
+        div_factor=25.0,
+        final_div_factor=1e4,
+        beta1_base=0.85,
+        beta1_peak=0.95,
+      ),
+      **overrides,
+    }
+  )
 
 
 def torch_one_cycle(total_steps, max_lr, pct_start):
   parameter = torch.nn.Parameter(torch.zeros(1))
   optimizer = torch.optim.Adam([parameter], lr=max_lr)
-  scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr,
-                                                  total_steps=total_steps, pct_start=pct_start)
+  scheduler = torch.optim.lr_scheduler.OneCycleLR(
+    optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start
+  )
   lrs, betas = [], []
   for _ in range(total_steps):
     lrs.append(optimizer.param_groups[0]["lr"])
@@ -32,11 +46,15 @@ def torch_one_cycle(total_steps, max_lr, pct_start):
   return np.array(lrs), np.array(betas)
 
 
-@pytest.mark.parametrize("total_steps,max_lr,pct_start", [
-    (40 * 78, 2e-4, 0.2),   # the VOC recipe: 40 epochs of 5,011 // 64 steps
-    (97, 4e-4, 0.3),        # a phase end that is not an integer step
+@pytest.mark.parametrize(
+  "total_steps,max_lr,pct_start",
+  [
+    (40 * 78, 2e-4, 0.2),  # the VOC recipe: 40 epochs of 5,011 // 64 steps
+    (97, 4e-4, 0.3),  # a phase end that is not an integer step
     (11, 1e-2, 0.2),
-    (3, 1e-3, 0.2)])        # warm-up shorter than a step: torch starts in phase two
+    (3, 1e-3, 0.2),
+  ],
+)  # warm-up shorter than a step: torch starts in phase two
 def test_one_cycle_lr_and_beta1_equal_torch_at_every_step(total_steps, max_lr, pct_start):
   lrs, betas = torch_one_cycle(total_steps, max_lr, pct_start)
   steps = jnp.arange(total_steps)
@@ -53,27 +71,42 @@ def test_one_cycle_rejects_too_few_steps():
 
 def test_adam_with_masked_coupled_l2_matches_torch_param_groups_for_20_steps():
   rng = np.random.default_rng(0)
-  shapes = {"conv": {"kernel": (3, 3, 2, 4)}, "dense": {"kernel": (4, 5), "bias": (5,)},
-            "norm": {"scale": (4,), "bias": (4,)}}
-  params = jax.tree.map(lambda s: rng.normal(size=s).astype(np.float32), shapes,
-                        is_leaf=lambda x: isinstance(x, tuple))
+  shapes = {
+    "conv": {"kernel": (3, 3, 2, 4)},
+    "dense": {"kernel": (4, 5), "bias": (5,)},
+    "norm": {"scale": (4,), "bias": (4,)},
+  }
+  params = jax.tree.map(
+    lambda s: rng.normal(size=s).astype(np.float32), shapes, is_leaf=lambda x: isinstance(x, tuple)
+  )
   steps = 20
-  grads = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
-           for _ in range(steps)]
+  grads = [
+    jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+    for _ in range(steps)
+  ]
   config = optim_config(lr=1e-2, weight_decay=0.05)
 
   # torch: the reference's two parameter groups, Adam(weight_decay=0) per group, OneCycleLR.
   leaves = jax.tree_util.tree_leaves_with_path(params)
-  tensors = {jax.tree_util.keystr(path): torch.nn.Parameter(torch.tensor(np.array(leaf)))
-             for path, leaf in leaves}
+  tensors = {
+    jax.tree_util.keystr(path): torch.nn.Parameter(torch.tensor(np.array(leaf)))
+    for path, leaf in leaves
+  }
   decay = [t for name, t in tensors.items() if t.ndim > 1 and not name.endswith("'bias']")]
   no_decay = [t for t in tensors.values() if all(t is not d for d in decay)]
   assert len(decay) == 2 and len(no_decay) == 3
-  optimizer = torch.optim.Adam([{"params": no_decay, "weight_decay": 0.0},
-                                {"params": decay, "weight_decay": config.weight_decay}],
-                               lr=config.lr, betas=(0.95, config.b2), eps=config.eps)
-  scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
-                                                  total_steps=steps, pct_start=config.pct_start)
+  optimizer = torch.optim.Adam(
+    [
+      {"params": no_decay, "weight_decay": 0.0},
+      {"params": decay, "weight_decay": config.weight_decay},
+    ],
+    lr=config.lr,
+    betas=(0.95, config.b2),
+    eps=config.eps,
+  )
+  scheduler = torch.optim.lr_scheduler.OneCycleLR(
+    optimizer, max_lr=config.lr, total_steps=steps, pct_start=config.pct_start
+  )
   for g in grads:
     for path, leaf in jax.tree_util.tree_leaves_with_path(g):
       tensors[jax.tree_util.keystr(path)].grad = torch.tensor(np.array(leaf))
@@ -88,8 +121,13 @@ def test_adam_with_masked_coupled_l2_matches_torch_param_groups_for_20_steps():
     updates, state = update(g, state, ours)
     ours = optax.apply_updates(ours, updates)
   for path, leaf in jax.tree_util.tree_leaves_with_path(ours):
-    np.testing.assert_allclose(leaf, tensors[jax.tree_util.keystr(path)].detach().numpy(),
-                               rtol=0, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      leaf,
+      tensors[jax.tree_util.keystr(path)].detach().numpy(),
+      rtol=0,
+      atol=1e-6,
+      err_msg=jax.tree_util.keystr(path),
+    )
   # The decay matters: without it the kernels end elsewhere.
   plain = optim.create_optimizer(optim_config(lr=1e-2, weight_decay=0.0), steps)
   state, other = plain.init(params), jax.tree.map(jnp.asarray, params)
@@ -100,27 +138,38 @@ def test_adam_with_masked_coupled_l2_matches_torch_param_groups_for_20_steps():
 
 
 def test_decay_mask_and_ema():
-  params = {"a": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones((3,))},
-            "bn": {"scale": jnp.ones(3)}, "conv": jnp.ones((1, 1, 2, 2))}
-  assert optim.decay_mask(params) == {"a": {"kernel": True, "bias": False},
-                                      "bn": {"scale": False}, "conv": True}
+  params = {
+    "a": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones((3,))},
+    "bn": {"scale": jnp.ones(3)},
+    "conv": jnp.ones((1, 1, 2, 2)),
+  }
+  assert optim.decay_mask(params) == {
+    "a": {"kernel": True, "bias": False},
+    "bn": {"scale": False},
+    "conv": True,
+  }
   ema = optim.ema_update({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 0.0])}, 0.75)
   np.testing.assert_allclose(ema["w"], [1.5, 1.5])
 
 
 def test_flat_layout_packs_each_group_in_tree_order_and_unpacks_exactly():
-  tree = {"a": {"kernel": np.arange(6.0, dtype=np.float32).reshape(2, 3),
-                "bias": np.arange(3.0, dtype=np.float32) + 100},
-          "b": np.arange(4.0, dtype=np.float32).reshape(1, 1, 2, 2) + 200}
+  tree = {
+    "a": {
+      "kernel": np.arange(6.0, dtype=np.float32).reshape(2, 3),
+      "bias": np.arange(3.0, dtype=np.float32) + 100,
+    },
+    "b": np.arange(4.0, dtype=np.float32).reshape(1, 1, 2, 2) + 200,
+  }
   groups = jax.tree.map(lambda decays: 0 if decays else 1, optim.decay_mask(tree))
   layout = optim.FlatLayout.of(tree, groups, groups=2)
   decayed, plain = layout.pack(tree)
-  np.testing.assert_array_equal(decayed, np.concatenate([tree["a"]["kernel"].ravel(),
-                                                         tree["b"].ravel()]))
+  np.testing.assert_array_equal(
+    decayed, np.concatenate([tree["a"]["kernel"].ravel(), tree["b"].ravel()])
+  )
   np.testing.assert_array_equal(plain, tree["a"]["bias"])
   back = layout.unpack(layout.pack(tree))
   assert jax.tree.structure(back) == jax.tree.structure(tree)
-  for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(tree)):
+  for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(tree), strict=True):
     assert got.shape == want.shape and np.array_equal(got, want)
   # One group; a group with no leaves is an empty buffer.
   (whole,) = optim.FlatLayout.of(tree).pack(tree)
@@ -135,13 +184,19 @@ def test_the_optimizer_on_decay_groups_decays_the_decayed_buffer_only():
   """The same transformation over `DecayGroups` (what update_or_skip's flat layout runs)
   as over the leaves, with a weight decay large enough to show on every leaf."""
   rng = np.random.default_rng(1)
-  params = {"dense": {"kernel": rng.normal(size=(4, 5)).astype(np.float32),
-                      "bias": rng.normal(size=(5,)).astype(np.float32)},
-            "norm": {"scale": rng.normal(size=(5,)).astype(np.float32)}}
+  params = {
+    "dense": {
+      "kernel": rng.normal(size=(4, 5)).astype(np.float32),
+      "bias": rng.normal(size=(5,)).astype(np.float32),
+    },
+    "norm": {"scale": rng.normal(size=(5,)).astype(np.float32)},
+  }
   layout = optim.FlatLayout.of(
-      params, jax.tree.map(lambda d: 0 if d else 1, optim.decay_mask(params)), groups=2)
+    params, jax.tree.map(lambda d: 0 if d else 1, optim.decay_mask(params)), groups=2
+  )
   assert optim.decay_mask(optim.DecayGroups(*layout.pack(params))) == optim.DecayGroups(
-      decayed=True, plain=False)
+    decayed=True, plain=False
+  )
   transform = optim.create_optimizer(optim_config(lr=1e-2, weight_decay=0.5), 10)
   per_leaf, per_leaf_state = params, transform.init(params)
   grouped = optim.DecayGroups(*layout.pack(params))
@@ -150,8 +205,9 @@ def test_the_optimizer_on_decay_groups_decays_the_decayed_buffer_only():
     grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
     updates, per_leaf_state = transform.update(grads, per_leaf_state, per_leaf)
     per_leaf = optax.apply_updates(per_leaf, updates)
-    updates, grouped_state = transform.update(optim.DecayGroups(*layout.pack(grads)),
-                                              grouped_state, grouped)
+    updates, grouped_state = transform.update(
+      optim.DecayGroups(*layout.pack(grads)), grouped_state, grouped
+    )
     grouped = optax.apply_updates(grouped, updates)
   for path, leaf in jax.tree_util.tree_leaves_with_path(layout.unpack(grouped)):
     want = per_leaf

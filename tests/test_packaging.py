@@ -27,12 +27,17 @@ def parse(line):
   """(canonical name, [(operator, version), ...]) of a requirement line."""
   if Requirement is not None:
     requirement = Requirement(line)
-    return (canonicalize_name(requirement.name),
-            [(spec.operator, spec.version) for spec in requirement.specifier])
+    return (
+      canonicalize_name(requirement.name),
+      [(spec.operator, spec.version) for spec in requirement.specifier],
+    )
   match = re.fullmatch(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*([^;]*)(;.*)?", line)
   assert match, f"cannot parse requirement {line!r}"
-  specs = [re.fullmatch(r"\s*(==|>=|<=|!=|~=|<|>)\s*(\S+)\s*", spec).groups()
-           for spec in match.group(3).split(",") if spec.strip()]
+  specs = [
+    re.fullmatch(r"\s*(==|>=|<=|!=|~=|<|>)\s*(\S+)\s*", spec).groups()
+    for spec in match.group(3).split(",")
+    if spec.strip()
+  ]
   return canonicalize_name(match.group(1)), specs
 
 
@@ -50,7 +55,9 @@ def oldest_pins():
       line = line.split("#", 1)[0].strip()
       if line:
         name, specs = parse(line)
-        assert len(specs) == 1 and specs[0][0] == "==", f".ci/oldest.txt: {line!r} is not name==version"
+        assert len(specs) == 1 and specs[0][0] == "==", (
+          f".ci/oldest.txt: {line!r} is not name==version"
+        )
         assert name not in pins, f".ci/oldest.txt pins {name} twice"
         pins[name] = specs[0][1]
   return pins
@@ -64,7 +71,8 @@ def test_oldest_constraints_pin_every_runtime_lower_bound_exactly():
     assert len(lower) == 1, f"setup.cfg: {name} needs exactly one lower bound (>=), has {specs}"
     assert name in pins, f".ci/oldest.txt does not pin {name} (setup.cfg: {name}>={lower[0]})"
     assert Version(pins[name]) == Version(lower[0]), (
-        f".ci/oldest.txt pins {name}=={pins[name]}, setup.cfg's lower bound is {lower[0]}")
+      f".ci/oldest.txt pins {name}=={pins[name]}, setup.cfg's lower bound is {lower[0]}"
+    )
   # jaxlib is jax's own dependency, pinned to match; nothing else is pinned.
   assert "jaxlib" in pins and Version(pins["jaxlib"]) == Version(pins["jax"])
   extra = set(pins) - {name for name, _ in requirements} - {"jaxlib"}

@@ -15,7 +15,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from absl import flags
-
 from data_fixtures import (
   COCO_ANNOTATIONS,
   COCO_CATEGORIES,
@@ -30,6 +29,7 @@ from data_fixtures import (
   voc_image,
   write_blank_png,
 )
+
 from kmcl_jax.data import CorruptImageError, create_datasets, get_source, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,6 +47,7 @@ def absl_flags_parsed():
 @dataclasses.dataclass(frozen=True)
 class IndexSource:
   """Records whose pixels spell their index: channel 0 = index % 256, 1 = index // 256."""
+
   size: int
   class_names: tuple = ("a", "b", "c")
   name: str = "index source"
@@ -55,8 +56,11 @@ class IndexSource:
     return self.size
 
   def annotations(self, index):
-    return {"labels": np.eye(3, dtype=np.float32)[index % 3],
-            "ignore": np.arange(3) == (index % 2), "id": str(index)}
+    return {
+      "labels": np.eye(3, dtype=np.float32)[index % 3],
+      "ignore": np.arange(3) == (index % 2),
+      "id": str(index),
+    }
 
   def __getitem__(self, index):
     image = np.zeros((4, 4, 3), np.uint8)
@@ -69,8 +73,7 @@ def indices(batch):
 
 
 def plain(**overrides):
-  options = dict(image_size=4, cutout_factor=0.0, augment="none", process_index=0,
-                 process_count=1)
+  options = dict(image_size=4, cutout_factor=0.0, augment="none", process_index=0, process_count=1)
   return {**options, **overrides}
 
 
@@ -96,8 +99,15 @@ def test_train_epochs_are_reshuffled_permutations():
 def test_two_hosts_read_disjoint_rows_of_the_same_global_batches():
   source = IndexSource(30)
   single = take(pipeline.train_dataset(source, seed=0, global_batch=6, **plain()), 8)
-  hosts = [take(pipeline.train_dataset(source, seed=0, global_batch=6, **plain(
-      process_index=p, process_count=2)), 8) for p in (0, 1)]
+  hosts = [
+    take(
+      pipeline.train_dataset(
+        source, seed=0, global_batch=6, **plain(process_index=p, process_count=2)
+      ),
+      8,
+    )
+    for p in (0, 1)
+  ]
   for step in range(8):
     host_rows = [indices(hosts[p][step]) for p in (0, 1)]
     assert len(host_rows[0]) == 3 and not set(host_rows[0]) & set(host_rows[1])
@@ -108,9 +118,17 @@ def test_eval_pads_to_whole_batches_and_counts_every_image_once():
   source = IndexSource(11)
   seen = []
   for p in (0, 1):
-    batches = list(pipeline.eval_dataset(source, global_batch=4, **{
-        k: v for k, v in plain(process_index=p, process_count=2).items()
-        if k not in ("cutout_factor", "augment")}))
+    batches = list(
+      pipeline.eval_dataset(
+        source,
+        global_batch=4,
+        **{
+          k: v
+          for k, v in plain(process_index=p, process_count=2).items()
+          if k not in ("cutout_factor", "augment")
+        },
+      )
+    )
     assert len(batches) == 3 and all(b["image"].shape == (2, 4, 4, 3) for b in batches)
     for b in batches:
       rows = b["index"][b["mask"]]
@@ -140,8 +158,12 @@ def test_same_seed_same_augmented_batches_with_any_worker_count_and_host_count()
     np.testing.assert_array_equal(np.concatenate([g["image"] for g in got]), batch["image"])
   assert expected[0]["image"].shape == (8, 48, 48, 3)
   # Augmentation happened: the records differ from their plainly resized versions.
-  plain_batch = take(pipeline.train_dataset(get_source("demo", "train"), seed=1, global_batch=8,
-                                            **plain(image_size=48)), 1)[0]
+  plain_batch = take(
+    pipeline.train_dataset(
+      get_source("demo", "train"), seed=1, global_batch=8, **plain(image_size=48)
+    ),
+    1,
+  )[0]
   np.testing.assert_array_equal(plain_batch["labels"], expected[0]["labels"])
   assert (plain_batch["image"] != expected[0]["image"]).any(axis=(1, 2, 3)).sum() >= 4
 
@@ -153,8 +175,9 @@ def test_resume_from_a_saved_iterator_state_gives_the_same_next_batches(tmp_path
   first = create_datasets(config).train
   for _ in range(3):
     next(first)
-  manager = ocp.CheckpointManager(tmp_path, item_handlers={
-      "data": grain.checkpoint.CheckpointHandler()})
+  manager = ocp.CheckpointManager(
+    tmp_path, item_handlers={"data": grain.checkpoint.CheckpointHandler()}
+  )
   manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(first)))
   manager.wait_until_finished()
   expected = [next(first) for _ in range(3)]
@@ -198,7 +221,9 @@ def test_corrupt_image_raises_by_default_and_is_skipped_and_counted_on_request(t
 
 
 def test_batch_sizes_are_checked_against_hosts_and_the_split():
-  with pytest.raises(ValueError, match=r"config.batch_size=8 must be a positive multiple of .* \(3\)"):
+  with pytest.raises(
+    ValueError, match=r"config.batch_size=8 must be a positive multiple of .* \(3\)"
+  ):
     create_datasets(demo_config(), process_index=0, process_count=3)
   config = demo_config()
   config.batch_size = 5000
@@ -208,13 +233,18 @@ def test_batch_sizes_are_checked_against_hosts_and_the_split():
 
 # ---------------------------------------------------------------------- start-up checks
 
+
 def test_a_broken_evaluation_image_fails_at_start_up_naming_it(tmp_path):
   make_voc(str(tmp_path))
   cut_short(voc_image(str(tmp_path), "000002"), -60)  # the header reads, the scan is cut
   broken = voc_image(str(tmp_path), "000002")
-  with pytest.raises(CorruptImageError, match=(
+  with pytest.raises(
+    CorruptImageError,
+    match=(
       rf"^{broken}: the JPEG file is cut short \(no end marker\) \(1 unreadable image\(s\) "
-      r"in voc2007 test at .*, found before training; data.skip_corrupt=True")):
+      r"in voc2007 test at .*, found before training; data.skip_corrupt=True"
+    ),
+  ):
     create_datasets(voc_config(str(tmp_path)))
   lenient = create_datasets(voc_config(str(tmp_path), skip_corrupt=True))
   batches = list(lenient.eval)
@@ -223,11 +253,13 @@ def test_a_broken_evaluation_image_fails_at_start_up_naming_it(tmp_path):
 
 
 def test_the_header_check_reads_no_file_of_sources_that_are_not_files():
-  assert pipeline.check_image_headers(get_source("demo", "test"), skip_corrupt=False,
-                                      threads=2) == []
+  assert (
+    pipeline.check_image_headers(get_source("demo", "test"), skip_corrupt=False, threads=2) == []
+  )
 
 
 # --------------------------------------------------------------------- worker processes
+
 
 def process_table():
   """{pid: (parent pid, state)} of every process, from /proc."""
@@ -257,14 +289,19 @@ TRAINER_STAND_IN = textwrap.dedent("""
 
 
 def test_worker_processes_end_with_a_sigkilled_trainer():
-  trainer = subprocess.Popen([sys.executable, "-c", TRAINER_STAND_IN], cwd=TESTS,
-                             stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": ROOT})
+  trainer = subprocess.Popen(
+    [sys.executable, "-c", TRAINER_STAND_IN],
+    cwd=TESTS,
+    stdout=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
   try:
     assert trainer.stdout.readline().strip() == "ready"
     children = [pid for pid, (parent, _) in process_table().items() if parent == trainer.pid]
-    workers = [pid for pid in children
-               if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    workers = [
+      pid for pid in children if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()
+    ]
     assert len(workers) == 2, children
   finally:
     trainer.send_signal(signal.SIGKILL)
@@ -301,44 +338,57 @@ FLAGLESS_PROGRAM = textwrap.dedent("""
 
 
 def test_the_data_package_leaves_absl_flags_to_the_program():
-  result = subprocess.run([sys.executable, "-c", FLAGLESS_PROGRAM], cwd=TESTS,
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT},
-                          timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", FLAGLESS_PROGRAM],
+    cwd=TESTS,
+    capture_output=True,
+    text=True,
+    env={**os.environ, "PYTHONPATH": ROOT},
+    timeout=300,
+  )
   assert result.stdout.strip() == "same batches", result.stderr[-3000:]
   data_package = os.path.join(ROOT, "kmcl_jax", "data")
   for name in sorted(os.listdir(data_package)):
     if name.endswith(".py"):
       with open(os.path.join(data_package, name)) as f:
         code = f.read()
-      assert not re.search(r"^\s*(from absl import .*\bflags\b|import absl\.flags)", code,
-                           re.MULTILINE), name
+      assert not re.search(
+        r"^\s*(from absl import .*\bflags\b|import absl\.flags)", code, re.MULTILINE
+      ), name
 
 
 # ------------------------------------------------------------------------ configuration
+
 
 def test_device_augmentation_leaves_the_host_only_resizing():
   device = create_datasets(demo_config(augment_on="device"))
   batches = [next(device.train) for _ in range(2)]
   device.train.close()
-  resized = take(pipeline.train_dataset(get_source("demo", "train"), seed=1, global_batch=8,
-                                         **plain(image_size=48)), 2)
-  for got, expected in zip(batches, resized):
+  resized = take(
+    pipeline.train_dataset(
+      get_source("demo", "train"), seed=1, global_batch=8, **plain(image_size=48)
+    ),
+    2,
+  )
+  for got, expected in zip(batches, resized, strict=True):
     for name in pipeline.TRAIN_FIELDS:
       np.testing.assert_array_equal(got[name], expected[name])
 
 
 def test_data_options_are_checked_before_anything_is_read(tmp_path):
   errors = {
-      (("augment_on", "gpu"),): (r"config.data.augment_on='gpu': expected one of "
-                                 r"\('host', 'device'\)"),
-      (("augment_on", "device"), ("augment", "affine")): r"config.data.augment='affine' needs "
-                                                          r"augment_on='host'",
-      (("subset_ids", "ids.csv"),): r"config.data.subset_ids applies to the coco2014 train "
-                                    r"split only, not 'demo'",
-      (("drop_no_finding", True),): "config.data.drop_no_finding applies to chestxray14 only",
-      (("train_fraction", 0.1),): r"config.data.train_fraction=0.1 applies to chestxray14 only",
-      (("name", "chestxray14"), ("eval_fraction", 0.0)): r"config.data.eval_fraction=0.0: "
-                                                          r"expected a fraction in \(0, 1\]",
+    (("augment_on", "gpu"),): (
+      r"config.data.augment_on='gpu': expected one of "
+      r"\('host', 'device'\)"
+    ),
+    (("augment_on", "device"), ("augment", "affine")): r"config.data.augment='affine' needs "
+    r"augment_on='host'",
+    (("subset_ids", "ids.csv"),): r"config.data.subset_ids applies to the coco2014 train "
+    r"split only, not 'demo'",
+    (("drop_no_finding", True),): "config.data.drop_no_finding applies to chestxray14 only",
+    (("train_fraction", 0.1),): r"config.data.train_fraction=0.1 applies to chestxray14 only",
+    (("name", "chestxray14"), ("eval_fraction", 0.0)): r"config.data.eval_fraction=0.0: "
+    r"expected a fraction in \(0, 1\]",
   }
   for fields, message in errors.items():
     with pytest.raises(ValueError, match=message):
@@ -349,9 +399,16 @@ def test_the_reference_protocols_through_the_config(tmp_path):
   names = list(XRAY_ENTRIES)
   os.makedirs(tmp_path / "xray")
   make_chestxray(str(tmp_path / "xray"), XRAY_ENTRIES, names[:8], names[8:])
-  config = voc_config(str(tmp_path / "xray"), name="chestxray14", train_split="train_val",
-                      eval_split="test", augment="affine", drop_no_finding=True,
-                      train_fraction=0.5, eval_fraction=0.5)
+  config = voc_config(
+    str(tmp_path / "xray"),
+    name="chestxray14",
+    train_split="train_val",
+    eval_split="test",
+    augment="affine",
+    drop_no_finding=True,
+    train_fraction=0.5,
+    eval_fraction=0.5,
+  )
   datasets = create_datasets(config)
   # train: 5 of 8 with findings, the first int(2.5); test: 2 of 3, the first int(1.0).
   assert (datasets.num_train, datasets.num_eval) == (2, 1)
@@ -359,8 +416,13 @@ def test_the_reference_protocols_through_the_config(tmp_path):
   make_coco(str(tmp_path / "coco"), "train", COCO_CATEGORIES, COCO_IMAGES, COCO_ANNOTATIONS)
   make_coco(str(tmp_path / "coco"), "val", COCO_CATEGORIES, COCO_IMAGES, COCO_ANNOTATIONS)
   (tmp_path / "ids.csv").write_text("61\n17\n")
-  config = voc_config(str(tmp_path / "coco"), name="coco2014", train_split="train",
-                      eval_split="val", subset_ids=str(tmp_path / "ids.csv"))
+  config = voc_config(
+    str(tmp_path / "coco"),
+    name="coco2014",
+    train_split="train",
+    eval_split="val",
+    subset_ids=str(tmp_path / "ids.csv"),
+  )
   datasets = create_datasets(config)
   assert (datasets.num_train, datasets.num_eval) == (2, 4)  # the subset is for training only
   assert datasets.class_names == ("person", "car")

@@ -14,10 +14,22 @@ from kmcl_jax.reporting import MetricsLog, Reporter, read_metrics
 
 
 def test_non_finite_numbers_are_written_as_null_not_as_bare_nan():
-  text = reporting.to_json({"loss": math.nan, "inf": np.float32(np.inf), "ok": np.float64(1.5),
-                            "ap": np.array([0.5, np.nan]), "nested": {"x": -math.inf}})
-  assert json.loads(text) == {"loss": None, "inf": None, "ok": 1.5, "ap": [0.5, None],
-                              "nested": {"x": None}}
+  text = reporting.to_json(
+    {
+      "loss": math.nan,
+      "inf": np.float32(np.inf),
+      "ok": np.float64(1.5),
+      "ap": np.array([0.5, np.nan]),
+      "nested": {"x": -math.inf},
+    }
+  )
+  assert json.loads(text) == {
+    "loss": None,
+    "inf": None,
+    "ok": 1.5,
+    "ap": [0.5, None],
+    "nested": {"x": None},
+  }
   assert "NaN" not in text and "Infinity" not in text
 
 
@@ -30,8 +42,11 @@ def test_a_resumed_log_drops_the_records_after_the_restored_step(tmp_path):
   resumed = MetricsLog(str(tmp_path), step=2)  # the checkpoint it resumes from
   resumed.append({"step": 3, "split": "train", "loss": 30.0})
   resumed.close()
-  assert [(r["step"], r["loss"]) for r in read_metrics(str(tmp_path))] == [(1, 1.0), (2, 2.0),
-                                                                          (3, 30.0)]
+  assert [(r["step"], r["loss"]) for r in read_metrics(str(tmp_path))] == [
+    (1, 1.0),
+    (2, 2.0),
+    (3, 30.0),
+  ]
 
 
 def test_a_cut_off_last_line_is_dropped_on_reading_and_on_resume(tmp_path):
@@ -58,7 +73,7 @@ class FullDisk:
 
   def write(self, text):
     if len(text) > self.room:
-      self.real.write(text[:self.room])
+      self.real.write(text[: self.room])
       self.real.flush()
       self.room = 0
       raise OSError(errno.ENOSPC, "No space left on device")
@@ -91,11 +106,14 @@ def test_a_full_disk_stops_the_run_in_one_sentence_and_the_next_run_reads_the_lo
 
 
 def test_an_evaluation_already_logged_is_not_logged_again(tmp_path):
-  results = {"model": {"map": 50.0, "OF1": 0.5, "CF1": 0.4, "OF1_3": 0.3, "CF1_3": 0.2},
-             "ema": {"map": 51.0, "OF1": 0.5, "CF1": 0.4, "OF1_3": 0.3, "CF1_3": 0.2}}
+  results = {
+    "model": {"map": 50.0, "OF1": 0.5, "CF1": 0.4, "OF1_3": 0.3, "CF1_3": 0.2},
+    "ema": {"map": 51.0, "OF1": 0.5, "CF1": 0.4, "OF1_3": 0.3, "CF1_3": 0.2},
+  }
   for _ in range(2):  # a finished run scored again after a restart
-    reporter = Reporter(str(tmp_path), total_steps=4, steps_per_epoch=2, batch_size=8,
-                        is_primary=True, start_step=4)
+    reporter = Reporter(
+      str(tmp_path), total_steps=4, steps_per_epoch=2, batch_size=8, is_primary=True, start_step=4
+    )
     reporter.evaluation(4, results)
     reporter.close()
   evaluations = [r for r in read_metrics(str(tmp_path)) if r["split"] == "eval"]

@@ -10,8 +10,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from data_fixtures import (
   COCO_ANNOTATIONS,
   COCO_CATEGORIES,
@@ -25,6 +23,8 @@ from data_fixtures import (
   write_blank_png,
   write_image,
 )
+from PIL import Image
+
 from kmcl_jax.data import CorruptImageError, chestxray14, get_source, tfds_source, voc
 from kmcl_jax.data.image_files import MAX_DECODED_PIXELS, decode_image, header_problem
 
@@ -32,6 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ----------------------------------------------------------------------------- datasets
+
 
 def test_voc_labels_treat_difficult_as_positive_and_ignore_it(tmp_path):
   folder = make_voc(str(tmp_path))
@@ -51,11 +52,18 @@ def test_voc_labels_treat_difficult_as_positive_and_ignore_it(tmp_path):
 
 
 def test_coco_drops_images_without_objects_and_orders_categories_by_id(tmp_path):
-  categories = [{"id": 7, "name": "toothbrush"}, {"id": 1, "name": "person"},
-                {"id": 3, "name": "car"}]
+  categories = [
+    {"id": 7, "name": "toothbrush"},
+    {"id": 1, "name": "person"},
+    {"id": 3, "name": "car"},
+  ]
   images = [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in (42, 9, 17, 5)]
-  annotations = [{"image_id": 42, "category_id": 7}, {"image_id": 42, "category_id": 1},
-                 {"image_id": 42, "category_id": 1}, {"image_id": 5, "category_id": 3}]
+  annotations = [
+    {"image_id": 42, "category_id": 7},
+    {"image_id": 42, "category_id": 1},
+    {"image_id": 42, "category_id": 1},
+    {"image_id": 5, "category_id": 3},
+  ]
   os.makedirs(tmp_path / "annotations")
   with open(tmp_path / "annotations" / "instances_val2014.json", "w") as f:
     json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
@@ -73,8 +81,12 @@ def test_coco_drops_images_without_objects_and_orders_categories_by_id(tmp_path)
 
 
 def test_nuswide_reads_the_label_list_csv(tmp_path):
-  rows = [("images/a.jpg", "['sky', 'clouds']", "train"), ("images/b.jpg", "[]", "train"),
-          ("images/c.jpg", "['water']", "val"), ("images/d.jpg", "['sky']", "val")]
+  rows = [
+    ("images/a.jpg", "['sky', 'clouds']", "train"),
+    ("images/b.jpg", "[]", "train"),
+    ("images/c.jpg", "['water']", "val"),
+    ("images/d.jpg", "['sky']", "val"),
+  ]
   with open(tmp_path / "nus_wid_data.csv", "w") as f:
     f.write("filepath,label,split_name\n")
     for path, labels, split in rows:
@@ -82,18 +94,23 @@ def test_nuswide_reads_the_label_list_csv(tmp_path):
       write_image(str(tmp_path / path))
   train = get_source("nuswide", "train", str(tmp_path))
   assert list(train.class_names) == ["clouds", "sky", "water"]
-  np.testing.assert_array_equal([train.annotations(i)["labels"] for i in range(2)],
-                                [[1, 1, 0], [0, 0, 0]])
+  np.testing.assert_array_equal(
+    [train.annotations(i)["labels"] for i in range(2)], [[1, 1, 0], [0, 0, 0]]
+  )
   val = get_source("nuswide", "val", str(tmp_path))
   assert [val.annotations(i)["id"] for i in range(2)] == ["images/c.jpg", "images/d.jpg"]
   assert val[0]["image"].shape == (16, 20, 3)
 
 
 def test_chestxray14_no_finding_is_all_zero_and_grey_becomes_three_channels(tmp_path):
-  entries = {"00000001_000.png": "Cardiomegaly|Emphysema", "00000002_000.png": "No Finding",
-             "00000003_000.png": "Hernia"}
-  make_chestxray(str(tmp_path), entries, ["00000001_000.png", "00000002_000.png"],
-                 ["00000003_000.png"])
+  entries = {
+    "00000001_000.png": "Cardiomegaly|Emphysema",
+    "00000002_000.png": "No Finding",
+    "00000003_000.png": "Hernia",
+  }
+  make_chestxray(
+    str(tmp_path), entries, ["00000001_000.png", "00000002_000.png"], ["00000003_000.png"]
+  )
   train = get_source("chestxray14", "train_val", str(tmp_path))
   assert len(train) == 2 and len(train.class_names) == 14
   assert sorted(np.flatnonzero(train.annotations(0)["labels"])) == [1, 10]
@@ -112,8 +129,12 @@ def test_chestxray14_unknown_finding_names_file_and_line(tmp_path):
 def test_adp_level_one_drops_unlabelled_patches(tmp_path):
   release = tmp_path / "ADP V1.0 Release"
   header = ["Patch Names", "E", "E.M", "C", "H", "S", "A", "M", "N", "G", "T"]
-  rows = [["p0.png", 1, 1, 0, 0, 0, 0, 0, 0, 1, 0], ["p1.png", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-          ["p2.png", 0, 0, 1, 1, 0, 0, 0, 0, 0, 1], ["p3.png", 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]]
+  rows = [
+    ["p0.png", 1, 1, 0, 0, 0, 0, 0, 0, 1, 0],
+    ["p1.png", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    ["p2.png", 0, 0, 1, 1, 0, 0, 0, 0, 0, 1],
+    ["p3.png", 0, 0, 0, 0, 0, 1, 0, 0, 0, 0],
+  ]
   os.makedirs(release / "splits")
   with open(release / "ADP_EncodedLabels_Release1_Flat.csv", "w") as f:
     f.write(",".join(header) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
@@ -140,6 +161,7 @@ def test_demo_set_is_deterministic_and_its_labels_are_the_digits_drawn():
   assert (labels.mean(0) > 0.15).all()  # every digit is common
   _, _, scans = train._layout(7)
   from kmcl_jax.data.demo import digit_pools
+
   assert sorted(np.flatnonzero(first["labels"])) == sorted(set(digit_pools()["train"][1][scans]))
   # Train and test digits come from disjoint scans.
   train_scans, test_scans = digit_pools()["train"][0], digit_pools()["test"][0]
@@ -149,6 +171,7 @@ def test_demo_set_is_deterministic_and_its_labels_are_the_digits_drawn():
 
 def test_tfds_voc_through_mock_data_marks_difficult():
   import tensorflow_datasets as tfds
+
   with tfds.testing.mock_data(num_examples=6):
     source = get_source("tfds:voc/2007", "test")
     assert len(source) == 6 and len(source.class_names) == 20
@@ -162,9 +185,11 @@ def test_tfds_voc_through_mock_data_marks_difficult():
 
 
 def test_tfds_coco_records_and_the_rows_kept():
-  examples = [{"objects": {"label": np.array([3, 0, 3])}, "image/id": 11},
-              {"objects": {"label": np.array([], np.int64)}, "image/id": 12},
-              {"objects": {"label": np.array([79])}, "image/id": 13}]
+  examples = [
+    {"objects": {"label": np.array([3, 0, 3])}, "image/id": 11},
+    {"objects": {"label": np.array([], np.int64)}, "image/id": 12},
+    {"objects": {"label": np.array([79])}, "image/id": 13},
+  ]
   assert tfds_source.rows_with_objects(examples) == [0, 2]
   record = tfds_source.coco_record(examples[0], 80)
   assert sorted(np.flatnonzero(record["labels"])) == [0, 3] and record["id"] == "11"
@@ -172,6 +197,7 @@ def test_tfds_coco_records_and_the_rows_kept():
 
 
 # --------------------------------------------------------------------- decoding, errors
+
 
 def test_every_image_mode_decodes_to_rgb(tmp_path):
   grey = np.arange(20 * 16, dtype=np.uint8).reshape(16, 20)
@@ -254,8 +280,9 @@ def test_a_huge_image_that_is_not_a_jpeg_is_refused_without_decoding(tmp_path):
   write_blank_png(path, 5000, 4000)  # above MAX_DECODED_PIXELS, below PIL's bomb limit
   with pytest.raises(CorruptImageError, match=rf"^{path}: 5000 x 4000 pixels is more than"):
     decode_image(path)
-  assert header_problem(path) == (f"{path}: 5000 x 4000 pixels is more than the "
-                                  f"{MAX_DECODED_PIXELS:,} this pipeline decodes")
+  assert header_problem(path) == (
+    f"{path}: 5000 x 4000 pixels is more than the {MAX_DECODED_PIXELS:,} this pipeline decodes"
+  )
 
 
 # Peak memory of one decode: Linux's high-water mark (VmHWM), reset to the current
@@ -292,8 +319,13 @@ def test_a_huge_jpeg_decodes_at_a_reduced_scale_in_bounded_memory(tmp_path):
   del squares
 
   def decode(how):
-    result = subprocess.run([sys.executable, "-c", PEAK_MEMORY, path, how], cwd=ROOT,
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+      [sys.executable, "-c", PEAK_MEMORY, path, how],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      check=True,
+    )
     height, width, mean, grown_mib = result.stdout.split()
     return int(height), int(width), float(mean), int(grown_mib)
 
@@ -319,12 +351,15 @@ def test_the_header_check_finds_files_cut_short_without_decoding_them(tmp_path):
   cut_short(str(tmp_path / "head.jpg"), 100)
   (tmp_path / "text.jpg").write_text("not an image")
   assert header_problem(str(tmp_path / "tail.jpg")) == (
-      f"{tmp_path / 'tail.jpg'}: the JPEG file is cut short (no end marker)")
+    f"{tmp_path / 'tail.jpg'}: the JPEG file is cut short (no end marker)"
+  )
   assert header_problem(str(tmp_path / "tail.png")) == (
-      f"{tmp_path / 'tail.png'}: the PNG file is cut short (no end marker)")
+    f"{tmp_path / 'tail.png'}: the PNG file is cut short (no end marker)"
+  )
   for name in ("head.jpg", "text.jpg", "missing.jpg"):
     assert header_problem(str(tmp_path / name)).startswith(
-        f"{tmp_path / name}: cannot read the image header ("), name
+      f"{tmp_path / name}: cannot read the image header ("
+    ), name
   # What the header check flags, decoding refuses too.
   for name in ("tail.jpg", "tail.png", "head.jpg", "text.jpg"):
     with pytest.raises(CorruptImageError):
@@ -332,6 +367,7 @@ def test_the_header_check_finds_files_cut_short_without_decoding_them(tmp_path):
 
 
 # ------------------------------------------------------------------------- COCO subsets
+
 
 def test_coco_subset_ids_restrict_the_split_in_the_files_order(tmp_path, caplog):
   make_coco(str(tmp_path), "train", COCO_CATEGORIES, COCO_IMAGES, COCO_ANNOTATIONS)
@@ -342,8 +378,9 @@ def test_coco_subset_ids_restrict_the_split_in_the_files_order(tmp_path, caplog)
     source = get_source("coco2014", "train", str(tmp_path), subset_ids=ids_file)
   # 9 has no object (not in the split) and 777 is no image: reported, left out.
   assert [source.annotations(i)["id"] for i in range(len(source))] == ["42", "5", "61"]
-  np.testing.assert_array_equal([source.annotations(i)["labels"] for i in range(3)],
-                                [[0, 1], [1, 0], [1, 0]])
+  np.testing.assert_array_equal(
+    [source.annotations(i)["labels"] for i in range(3)], [[0, 1], [1, 0], [1, 0]]
+  )
   assert source[0]["image"].shape == (16, 20, 3)
   assert "2 of its 5 image ids are not images of coco2014 train" in caplog.text
   assert "[9, 777]" in caplog.text
@@ -356,10 +393,12 @@ def test_coco_subset_file_errors_name_the_file_and_line(tmp_path):
   missing = str(tmp_path / "nowhere.csv")
   with pytest.raises(FileNotFoundError, match=rf"data.subset_ids: '{missing}' does not exist"):
     get_source("coco2014", "train", str(tmp_path), subset_ids=missing)
-  cases = {"1.700000000000000000e+01\n\n4.25e+01\n": r"line 3: expected one COCO image id",
-           "5\nseventeen\n": r"line 2: expected one COCO image id .*'seventeen'",
-           "5,17\n": r"line 1: expected one COCO image id",
-           "5\n17\n5.0\n": r"line 3: expected each image id once \(this one is also on line 1\)"}
+  cases = {
+    "1.700000000000000000e+01\n\n4.25e+01\n": r"line 3: expected one COCO image id",
+    "5\nseventeen\n": r"line 2: expected one COCO image id .*'seventeen'",
+    "5,17\n": r"line 1: expected one COCO image id",
+    "5\n17\n5.0\n": r"line 3: expected each image id once \(this one is also on line 1\)",
+  }
   for text, message in cases.items():
     (tmp_path / "ids.csv").write_text(text)
     with pytest.raises(ValueError, match=rf"{tmp_path / 'ids.csv'}, {message}"):
@@ -372,6 +411,7 @@ def test_coco_subset_file_errors_name_the_file_and_line(tmp_path):
 
 
 # -------------------------------------------------------------- the reference's X-ray14
+
 
 def test_chestxray14_reference_protocol_drops_no_finding_then_keeps_the_first_fraction(tmp_path):
   names = list(XRAY_ENTRIES)

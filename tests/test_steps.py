@@ -29,36 +29,44 @@ def run_config():
 def synthetic_batch():
   """One batch of the runs' shape (8 images of 32 px, 10 classes) from a fixed seed."""
   rng = np.random.default_rng(0)
-  return {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-          "labels": (rng.random((8, 10)) < 0.3).astype(np.float32),
-          "ignore": np.zeros((8, 10), bool), "skipped": np.zeros(8, np.int32)}
+  return {
+    "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+    "labels": (rng.random((8, 10)) < 0.3).astype(np.float32),
+    "ignore": np.zeros((8, 10), bool),
+    "skipped": np.zeros(8, np.int32),
+  }
 
 
 def assert_trees_close(a, b, atol):
   flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)
   assert len(flat_a) == len(flat_b)
-  for (path, x), y in zip(flat_a, flat_b):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol,
-                               err_msg=jax.tree_util.keystr(path))
+  for (path, x), y in zip(flat_a, flat_b, strict=True):
+    np.testing.assert_allclose(
+      np.asarray(x), np.asarray(y), rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 @pytest.mark.slow
 def test_contrastive_scope_global_is_the_whole_batch_and_device_the_mean_of_devices():
   """Also: splitting the contrastive anchors over devices changes no value or gradient."""
-  result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "scoped_loss_run.py")],
-                          cwd=ROOT, capture_output=True, text=True)
+  result = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "tests", "scoped_loss_run.py")],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   values = json.loads(result.stdout.splitlines()[-1])
   for scope, want in (("global", "whole_batch"), ("device", "per_device_mean")):
     for term, value in values[want].items():
       assert values[scope][term] == pytest.approx(value, rel=1e-5), (scope, term)
-  assert values["device"]["contrastive"] != pytest.approx(values["global"]["contrastive"],
-                                                          rel=1e-2)
+  assert values["device"]["contrastive"] != pytest.approx(values["global"]["contrastive"], rel=1e-2)
   for kernel, differences in values["split_anchors"].items():
     for name, difference in differences.items():
       assert difference < 1e-5, (kernel, name, difference)
-  assert values["uneven_split_error"] == ("The batch of 6 does not split evenly over the 4 "
-                                          "devices of mesh axis 'data'.")
+  assert values["uneven_split_error"] == (
+    "The batch of 6 does not split evenly over the 4 devices of mesh axis 'data'."
+  )
   # Every dot product of the loss's value and gradient is float32 (HIGHEST), not the
   # bfloat16 passes or TF32 that JAX's default precision means on TPUs and GPUs.
   for kernel, layouts in values["dot_precision"].items():
@@ -82,16 +90,21 @@ def test_a_non_finite_step_is_skipped_and_counted():
   assert not np.isfinite(metrics["loss"]) and int(metrics["skipped_steps"]) == 1
   assert int(after_nan.step) == 1 and int(after_nan.skipped_steps) == 1
   kept = ("params", "batch_stats", "opt_state", "ema_params", "ema_batch_stats")
-  assert_trees_close({k: getattr(jax.device_get(after_nan), k) for k in kept},
-                     {k: getattr(before, k) for k in kept}, atol=0)
+  assert_trees_close(
+    {k: getattr(jax.device_get(after_nan), k) for k in kept},
+    {k: getattr(before, k) for k in kept},
+    atol=0,
+  )
   after_good, metrics = step(after_nan, batch)
   assert np.isfinite(metrics["loss"]) and int(after_good.skipped_steps) == 1
   assert int(after_good.step) == 2 and int(after_good.opt_state.count) == 1
   # The schedule did not advance on the skipped step: this update used step 0's rate.
-  np.testing.assert_allclose(metrics["learning_rate"],
-                             optim.one_cycle_lr(config.train_steps, config.optim.lr)(0))
-  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), jax.device_get(
-      after_good.params), before.params)
+  np.testing.assert_allclose(
+    metrics["learning_rate"], optim.one_cycle_lr(config.train_steps, config.optim.lr)(0)
+  )
+  moved = jax.tree.map(
+    lambda a, b: float(np.abs(a - b).max()), jax.device_get(after_good.params), before.params
+  )
   assert max(jax.tree.leaves(moved)) > 0
 
 
@@ -116,9 +129,13 @@ def test_an_update_that_makes_the_parameters_non_finite_is_skipped(layout):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("xla_flags,layouts", [
+@pytest.mark.parametrize(
+  "xla_flags,layouts",
+  [
     ("--xla_cpu_max_isa=AVX", ("per_leaf", "flat")),  # no FMA instructions
-    ("", ("per_leaf",))])
+    ("", ("per_leaf",)),
+  ],
+)
 def test_update_layouts_are_bit_identical_to_the_per_leaf_step(xla_flags, layouts):
   """4 steps (the second skipped: a NaN label) from the same state on the same batches:
   params, BatchNorm statistics, optimiser state, EMA, metrics and counters equal bit for
@@ -130,8 +147,12 @@ def test_update_layouts_are_bit_identical_to_the_per_leaf_step(xla_flags, layout
   equal bit for bit where no FMA instruction exists (--xla_cpu_max_isa=AVX), the
   per-leaf one, today's default on the CPU, with default flags too."""
   result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "tests", "update_identity_run.py"), "4", *layouts],
-      cwd=ROOT, capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": xla_flags})
+    [sys.executable, os.path.join(ROOT, "tests", "update_identity_run.py"), "4", *layouts],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env={**os.environ, "XLA_FLAGS": xla_flags},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   values = json.loads(result.stdout.splitlines()[-1])
   oracle_losses = [m["loss"] for m in values["oracle_metrics"]]
@@ -141,9 +162,12 @@ def test_update_layouts_are_bit_identical_to_the_per_leaf_step(xla_flags, layout
     for part, leaves in run["different"].items():
       if not part.endswith("_leaves"):
         assert leaves == [] and run["different"][part + "_leaves"] > 0, (layout, part, leaves)
-    for ours, oracle in zip(run["metrics"], values["oracle_metrics"]):
+    for ours, oracle in zip(run["metrics"], values["oracle_metrics"], strict=True):
       assert list(ours) == list(oracle)
       np.testing.assert_array_equal(list(ours.values()), list(oracle.values()), err_msg=layout)
-    assert run["counters"] == {"step": [4, 4], "skipped_steps": [1, 1],
-                               "consecutive_skipped_steps": [0, 0]}, layout
+    assert run["counters"] == {
+      "step": [4, 4],
+      "skipped_steps": [1, 1],
+      "consecutive_skipped_steps": [0, 0],
+    }, layout
     assert run["optimizer_count"] == [3, 3], layout

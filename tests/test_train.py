@@ -11,21 +11,29 @@ import time
 import jax
 import numpy as np
 import pytest
+from runs import (
+  ROOT,
+  assert_trees_close,
+  checkpoint_state,
+  finish,
+  launch_local_processes,
+  main_command,
+  records,
+  run_config,
+)
 
 from kmcl_jax import config as config_lib
 from kmcl_jax import optim, train
 from kmcl_jax.mesh import create_mesh, replicated
 from kmcl_jax.state import create_model, initial_state, load_initial_weights
 from kmcl_jax.steps import jit_steps
-from runs import (ROOT, assert_trees_close, checkpoint_state, finish, launch_local_processes,
-                  main_command, records, run_config)
 
 # Every test here trains, in processes of its own.
 pytestmark = pytest.mark.slow
 
+
 @pytest.mark.core
-def test_smoke_training_and_evaluation_then_a_resume_that_scores_the_same(
-    tmp_path, reference_run):
+def test_smoke_training_and_evaluation_then_a_resume_that_scores_the_same(tmp_path, reference_run):
   config = run_config()
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 6 and int(state.skipped_steps) == 0
@@ -33,22 +41,24 @@ def test_smoke_training_and_evaluation_then_a_resume_that_scores_the_same(
   for key in ("map", "map_model", "map_ema", "steps", "final_loss", "wall_seconds"):
     assert key in summary
   assert summary["steps"] == 6 and summary["images"] == 1000
-  assert 0 < summary["map_model"] < 100 and summary["map"] == max(summary["map_model"],
-                                                                  summary["map_ema"])
+  assert 0 < summary["map_model"] < 100 and summary["map"] == max(
+    summary["map_model"], summary["map_ema"]
+  )
   train_records, eval_records = records(tmp_path, "train"), records(tmp_path, "eval")
   assert [r["step"] for r in train_records] == [1, 2, 3, 4, 5, 6]
   assert summary["final_loss"] == train_records[-1]["loss"]
   for r in train_records:
-    assert r["loss"] == pytest.approx(r["asl"] + r["reconstruction"] + r["contrastive"],
-                                      rel=1e-5)
+    assert r["loss"] == pytest.approx(r["asl"] + r["reconstruction"] + r["contrastive"], rel=1e-5)
   lr = optim.one_cycle_lr(6, config.optim.lr)
-  np.testing.assert_allclose([r["learning_rate"] for r in train_records],
-                             [lr(s) for s in range(6)], rtol=1e-6)
+  np.testing.assert_allclose(
+    [r["learning_rate"] for r in train_records], [lr(s) for s in range(6)], rtol=1e-6
+  )
   assert {r["variant"] for r in eval_records} == {"model", "ema"}
   for plot in ("loss.png", "map.png", "per_class_ap.png"):
     assert (tmp_path / "plots" / plot).stat().st_size > 10_000, plot
-  assert any(name.startswith("events.out.tfevents") for name in
-             os.listdir(tmp_path / "tensorboard"))
+  assert any(
+    name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard")
+  )
   run = json.loads((tmp_path / "run.json").read_text())
   assert run["class_names"] == list("0123456789")
   # What the compiled step costs, from XLA's cost analysis: a training step is about
@@ -82,13 +92,14 @@ def tensorboard_restarts(folder):
   import struct
 
   from tensorboardX.proto import event_pb2
+
   starts = []
   for name in sorted(os.listdir(folder)):
     data = (folder / name).read_bytes()
     offset = 0
     while offset < len(data):
-      (length,) = struct.unpack("<Q", data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      (length,) = struct.unpack("<Q", data[offset : offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
       offset += 12 + length + 4
       if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
         starts.append(event.step)
@@ -96,9 +107,11 @@ def tensorboard_restarts(folder):
 
 
 def test_resume_after_sigkill_ends_with_the_parameters_of_an_uninterrupted_run(
-    tmp_path, reference_run):
-  process = subprocess.Popen(main_command(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+  tmp_path, reference_run
+):
+  process = subprocess.Popen(
+    main_command(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 600
   while not os.path.isdir(tmp_path / "checkpoints" / "2") and process.poll() is None:
     assert time.time() < deadline
@@ -109,15 +122,20 @@ def test_resume_after_sigkill_ends_with_the_parameters_of_an_uninterrupted_run(
   assert killed_at < 6, "the run finished before it could be killed"
   # A save that was cut off never becomes the one restored.
   os.makedirs(tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp-1234" / "state")
-  finish(subprocess.Popen(main_command(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True))
+  finish(
+    subprocess.Popen(
+      main_command(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+  )
   resumed, reference = checkpoint_state(tmp_path, 6), checkpoint_state(reference_run, 6)
   assert_trees_close(resumed, reference, atol=0)
   # Every step is logged once: what the killed run logged after its checkpoint is dropped
   # from metrics.jsonl and purged from TensorBoard.
   assert [r["step"] for r in records(tmp_path, "train")] == [1, 2, 3, 4, 5, 6]
-  assert [(r["step"], r["variant"]) for r in records(tmp_path, "eval")] == [(6, "model"),
-                                                                           (6, "ema")]
+  assert [(r["step"], r["variant"]) for r in records(tmp_path, "eval")] == [
+    (6, "model"),
+    (6, "ema"),
+  ]
   assert tensorboard_restarts(tmp_path / "tensorboard")[-1] == killed_at + 1
   run = json.loads((tmp_path / "run.json").read_text())
   assert [r["step"] for r in run["resumes"]] == [killed_at]
@@ -157,14 +175,17 @@ def process_of(workdir, process_id):
       command = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
     except OSError:
       continue
-    if (f"--workdir={workdir}".encode() in command
-        and f"--process_id={process_id}".encode() in command):
+    if (
+      f"--workdir={workdir}".encode() in command
+      and f"--process_id={process_id}".encode() in command
+    ):
       return int(pid)
   return None
 
 
 def test_sigterm_to_one_of_two_processes_saves_both_and_the_rerun_ends_the_same(
-    tmp_path, two_process_run):
+  tmp_path, two_process_run
+):
   """A preemption notice reaches one host of a pod: JAX's preemption sync point makes
   every host stop after the same step and save it; the launcher exits 75."""
   import threading
@@ -193,8 +214,7 @@ def test_sigterm_to_one_of_two_processes_saves_both_and_the_rerun_ends_the_same(
   (step,) = stopped
   assert step < 6 and str(step) in os.listdir(tmp_path / "checkpoints")
   finish(launch_local_processes(tmp_path, processes=2, devices_per_process=2))
-  assert_trees_close(checkpoint_state(tmp_path, 6), checkpoint_state(two_process_run[0], 6),
-                     atol=0)
+  assert_trees_close(checkpoint_state(tmp_path, 6), checkpoint_state(two_process_run[0], 6), atol=0)
 
 
 def test_training_starts_from_converted_weights(tmp_path, reference_run):
@@ -204,11 +224,19 @@ def test_training_starts_from_converted_weights(tmp_path, reference_run):
 
   config = run_config()
   saved = checkpoint_state(reference_run, 6)
-  description = {"arch": config.model.backbone, "kind": "kmcl", "num_classes": 10,
-                 "mode": "all", "kernel": config.model.kernel,
-                 "variance": config.model.variance}
-  convert.save_converted({"params": saved["params"], "batch_stats": saved["batch_stats"]},
-                         description, str(tmp_path / "converted"))
+  description = {
+    "arch": config.model.backbone,
+    "kind": "kmcl",
+    "num_classes": 10,
+    "mode": "all",
+    "kernel": config.model.kernel,
+    "variance": config.model.variance,
+  }
+  convert.save_converted(
+    {"params": saved["params"], "batch_stats": saved["batch_stats"]},
+    description,
+    str(tmp_path / "converted"),
+  )
   model = create_model(config, 10)
   optimizer = optim.create_optimizer(config.optim, config.train_steps)
   mesh = create_mesh()
@@ -217,27 +245,33 @@ def test_training_starts_from_converted_weights(tmp_path, reference_run):
   step, _ = jit_steps(config, model, optimizer, mesh, state)
   state, metrics = step(state, synthetic_batch())
   assert np.isfinite(metrics["loss"]) and int(state.skipped_steps) == 0
-  moves = jax.tree.leaves(jax.tree.map(lambda new, old: np.max(np.abs(np.asarray(new) - old)),
-                                       state.params, saved["params"]))
+  moves = jax.tree.leaves(
+    jax.tree.map(
+      lambda new, old: np.max(np.abs(np.asarray(new) - old)), state.params, saved["params"]
+    )
+  )
   assert 0 < max(moves) <= config.optim.lr * (1 + 1e-3)
 
 
 def synthetic_batch():
   """One batch of the runs' shape (8 images of 32 px, 10 classes) from a fixed seed."""
   rng = np.random.default_rng(0)
-  return {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-          "labels": (rng.random((8, 10)) < 0.3).astype(np.float32),
-          "ignore": np.zeros((8, 10), bool), "skipped": np.zeros(8, np.int32)}
-
+  return {
+    "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+    "labels": (rng.random((8, 10)) < 0.3).astype(np.float32),
+    "ignore": np.zeros((8, 10), bool),
+    "skipped": np.zeros(8, np.int32),
+  }
 
 
 def test_bad_config_values_fail_before_compiling(tmp_path):
   for field, value, message in (
-      ("model.kernel", "gaussian", "config.model.kernel='gaussian': expected one of"),
-      ("batch_size", 0, "config.batch_size=0: expected a positive integer"),
-      ("data.image_size", 50, "config.data.image_size=50: expected a multiple of 32"),
-      ("contrastive_scope", "host", "config.contrastive_scope='host'"),
-      ("optim.pct_start", 1.5, "config.optim.pct_start=1.5")):
+    ("model.kernel", "gaussian", "config.model.kernel='gaussian': expected one of"),
+    ("batch_size", 0, "config.batch_size=0: expected a positive integer"),
+    ("data.image_size", 50, "config.data.image_size=50: expected a multiple of 32"),
+    ("contrastive_scope", "host", "config.contrastive_scope='host'"),
+    ("optim.pct_start", 1.5, "config.optim.pct_start=1.5"),
+  ):
     config = run_config()
     node = config
     *parents, leaf = field.split(".")
@@ -247,17 +281,26 @@ def test_bad_config_values_fail_before_compiling(tmp_path):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
       config_lib.validate(config)
   result = subprocess.run(
-      [sys.executable, "-m", "kmcl_jax.main", "--config=configs/demo.py",
-       f"--workdir={tmp_path}", "--config.model.backbon=tresnet_m"],
-      cwd=ROOT, capture_output=True, text=True)
+    [
+      sys.executable,
+      "-m",
+      "kmcl_jax.main",
+      "--config=configs/demo.py",
+      f"--workdir={tmp_path}",
+      "--config.model.backbon=tresnet_m",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
   assert result.returncode != 0 and 'Did you mean "backbone"' in result.stderr
   assert not os.listdir(tmp_path)
 
 
-def test_sigterm_saves_the_current_step_and_the_rerun_finishes_the_same(
-    tmp_path, reference_run):
-  process = subprocess.Popen(main_command(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+def test_sigterm_saves_the_current_step_and_the_rerun_finishes_the_same(tmp_path, reference_run):
+  process = subprocess.Popen(
+    main_command(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
   deadline = time.time() + 600
   while not os.path.isdir(tmp_path / "checkpoints" / "2") and process.poll() is None:
     assert time.time() < deadline
@@ -271,19 +314,29 @@ def test_sigterm_saves_the_current_step_and_the_rerun_finishes_the_same(
   stopped = int(log.split("Stopped at step ")[1].split(" ")[0])
   assert 2 <= stopped < 6 and str(stopped) in os.listdir(tmp_path / "checkpoints")
   assert not (tmp_path / "summary.json").exists()
-  finish(subprocess.Popen(main_command(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True))
+  finish(
+    subprocess.Popen(
+      main_command(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+  )
   assert_trees_close(checkpoint_state(tmp_path, 6), checkpoint_state(reference_run, 6), atol=0)
-
 
 
 def test_a_diverged_run_stops_with_one_sentence_after_consecutive_skipped_steps(tmp_path):
   """lr 1e30: the first update is finite but huge, every later forward pass overflows;
   the skip counter stops the run instead of skipping to the end and exiting 0."""
-  result = subprocess.run(main_command(tmp_path, "--config.optim.lr=1e30",
-                                       "--config.train_steps=12",
-                                       "--config.max_consecutive_skipped_steps=3"),
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    main_command(
+      tmp_path,
+      "--config.optim.lr=1e30",
+      "--config.train_steps=12",
+      "--config.max_consecutive_skipped_steps=3",
+    ),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 1, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]
   assert "its last 3 steps had a non-finite loss, gradient or update" in last
@@ -297,10 +350,12 @@ def test_a_diverged_run_stops_with_one_sentence_after_consecutive_skipped_steps(
 
 
 def test_a_damaged_newest_checkpoint_falls_back_and_the_run_ends_as_if_uninterrupted(
-    tmp_path, reference_run):
+  tmp_path, reference_run
+):
   """Bytes flipped in the newest checkpoint's array data: the checksums catch it, the
   run resumes from the one before and retrains the lost steps to the same digits."""
   import shutil
+
   shutil.copytree(reference_run, tmp_path / "run")
   workdir = tmp_path / "run"
   os.remove(workdir / "summary.json")
@@ -309,30 +364,42 @@ def test_a_damaged_newest_checkpoint_falls_back_and_the_run_ends_as_if_uninterru
   content = bytearray(largest.read_bytes())
   content[len(content) // 2] ^= 0x08
   largest.write_bytes(bytes(content))
-  result = subprocess.run(main_command(workdir), cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+  result = subprocess.run(
+    main_command(workdir), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "checkpoints/6 cannot be restored: checksum mismatch" in result.stderr
   assert "Restored" in result.stderr and "checkpoints/4 instead" in result.stderr
   assert os.listdir(workdir / "damaged") == ["checkpoints-6"]
   assert_trees_close(checkpoint_state(workdir, 6), checkpoint_state(reference_run, 6), atol=0)
   assert [r["step"] for r in records(workdir, "train")] == [1, 2, 3, 4, 5, 6]
-  assert json.loads((workdir / "summary.json").read_text())["map"] == json.loads(
-      (reference_run / "summary.json").read_text())["map"]
+  assert (
+    json.loads((workdir / "summary.json").read_text())["map"]
+    == json.loads((reference_run / "summary.json").read_text())["map"]
+  )
 
 
 def test_resuming_with_another_batch_size_is_refused_before_anything_changes(
-    tmp_path, reference_run):
+  tmp_path, reference_run
+):
   import shutil
+
   shutil.copytree(reference_run, tmp_path / "run")
   workdir = tmp_path / "run"
+
   def files():  # all but the lock, which every run takes
-    return {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"}
+    return {
+      p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"
+    }
 
   before = files()
-  result = subprocess.run(main_command(workdir, "--config.batch_size=16",
-                                       "--config.model.backbone=tresnet_m"),
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    main_command(workdir, "--config.batch_size=16", "--config.model.backbone=tresnet_m"),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
   assert "batch_size (8 -> 16), model.backbone ('tresnet_tiny' -> 'tresnet_m')" in last
@@ -340,18 +407,19 @@ def test_resuming_with_another_batch_size_is_refused_before_anything_changes(
   assert files() == before
 
 
-def test_a_full_disk_stops_the_run_in_one_sentence_and_loses_no_checkpoint(
-    tmp_path, reference_run):
+def test_a_full_disk_stops_the_run_in_one_sentence_and_loses_no_checkpoint(tmp_path, reference_run):
   """A real full disk: the workdir is a tmpfs (in a user and mount namespace of its own)
   with room for about 1.5 checkpoints. The save of step 4 fails; the run stops with one
   sentence, checkpoint 2 is intact, and with room made the rerun finishes with the
   parameters of the uninterrupted run."""
   import shutil
+
   unshare = shutil.which("unshare")
   if unshare is None or subprocess.run([unshare, "-rm", "true"]).returncode != 0:
     pytest.skip("needs unshare -rm (user and mount namespaces) to mount a small tmpfs")
-  checkpoint_bytes = sum(p.stat().st_size for p in (reference_run / "checkpoints" / "6").rglob("*")
-                         if p.is_file())
+  checkpoint_bytes = sum(
+    p.stat().st_size for p in (reference_run / "checkpoints" / "6").rglob("*") if p.is_file()
+  )
   room_kib = (3 * checkpoint_bytes // 2 + (1 << 20)) // 1024
   workdir, copy = tmp_path / "full", tmp_path / "copy"
   workdir.mkdir()

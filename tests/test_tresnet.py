@@ -12,8 +12,7 @@ from kmcl_jax.models.tresnet import TIMM_NAMES
 pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from timm_oracle import (assert_features_match, images, numpy_state,  # noqa: E402
-                         randomised_timm, timm_features)
+from timm_oracle import assert_features_match, images, numpy_state, randomised_timm, timm_features  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["tresnet_m", "tresnet_l", "tresnet_l_v2"])
@@ -41,10 +40,11 @@ def test_timm_parity_and_parameter_count(timm_pair):
 
 
 def test_feature_widths():
-  widths = {name: create_backbone(name).num_features
-            for name in ("tresnet_m", "tresnet_l", "tresnet_xl", "tresnet_l_v2")}
-  assert widths == {"tresnet_m": 2048, "tresnet_l": 2432, "tresnet_xl": 2656,
-                    "tresnet_l_v2": 2048}
+  widths = {
+    name: create_backbone(name).num_features
+    for name in ("tresnet_m", "tresnet_l", "tresnet_xl", "tresnet_l_v2")
+  }
+  assert widths == {"tresnet_m": 2048, "tresnet_l": 2432, "tresnet_xl": 2656, "tresnet_l_v2": 2048}
 
 
 @pytest.mark.slow
@@ -54,14 +54,18 @@ def test_remat_and_bfloat16_variants():
   variables = jax.jit(backbone.init)(jax.random.key(0), x)
 
   def loss(params, module):
-    features, _ = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                               train=True, mutable=["batch_stats"])
-    return jnp.sum(features ** 2)
+    features, _ = module.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return jnp.sum(features**2)
 
   grad = jax.jit(jax.grad(loss), static_argnums=1)
   plain = grad(variables["params"], backbone)
   remat = grad(variables["params"], create_backbone("tresnet_tiny", remat=True))
-  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   apply = jax.jit(lambda module, v, x: module.apply(v, x, train=False), static_argnums=0)
   half = apply(create_backbone("tresnet_tiny", dtype=jnp.bfloat16), variables, x)

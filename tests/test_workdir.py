@@ -41,10 +41,20 @@ def test_resuming_with_what_defines_the_run_changed_is_refused_naming_each_field
   assert "use a new --workdir to start a new run" in message and "\n" not in message
 
 
-@pytest.mark.parametrize("field, value", [
-    ("seed", 1), ("num_epochs", 3), ("train_steps", 7), ("data.image_size", 64),
-    ("data.augment", "none"), ("loss.temperature", 0.2), ("ema_decay", 0.9),
-    ("contrastive_scope", "device"), ("model.kernel", "isotropic")])
+@pytest.mark.parametrize(
+  "field, value",
+  [
+    ("seed", 1),
+    ("num_epochs", 3),
+    ("train_steps", 7),
+    ("data.image_size", 64),
+    ("data.augment", "none"),
+    ("loss.temperature", 0.2),
+    ("ema_decay", 0.9),
+    ("contrastive_scope", "device"),
+    ("model.kernel", "isotropic"),
+  ],
+)
 def test_every_field_of_the_method_the_data_and_the_schedule_is_fixed(tmp_path, field, value):
   workdir.write_run(str(tmp_path), demo_config(), ["a"])
   config = demo_config()
@@ -56,9 +66,15 @@ def test_every_field_of_the_method_the_data_and_the_schedule_is_fixed(tmp_path, 
 def test_how_the_run_is_executed_and_observed_may_change_and_is_recorded(tmp_path):
   workdir.write_run(str(tmp_path), demo_config(), ["a"])
   config = demo_config()
-  changes = {"eval_every_epochs": 2, "checkpoint_every_steps": 50, "log_every_steps": 7,
-             "data.worker_count": 3, "data.root": "/elsewhere", "keep_checkpoints": 4,
-             "model.remat": True}
+  changes = {
+    "eval_every_epochs": 2,
+    "checkpoint_every_steps": 50,
+    "log_every_steps": 7,
+    "data.worker_count": 3,
+    "data.root": "/elsewhere",
+    "keep_checkpoints": 4,
+    "model.remat": True,
+  }
   config.update_from_flattened_dict(changes)
   changed = workdir.check_resume(config, str(tmp_path))
   assert {field: new for field, (_, new) in changed.items()} == changes
@@ -77,16 +93,31 @@ def test_a_damaged_run_file_is_named(tmp_path):
 
 def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
   with workdir.exclusive(str(tmp_path)):
-    with pytest.raises(WorkdirError, match=f"{tmp_path} is in use by another run .pid {os.getpid()}"):
+    with pytest.raises(
+      WorkdirError, match=f"{tmp_path} is in use by another run .pid {os.getpid()}"
+    ):
       with workdir.exclusive(str(tmp_path)):
         pass
     # Through the program: the second run stops before touching anything.
     result = subprocess.run(
-        [sys.executable, "-m", "kmcl_jax.main", "--config=configs/demo.py:smoke",
-         f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+      [
+        sys.executable,
+        "-m",
+        "kmcl_jax.main",
+        "--config=configs/demo.py:smoke",
+        f"--workdir={tmp_path}",
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].endswith(
-        "wait for it to end or use another --workdir.")
+    assert (
+      result.stderr.strip()
+      .splitlines()[-1]
+      .endswith("wait for it to end or use another --workdir.")
+    )
     assert "Traceback" not in result.stderr
     assert sorted(os.listdir(tmp_path)) == [".lock"]
   with workdir.exclusive(str(tmp_path)):  # released with the block
@@ -95,9 +126,16 @@ def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
 
 def test_the_lock_dies_with_its_process_even_on_sigkill(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time\nfrom kmcl_jax import workdir\n"
-       f"with workdir.exclusive({str(tmp_path)!r}):\n  print('held', flush=True)\n"
-       "  time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "-c",
+      "import sys, time\nfrom kmcl_jax import workdir\n"
+      f"with workdir.exclusive({str(tmp_path)!r}):\n  print('held', flush=True)\n"
+      "  time.sleep(600)",
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   assert holder.stdout.readline().strip() == "held"
   with pytest.raises(WorkdirError, match=f"pid {holder.pid}"):
     with workdir.exclusive(str(tmp_path)):

@@ -28,20 +28,21 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's kmcl_jax, not an installed one
 
+from step_oracle import per_leaf_update, per_leaf_updates  # noqa: E402
+
 from kmcl_jax import config as config_lib  # noqa: E402
 from kmcl_jax import optim  # noqa: E402
 from kmcl_jax.benchmarks.inputs import random_batch  # noqa: E402
 from kmcl_jax.mesh import create_mesh, replicated, to_global_batch  # noqa: E402
 from kmcl_jax.state import create_model, initial_state  # noqa: E402
 from kmcl_jax.steps import jit_steps  # noqa: E402
-from step_oracle import per_leaf_update, per_leaf_updates  # noqa: E402
 
 FORMS = ("before", "per_leaf", "flat")
 
 
 def entry_counts(hlo_text: str) -> tuple[int, int]:
   """(instructions, fusions) of the entry computation of compiled HLO text."""
-  entry = hlo_text[hlo_text.index("\nENTRY"):].split("\n}\n", 1)[0]
+  entry = hlo_text[hlo_text.index("\nENTRY") :].split("\n}\n", 1)[0]
   lines = [line for line in entry.splitlines()[1:] if " = " in line]
   return len(lines), sum(1 for line in lines if re.search(r" fusion\(", line))
 
@@ -82,12 +83,16 @@ def main():
   optimizer = optim.create_optimizer(config.optim, 1000)
   mesh = create_mesh()
   state = initial_state(config, model, optimizer, replicated(mesh))
-  print(f"{args.arch} {args.image_size} px batch {args.batch}, {jax.devices()[0].device_kind}, "
-        f"JAX {jax.__version__}; state leaves {len(jax.tree.leaves(state))}, parameters "
-        f"{sum(leaf.size for leaf in jax.tree.leaves(state.params)):,}; median of "
-        f"{args.repeats}")
-  print(f"{'part':<7} {'form':<9} {'HLO chars':>11} {'instructions':>12} {'fusions':>8} "
-        f"{'compile s':>9} {'ms':>9}")
+  print(
+    f"{args.arch} {args.image_size} px batch {args.batch}, {jax.devices()[0].device_kind}, "
+    f"JAX {jax.__version__}; state leaves {len(jax.tree.leaves(state))}, parameters "
+    f"{sum(leaf.size for leaf in jax.tree.leaves(state.params)):,}; median of "
+    f"{args.repeats}"
+  )
+  print(
+    f"{'part':<7} {'form':<9} {'HLO chars':>11} {'instructions':>12} {'fusions':>8} "
+    f"{'compile s':>9} {'ms':>9}"
+  )
   if "update" in args.parts:
     rng = np.random.default_rng(0)
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), state.params)
@@ -97,17 +102,30 @@ def main():
     for name in FORMS:
       update = per_leaf_update if name == "before" else optim.update_or_skip
       programs[name] = compiled_with_seconds(
-          jax.jit(lambda s, g, b, l, update=update, name=name: update(
-              optimizer, s, g, b, l, config.ema_decay, None if name == "before" else name)),
-          state, grads, stats, loss)
+        jax.jit(
+          lambda s, g, b, loss, update=update, name=name: update(
+            optimizer, s, g, b, loss, config.ema_decay, None if name == "before" else name
+          )
+        ),
+        state,
+        grads,
+        stats,
+        loss,
+      )
     times = alternating_medians(
-        {name: lambda c=c: jax.block_until_ready(c(state, grads, stats, loss))
-         for name, (c, _) in programs.items()}, args.repeats)
+      {
+        name: lambda c=c: jax.block_until_ready(c(state, grads, stats, loss))
+        for name, (c, _) in programs.items()
+      },
+      args.repeats,
+    )
     for name, (compiled, seconds) in programs.items():
       text = compiled.as_text()
-      print(f"{'update':<7} {name:<9} {len(text):>11,} {entry_counts(text)[0]:>12,} "
-            f"{entry_counts(text)[1]:>8,} {seconds:>9.1f} {times[name] * 1e3:>9.2f}",
-            flush=True)
+      print(
+        f"{'update':<7} {name:<9} {len(text):>11,} {entry_counts(text)[0]:>12,} "
+        f"{entry_counts(text)[1]:>8,} {seconds:>9.1f} {times[name] * 1e3:>9.2f}",
+        flush=True,
+      )
   if "step" in args.parts:
     batch = to_global_batch(random_batch(args.batch, args.image_size, classes), mesh)
     programs, states = {}, {}
@@ -116,19 +134,21 @@ def main():
       config.update_layout = "per_leaf" if name == "before" else name
       with per_leaf_updates() if name == "before" else contextlib.nullcontext():
         programs[name] = compiled_with_seconds(
-            jit_steps(config, model, optimizer, mesh, states[name])[0], states[name], batch)
+          jit_steps(config, model, optimizer, mesh, states[name])[0], states[name], batch
+        )
 
     def run(name):
       states[name], metrics = programs[name][0](states[name], batch)
       jax.block_until_ready(metrics)
 
-    times = alternating_medians({name: lambda n=name: run(n) for name in programs},
-                                args.repeats)
+    times = alternating_medians({name: lambda n=name: run(n) for name in programs}, args.repeats)
     for name, (compiled, seconds) in programs.items():
       text = compiled.as_text()
-      print(f"{'step':<7} {name:<9} {len(text):>11,} {entry_counts(text)[0]:>12,} "
-            f"{entry_counts(text)[1]:>8,} {seconds:>9.1f} {times[name] * 1e3:>9.2f}",
-            flush=True)
+      print(
+        f"{'step':<7} {name:<9} {len(text):>11,} {entry_counts(text)[0]:>12,} "
+        f"{entry_counts(text)[1]:>8,} {seconds:>9.1f} {times[name] * 1e3:>9.2f}",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

@@ -19,12 +19,13 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's kmcl_jax, not an installed one
 
+from step_oracle import per_leaf_updates  # noqa: E402
+
 from kmcl_jax import config as config_lib  # noqa: E402
 from kmcl_jax import optim  # noqa: E402
 from kmcl_jax.mesh import batch_sharded, create_mesh, replicated  # noqa: E402
 from kmcl_jax.state import create_model, initial_state  # noqa: E402
 from kmcl_jax.steps import jit_steps  # noqa: E402
-from step_oracle import per_leaf_updates  # noqa: E402
 
 PARTS = ("params", "batch_stats", "opt_state", "ema_params", "ema_batch_stats")
 
@@ -37,9 +38,14 @@ def host_batches(count: int, classes: int):
     labels = (rng.random((8, classes)) < 0.3).astype(np.float32)
     if i == 1:
       labels[0, 0] = np.nan
-    out.append({"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-                "labels": labels, "ignore": np.zeros((8, classes), bool),
-                "skipped": np.zeros(8, np.int32)})
+    out.append(
+      {
+        "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+        "labels": labels,
+        "ignore": np.zeros((8, classes), bool),
+        "skipped": np.zeros(8, np.int32),
+      }
+    )
   return out
 
 
@@ -52,11 +58,13 @@ def run(config, batches, classes: int, layout: str | None):
   optimizer = optim.create_optimizer(config.optim, config.train_steps)
   mesh = create_mesh()
   state = initial_state(config, model, optimizer, replicated(mesh))
-  global_batches = [{k: jax.device_put(v, batch_sharded(mesh)) for k, v in batch.items()}
-                    for batch in batches]
+  global_batches = [
+    {k: jax.device_put(v, batch_sharded(mesh)) for k, v in batch.items()} for batch in batches
+  ]
   with per_leaf_updates() if layout is None else contextlib.nullcontext():
-    step = jit_steps(config, model, optimizer, mesh, state)[0].lower(
-        state, global_batches[0]).compile()
+    step = (
+      jit_steps(config, model, optimizer, mesh, state)[0].lower(state, global_batches[0]).compile()
+    )
   metrics = []
   for batch in global_batches:
     state, step_metrics = step(state, batch)
@@ -78,14 +86,21 @@ def main():
     for part in PARTS:
       ours = jax.tree_util.tree_leaves_with_path(getattr(state, part))
       theirs = jax.tree.leaves(getattr(oracle, part))
-      different[part] = [jax.tree_util.keystr(path) for (path, x), y in zip(ours, theirs)
-                         if np.asarray(x).tobytes() != np.asarray(y).tobytes()]
+      different[part] = [
+        jax.tree_util.keystr(path)
+        for (path, x), y in zip(ours, theirs, strict=True)
+        if np.asarray(x).tobytes() != np.asarray(y).tobytes()
+      ]
       different[part + "_leaves"] = len(theirs)
     result[layout] = {
-        "different": different, "metrics": metrics,
-        "counters": {k: [int(getattr(s, k)) for s in (state, oracle)]
-                     for k in ("step", "skipped_steps", "consecutive_skipped_steps")},
-        "optimizer_count": [int(state.opt_state.count), int(oracle.opt_state.count)]}
+      "different": different,
+      "metrics": metrics,
+      "counters": {
+        k: [int(getattr(s, k)) for s in (state, oracle)]
+        for k in ("step", "skipped_steps", "consecutive_skipped_steps")
+      },
+      "optimizer_count": [int(state.opt_state.count), int(oracle.opt_state.count)],
+    }
   print(json.dumps(result))
 
 

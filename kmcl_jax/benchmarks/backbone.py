@@ -39,18 +39,23 @@ def time_flax(images: np.ndarray) -> dict[str, float]:
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
 
   def loss(params, batch_stats, x):
-    features, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                              mutable=["batch_stats"])
+    features, _ = model.apply(
+      {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+    )
     return jnp.mean(features)
 
   train = jax.jit(jax.grad(loss))
   result = {}
-  for name, fn, args in (("forward", forward, (variables, x)),
-                         ("train", train, (variables["params"], variables["batch_stats"], x))):
+  for name, fn, args in (
+    ("forward", forward, (variables, x)),
+    ("train", train, (variables["params"], variables["batch_stats"], x)),
+  ):
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()
     result[f"{name}_compile_s"] = time.perf_counter() - start
-    seconds = median_seconds(lambda: jax.block_until_ready(compiled(*args)), _REPEATS.value)
+    seconds = median_seconds(
+      lambda compiled=compiled, args=args: jax.block_until_ready(compiled(*args)), _REPEATS.value
+    )
     result[f"{name}_images_per_s"] = images.shape[0] / seconds
   return result
 
@@ -89,11 +94,16 @@ def time_timm(images: np.ndarray) -> dict[str, float]:
 
 def main(argv):
   del argv
-  images = np.random.default_rng(0).normal(
-      size=(_BATCH.value, _IMAGE.value, _IMAGE.value, 3)).astype(np.float32)
-  print(f"{_ARCH.value} {_IMAGE.value}px batch {_BATCH.value}, JAX {jax.__version__} "
-        f"{_DTYPE.value} on {jax.devices()[0].device_kind}; "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  images = (
+    np.random.default_rng(0)
+    .normal(size=(_BATCH.value, _IMAGE.value, _IMAGE.value, 3))
+    .astype(np.float32)
+  )
+  print(
+    f"{_ARCH.value} {_IMAGE.value}px batch {_BATCH.value}, JAX {jax.__version__} "
+    f"{_DTYPE.value} on {jax.devices()[0].device_kind}; "
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+  )
   ours = time_flax(images)
   theirs = {}
   if _TORCH.value:
@@ -104,9 +114,11 @@ def main(argv):
   if theirs:
     import torch
 
-    print(f"timm: torch {torch.__version__} on {theirs['device']}, "
-          f"{'channels-last AMP' if _DTYPE.value == 'bfloat16' else 'float32'}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+      f"timm: torch {torch.__version__} on {theirs['device']}, "
+      f"{'channels-last AMP' if _DTYPE.value == 'bfloat16' else 'float32'}, "
+      f"{torch.get_num_threads()} threads"
+    )
   print(f"{'pass':<10} {'flax img/s':>11} {'timm img/s':>11} {'ratio':>6} {'compile s':>10}")
   for name in ("forward", "train"):
     flax_rate = ours[f"{name}_images_per_s"]

@@ -21,8 +21,9 @@ def _cpu_torch(torch) -> types.SimpleNamespace:
     kwargs.pop("device", None)
     return torch.tensor(*args, **kwargs)
 
-  view = types.SimpleNamespace(**{name: getattr(torch, name) for name in dir(torch)
-                                  if not name.startswith("__")})
+  view = types.SimpleNamespace(
+    **{name: getattr(torch, name) for name in dir(torch) if not name.startswith("__")}
+  )
   view.tensor = tensor
   return view
 
@@ -52,8 +53,9 @@ def load_module(baseline_dir: str, relative_path: str, name: str, on_gpu: bool =
   path = os.path.join(baseline_dir, relative_path)
   if not os.path.isfile(path):
     raise FileNotFoundError(
-        f"--baseline_dir={baseline_dir!r} has no {relative_path}; expected a checkout of "
-        "the authors' repository mahdihosseini/KMCL.")
+      f"--baseline_dir={baseline_dir!r} has no {relative_path}; expected a checkout of "
+      "the authors' repository mahdihosseini/KMCL."
+    )
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -64,8 +66,9 @@ def load_module(baseline_dir: str, relative_path: str, name: str, on_gpu: bool =
 
 def kmcl_loss_class(baseline_dir: str, on_gpu: bool = False):
   """The authors' `KMCL_Loss` class from `src/loss_functions/losses.py`."""
-  return load_module(baseline_dir, "src/loss_functions/losses.py", "kmcl_baseline_losses",
-                     on_gpu).KMCL_Loss
+  return load_module(
+    baseline_dir, "src/loss_functions/losses.py", "kmcl_baseline_losses", on_gpu
+  ).KMCL_Loss
 
 
 def kmcl_model_class(baseline_dir: str, on_gpu: bool = False):
@@ -85,15 +88,22 @@ def loss_terms(baseline_dir: str, kernel: str, inputs: dict, on_gpu: bool = Fals
   import torch
 
   criterion = kmcl_loss_class(baseline_dir, on_gpu)(
-      gamma_neg=4, gamma_pos=0, clip=0.05, disable_torch_grad_focal_loss=True,
-      loss_case=kernel, loss_opt="all")
+    gamma_neg=4,
+    gamma_pos=0,
+    clip=0.05,
+    disable_torch_grad_focal_loss=True,
+    loss_case=kernel,
+    loss_opt="all",
+  )
   device = "cuda" if on_gpu else "cpu"
   labels = torch.tensor(inputs["labels"], device=device)
   batch = inputs["labels"].shape[0]
 
   def forward():
-    leaves = [torch.tensor(inputs[k], device=device, requires_grad=True)
-              for k in ("features", "pi", "mu", "var")]
+    leaves = [
+      torch.tensor(inputs[k], device=device, requires_grad=True)
+      for k in ("features", "pi", "mu", "var")
+    ]
     features, pi, mu, var = leaves
     # Their head emits mu and var flat, (B, D K) with k fastest, as `reshape` lays out (B, D, K).
     output = {"pi": pi, "mu": mu.reshape(batch, -1), "var": var.reshape(batch, -1)}

@@ -50,10 +50,17 @@ _READ_THREADS = flags.DEFINE_integer("read_threads", 2, "grain reader threads pe
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Alternating runs of each loader (median).")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time a torch DataLoader when torch imports.")
 _STAGES = flags.DEFINE_bool("stages", True, "Time each stage and the whole path on one core.")
-_DEVICE = flags.DEFINE_bool("device", True, "With --stages, also time the JAX augmentation "
-                            "(augment_on=device) on this machine's default device.")
-_HEADER_FILES = flags.DEFINE_integer("header_files", 0, "Also write this many small JPEGs and "
-                                     "time the start-up header check over them (0: skip).")
+_DEVICE = flags.DEFINE_bool(
+  "device",
+  True,
+  "With --stages, also time the JAX augmentation "
+  "(augment_on=device) on this machine's default device.",
+)
+_HEADER_FILES = flags.DEFINE_integer(
+  "header_files",
+  0,
+  "Also write this many small JPEGs and time the start-up header check over them (0: skip).",
+)
 
 
 def images_per_second(batches, batch_size: int) -> float:
@@ -70,9 +77,17 @@ def images_per_second(batches, batch_size: int) -> float:
 
 def grain_rate(source: ImageFileSource, workers: int) -> float:
   dataset = pipeline.train_dataset(
-      source, seed=0, global_batch=_BATCH.value, image_size=_IMAGE_SIZE.value,
-      cutout_factor=0.5, augment="randaugment", process_index=0, process_count=1,
-      worker_count=workers, read_threads=_READ_THREADS.value)
+    source,
+    seed=0,
+    global_batch=_BATCH.value,
+    image_size=_IMAGE_SIZE.value,
+    cutout_factor=0.5,
+    augment="randaugment",
+    process_index=0,
+    process_count=1,
+    worker_count=workers,
+    read_threads=_READ_THREADS.value,
+  )
   return images_per_second(dataset, _BATCH.value)
 
 
@@ -87,17 +102,27 @@ class TorchPhotos:
 
   def __getitem__(self, index):
     rng = np.random.default_rng([0, index])
-    image = transforms.train_image(decode_image(self.source.paths[index]), rng,
-                                   image_size=self.image_size, cutout_factor=0.5,
-                                   augment="randaugment")
+    image = transforms.train_image(
+      decode_image(self.source.paths[index]),
+      rng,
+      image_size=self.image_size,
+      cutout_factor=0.5,
+      augment="randaugment",
+    )
     return image, self.source.labels[index]
 
 
 def torch_rate(source: ImageFileSource, workers: int) -> float:
   import torch
+
   loader = torch.utils.data.DataLoader(
-      TorchPhotos(source, _IMAGE_SIZE.value), batch_size=_BATCH.value, shuffle=True,
-      drop_last=True, num_workers=workers, persistent_workers=workers > 0)
+    TorchPhotos(source, _IMAGE_SIZE.value),
+    batch_size=_BATCH.value,
+    shuffle=True,
+    drop_last=True,
+    num_workers=workers,
+    persistent_workers=workers > 0,
+  )
 
   def forever():
     while True:
@@ -120,11 +145,11 @@ def stage_times(source: ImageFileSource, image_size: int) -> dict[str, float]:
   every stage before the next (cache-warm, as in the pipeline), each stage timed with
   this thread's CPU clock."""
   stages = (
-      ("decode (read, decode to RGB)", lambda i, image, rng: read_rgb(source.paths[i])),
-      ("squish resize", lambda i, image, rng: transforms.squish_resize(image, image_size)),
-      ("Cutout", lambda i, image, rng: transforms.draw_cutout(image, rng)),
-      ("RandAugment", lambda i, image, rng: transforms.rand_augment(image, rng)),
-      ("to uint8 array", lambda i, image, rng: transforms.as_array(image)),
+    ("decode (read, decode to RGB)", lambda i, image, rng: read_rgb(source.paths[i])),
+    ("squish resize", lambda i, image, rng: transforms.squish_resize(image, image_size)),
+    ("Cutout", lambda i, image, rng: transforms.draw_cutout(image, rng)),
+    ("RandAugment", lambda i, image, rng: transforms.rand_augment(image, rng)),
+    ("to uint8 array", lambda i, image, rng: transforms.as_array(image)),
   )
   times = dict.fromkeys([name for name, _ in stages], 0.0)
   arrays = []
@@ -147,17 +172,27 @@ def stage_times(source: ImageFileSource, image_size: int) -> dict[str, float]:
   return times
 
 
-def whole_path_rate(source: ImageFileSource, image_size: int, augment_on: str
-                    ) -> tuple[float, float]:
+def whole_path_rate(
+  source: ImageFileSource, image_size: int, augment_on: str
+) -> tuple[float, float]:
   """(images per CPU-second, images per wall-second) of the training pipeline's batches
   read in this thread (grain's MapDataset: no reader threads, no workers)."""
   ds = grain.MapDataset.source(pipeline.DecodedRecords(source, False)).shuffle(0).repeat()
-  ds = ds.random_map(functools.partial(pipeline.augment_record, image_size=image_size,
-                                       cutout_factor=0.5, augment="randaugment",
-                                       augment_on=augment_on), seed=0)
+  ds = ds.random_map(
+    functools.partial(
+      pipeline.augment_record,
+      image_size=image_size,
+      cutout_factor=0.5,
+      augment="randaugment",
+      augment_on=augment_on,
+    ),
+    seed=0,
+  )
   ds = pipeline.HostRows(ds, 0, 1, _BATCH.value).batch(
-      _BATCH.value, drop_remainder=True,
-      batch_fn=functools.partial(pipeline.stack, fields=pipeline.TRAIN_FIELDS))
+    _BATCH.value,
+    drop_remainder=True,
+    batch_fn=functools.partial(pipeline.stack, fields=pipeline.TRAIN_FIELDS),
+  )
   cpu, wall = cpu_and_wall(lambda b: ds[b + 1], _BATCHES.value)
   images = _BATCHES.value * _BATCH.value
   return images / cpu, images / wall
@@ -167,11 +202,15 @@ def device_augment_rate(image_size: int) -> tuple[float, float, str]:
   """(images per CPU-second, per wall-second, device) of device_augment.augment_batch
   under jit on this machine's default JAX device, steady state."""
   import jax
+
   from kmcl_jax.data import device_augment
-  images = jax.device_put(np.random.default_rng(0).integers(
-      0, 256, (_BATCH.value, image_size, image_size, 3), np.uint8))
-  augment = jax.jit(lambda images, step: device_augment.augment_batch(
-      images, device_augment.step_key(0, step)))
+
+  images = jax.device_put(
+    np.random.default_rng(0).integers(0, 256, (_BATCH.value, image_size, image_size, 3), np.uint8)
+  )
+  augment = jax.jit(
+    lambda images, step: device_augment.augment_batch(images, device_augment.step_key(0, step))
+  )
   cpu, wall = cpu_and_wall(lambda step: augment(images, step).block_until_ready(), 5)
   return 5 * _BATCH.value / cpu, 5 * _BATCH.value / wall, str(jax.devices()[0])
 
@@ -186,12 +225,16 @@ def print_stages(source: ImageFileSource) -> None:
   print(f"  {'sum':<36} {total:7.3f} ms = {1e3 / total:6.1f} img/s per core")
   for augment_on in pipeline.AUGMENT_ON:
     per_cpu, per_wall = whole_path_rate(source, size, augment_on)
-    print(f"Whole path, augment_on={augment_on}, read in one thread: {per_cpu:6.1f} img/s per "
-          f"core ({per_wall:.1f} img/s wall)")
+    print(
+      f"Whole path, augment_on={augment_on}, read in one thread: {per_cpu:6.1f} img/s per "
+      f"core ({per_wall:.1f} img/s wall)"
+    )
   if _DEVICE.value:
     per_cpu, per_wall, device = device_augment_rate(size)
-    print(f"Device augmentation (Cutout + RandAugment in JAX) on {device}: {per_wall:6.1f} img/s "
-          f"wall, {per_cpu:.1f} img/s per CPU-second")
+    print(
+      f"Device augmentation (Cutout + RandAugment in JAX) on {device}: {per_wall:6.1f} img/s "
+      f"wall, {per_cpu:.1f} img/s per CPU-second"
+    )
 
 
 def print_header_check(folder: str, count: int) -> None:
@@ -202,14 +245,22 @@ def print_header_check(folder: str, count: int) -> None:
     paths.append(os.path.join(folder, f"h{i:06d}.jpg"))
     Image.fromarray(rng.integers(0, 256, (48, 64, 3), np.uint8)).save(paths[-1], quality=90)
   labels = np.zeros((count, 1), np.float32)
-  source = ImageFileSource(paths=paths, labels=labels, ignore=labels > 0,
-                           ids=[str(i) for i in range(count)], class_names=["x"], name="headers")
+  source = ImageFileSource(
+    paths=paths,
+    labels=labels,
+    ignore=labels > 0,
+    ids=[str(i) for i in range(count)],
+    class_names=["x"],
+    name="headers",
+  )
   for threads in (1, _READ_THREADS.value, 8):
     start = time.perf_counter()
     pipeline.check_image_headers(source, skip_corrupt=False, threads=threads)
     seconds = time.perf_counter() - start
-    print(f"Header check, {count} files (page cache warm), {threads} threads: {seconds:.2f} s = "
-          f"{count / seconds:,.0f} images/s")
+    print(
+      f"Header check, {count} files (page cache warm), {threads} threads: {seconds:.2f} s = "
+      f"{count / seconds:,.0f} images/s"
+    )
 
 
 def main(argv):
@@ -219,14 +270,17 @@ def main(argv):
     raise app.UsageError(f"--images={_IMAGES.value} must be at least --batch={_BATCH.value}.")
   try:
     import torch
+
     torch.set_num_threads(1)
   except ImportError:
     torch = None
   with tempfile.TemporaryDirectory() as folder:
     source = write_photos(folder, _IMAGES.value)
-    print(f"{len(source)} JPEGs 500x375 -> {_IMAGE_SIZE.value} px, batch {_BATCH.value}, "
-          f"{_BATCHES.value} timed batches ({needed} images incl. warm-up), "
-          f"{os.cpu_count()} CPUs, grain reader threads {_READ_THREADS.value}")
+    print(
+      f"{len(source)} JPEGs 500x375 -> {_IMAGE_SIZE.value} px, batch {_BATCH.value}, "
+      f"{_BATCHES.value} timed batches ({needed} images incl. warm-up), "
+      f"{os.cpu_count()} CPUs, grain reader threads {_READ_THREADS.value}"
+    )
     if _STAGES.value:
       print_stages(source)
     if _HEADER_FILES.value:

@@ -19,9 +19,12 @@ def random_batch(batch: int, image_size: int, classes: int, seed: int = 0) -> di
   rng = np.random.default_rng(seed)
   labels = rng.random((batch, classes)) < 2.0 / classes
   labels[np.arange(batch), rng.integers(0, classes, batch)] = True
-  return {"image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
-          "labels": labels.astype(np.float32), "ignore": np.zeros((batch, classes), bool),
-          "skipped": np.zeros((batch,), np.int32)}
+  return {
+    "image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
+    "labels": labels.astype(np.float32),
+    "ignore": np.zeros((batch, classes), bool),
+    "skipped": np.zeros((batch,), np.int32),
+  }
 
 
 def write_photos(folder: str, count: int) -> ImageFileSource:
@@ -36,6 +39,11 @@ def write_photos(folder: str, count: int) -> ImageFileSource:
     paths.append(os.path.join(folder, f"{i:06d}.jpg"))
     Image.fromarray(pixels).save(paths[-1], quality=90)
   labels = (rng.random((count, 20)) < 0.15).astype(np.float32)
-  return ImageFileSource(paths=paths, labels=labels, ignore=np.zeros_like(labels, bool),
-                         ids=[str(i) for i in range(count)],
-                         class_names=[str(k) for k in range(20)], name="benchmark photos")
+  return ImageFileSource(
+    paths=paths,
+    labels=labels,
+    ignore=np.zeros_like(labels, bool),
+    ids=[str(i) for i in range(count)],
+    class_names=[str(k) for k in range(20)],
+    name="benchmark photos",
+  )

@@ -19,11 +19,16 @@ import jax
 from absl import app, flags
 
 from kmcl_jax import losses
-from kmcl_jax.benchmarks.loss_programs import (loss_parity, make_inputs, peak_temporary_bytes,
-                                              time_loss)
+from kmcl_jax.benchmarks.loss_programs import (
+  loss_parity,
+  make_inputs,
+  peak_temporary_bytes,
+  time_loss,
+)
 
 _BASELINE_DIR = flags.DEFINE_string(
-    "baseline_dir", None, "Checkout of mahdihosseini/KMCL to time side by side (needs torch).")
+  "baseline_dir", None, "Checkout of mahdihosseini/KMCL to time side by side (needs torch)."
+)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported).")
 _SIZES = flags.DEFINE_list("sizes", ["64x20x128", "128x80x128"], "BxKxD shapes to time.")
 _KERNELS = flags.DEFINE_list("kernels", list(losses.KERNELS), "Kernels to time.")
@@ -40,16 +45,23 @@ def _parse_size(text: str) -> tuple[int, int, int]:
 
 def main(argv):
   del argv
-  print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}, "
-        f"median of {_REPEATS.value} runs, forward + backward")
+  print(
+    f"JAX {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}, "
+    f"median of {_REPEATS.value} runs, forward + backward"
+  )
   header = f"{'kernel':<12} {'B':>4} {'K':>3} {'D':>4} {'JAX ms':>9}"
   if _BASELINE_DIR.value:
     import torch
-    header += (f" {'torch ms':>10} {'speedup':>8}" +
-               "".join(f" {'rel diff ' + t[:5]:>15}" for t in losses.TERMS) +
-               f" {'grad diff':>10}")
-    print(f"baseline: {_BASELINE_DIR.value} (torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, CPU)")
+
+    header += (
+      f" {'torch ms':>10} {'speedup':>8}"
+      + "".join(f" {'rel diff ' + t[:5]:>15}" for t in losses.TERMS)
+      + f" {'grad diff':>10}"
+    )
+    print(
+      f"baseline: {_BASELINE_DIR.value} (torch {torch.__version__}, "
+      f"{torch.get_num_threads()} threads, CPU)"
+    )
   print(header)
   for kernel in _KERNELS.value:
     for size in _SIZES.value:
@@ -59,18 +71,22 @@ def main(argv):
       if _BASELINE_DIR.value:
         parity = loss_parity(_BASELINE_DIR.value, kernel, inputs, _REPEATS.value)
         terms = parity["terms"].values()
-        row += (f" {parity['ours_ms']:>9.1f} {parity['theirs_ms']:>10.1f} "
-                f"{parity['speedup']:>7.1f}x" +
-                "".join(f" {t['value_rel_diff']:>15.2e}" for t in terms) +
-                f" {max(t['grad_rel_diff'] for t in terms):>10.2e}")
+        row += (
+          f" {parity['ours_ms']:>9.1f} {parity['theirs_ms']:>10.1f} "
+          f"{parity['speedup']:>7.1f}x"
+          + "".join(f" {t['value_rel_diff']:>15.2e}" for t in terms)
+          + f" {max(t['grad_rel_diff'] for t in terms):>10.2e}"
+        )
       else:
         row += f" {time_loss(inputs, kernel, _REPEATS.value)[0] * 1e3:>9.1f}"
       print(row, flush=True)
   batch, classes, dim = _parse_size(_MEMORY_SIZE.value)
   temp = peak_temporary_bytes(batch, classes, dim)
   block = losses.default_block_size(batch, dim, classes)
-  print(f"compiled temporaries, anisotropic B={batch} K={classes} D={dim} "
-        f"(default block {block}): {temp / 2**30:.3f} GiB")
+  print(
+    f"compiled temporaries, anisotropic B={batch} K={classes} D={dim} "
+    f"(default block {block}): {temp / 2**30:.3f} GiB"
+  )
 
 
 if __name__ == "__main__":

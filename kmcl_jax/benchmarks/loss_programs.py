@@ -28,11 +28,11 @@ def make_inputs(batch: int, classes: int, dim: int, kernel: str, seed: int = 0) 
   rng = np.random.default_rng(seed)
   gaussian_shape = (batch, dim, classes) if kernel == "anisotropic" else (batch, classes)
   return {
-      "features": rng.normal(size=(batch, dim)).astype(np.float32),
-      "pi": rng.normal(size=(batch, classes)).astype(np.float32),
-      "mu": rng.normal(scale=0.5, size=gaussian_shape).astype(np.float32),
-      "var": (2.0 + rng.exponential(size=gaussian_shape)).astype(np.float32),
-      "labels": (rng.random((batch, classes)) < min(1.0, 3.0 / classes)).astype(np.float32),
+    "features": rng.normal(size=(batch, dim)).astype(np.float32),
+    "pi": rng.normal(size=(batch, classes)).astype(np.float32),
+    "mu": rng.normal(scale=0.5, size=gaussian_shape).astype(np.float32),
+    "var": (2.0 + rng.exponential(size=gaussian_shape)).astype(np.float32),
+    "labels": (rng.random((batch, classes)) < min(1.0, 3.0 / classes)).astype(np.float32),
   }
 
 
@@ -46,8 +46,9 @@ def jax_value_and_grad(kernel: str, block_size=None, mesh=None):
   outputs)); with `mesh`, the contrastive anchors are split over its `DATA_AXIS`."""
 
   def loss(features, pi, mu, var, labels):
-    return losses.kmcl_loss(features, pi, mu, var, labels, kernel=kernel,
-                            block_size=block_size, mesh=mesh)
+    return losses.kmcl_loss(
+      features, pi, mu, var, labels, kernel=kernel, block_size=block_size, mesh=mesh
+    )
 
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
 
@@ -63,8 +64,14 @@ def time_loss(inputs: dict, kernel: str, repeats: int, mesh=None) -> tuple[float
   return median_seconds(lambda: jax.block_until_ready(step(*args)), repeats), float(total)
 
 
-def compiled_value_and_grad(batch: int, classes: int, dim: int, kernel: str = "anisotropic",
-                            mesh=None, split_anchors: bool = True):
+def compiled_value_and_grad(
+  batch: int,
+  classes: int,
+  dim: int,
+  kernel: str = "anisotropic",
+  mesh=None,
+  split_anchors: bool = True,
+):
   """The compiled value-and-grad at this size (default block size), for abstract inputs.
 
   With `mesh`, the inputs are sharded over its `DATA_AXIS` and, if `split_anchors`, so
@@ -72,14 +79,17 @@ def compiled_value_and_grad(batch: int, classes: int, dim: int, kernel: str = "a
   """
   shapes = make_inputs(1, classes, dim, kernel)
   sharding = None if mesh is None else NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-  specs = [jax.ShapeDtypeStruct((batch,) + shapes[k].shape[1:], jnp.float32, sharding=sharding)
-           for k in LOSS_INPUTS]
+  specs = [
+    jax.ShapeDtypeStruct((batch,) + shapes[k].shape[1:], jnp.float32, sharding=sharding)
+    for k in LOSS_INPUTS
+  ]
   step = jax_value_and_grad(kernel, mesh=mesh if split_anchors else None)
   return step.lower(*specs).compile()
 
 
-def peak_temporary_bytes(batch: int, classes: int, dim: int, kernel: str = "anisotropic",
-                         mesh=None) -> int:
+def peak_temporary_bytes(
+  batch: int, classes: int, dim: int, kernel: str = "anisotropic", mesh=None
+) -> int:
   """Compiled temporary memory of value-and-grad at this size (per device with `mesh`)."""
   compiled = compiled_value_and_grad(batch, classes, dim, kernel, mesh)
   return int(compiled.memory_analysis().temp_size_in_bytes)
@@ -101,11 +111,13 @@ def relative_difference(ours, theirs) -> float:
 def _synchronize(on_gpu: bool) -> None:
   if on_gpu:
     import torch
+
     torch.cuda.synchronize()
 
 
-def loss_parity(baseline_dir: str, kernel: str, inputs: dict, repeats: int,
-                on_gpu: bool = False) -> dict:
+def loss_parity(
+  baseline_dir: str, kernel: str, inputs: dict, repeats: int, on_gpu: bool = False
+) -> dict:
   """Ours (`losses.kmcl_loss`) against their `KMCL_Loss` on `inputs` (`make_inputs`),
   both in float32.
 
@@ -121,9 +133,11 @@ def loss_parity(baseline_dir: str, kernel: str, inputs: dict, repeats: int,
   args = loss_arguments(inputs)
   ours = {}
   for term in losses.TERMS:
-    value_and_grad = jax.jit(jax.value_and_grad(
-        lambda *a, term=term: losses.kmcl_loss(*a, kernel=kernel)[1][term],
-        argnums=(0, 1, 2, 3)))
+    value_and_grad = jax.jit(
+      jax.value_and_grad(
+        lambda *a, term=term: losses.kmcl_loss(*a, kernel=kernel)[1][term], argnums=(0, 1, 2, 3)
+      )
+    )
     value, grads = value_and_grad(*args)
     ours[term] = (float(value), [np.asarray(g) for g in grads])
   ours_seconds, _ = time_loss(inputs, kernel, repeats)
@@ -140,14 +154,23 @@ def loss_parity(baseline_dir: str, kernel: str, inputs: dict, repeats: int,
     leaves, terms = forward()
     for term in losses.TERMS:
       grads = torch.autograd.grad(terms[term], leaves, retain_graph=True, allow_unused=True)
-      theirs = [np.zeros(leaf.shape, np.float32) if g is None else g.detach().cpu().numpy()
-                for leaf, g in zip(leaves, grads, strict=True)]
+      theirs = [
+        np.zeros(leaf.shape, np.float32) if g is None else g.detach().cpu().numpy()
+        for leaf, g in zip(leaves, grads, strict=True)
+      ]
       value, ours_grads = ours[term]
       rows[term] = {
-          "ours": value, "theirs": terms[term].item(),
-          "value_rel_diff": relative_difference(value, terms[term].item()),
-          "grad_rel_diff": max(relative_difference(o, t)
-                               for o, t in zip(ours_grads, theirs, strict=True))}
+        "ours": value,
+        "theirs": terms[term].item(),
+        "value_rel_diff": relative_difference(value, terms[term].item()),
+        "grad_rel_diff": max(
+          relative_difference(o, t) for o, t in zip(ours_grads, theirs, strict=True)
+        ),
+      }
     theirs_seconds = median_seconds(forward_backward, repeats)
-  return {"terms": rows, "ours_ms": ours_seconds * 1e3, "theirs_ms": theirs_seconds * 1e3,
-          "speedup": theirs_seconds / ours_seconds}
+  return {
+    "terms": rows,
+    "ours_ms": ours_seconds * 1e3,
+    "theirs_ms": theirs_seconds * 1e3,
+    "speedup": theirs_seconds / ours_seconds,
+  }

@@ -28,14 +28,17 @@ from kmcl_jax.benchmarks import loss_programs
 from kmcl_jax.mesh import create_mesh
 
 _SIMULATED = flags.DEFINE_integer("simulated_devices", 64, "CPU devices to simulate.")
-_MEMORY_DEVICES = flags.DEFINE_list("memory_devices", ["8", "64"],
-                                    "Mesh sizes of the memory table.")
-_MEMORY_BATCHES = flags.DEFINE_list("memory_batches", ["1024", "4096"],
-                                    "Global batches of the memory table.")
+_MEMORY_DEVICES = flags.DEFINE_list(
+  "memory_devices", ["8", "64"], "Mesh sizes of the memory table."
+)
+_MEMORY_BATCHES = flags.DEFINE_list(
+  "memory_batches", ["1024", "4096"], "Global batches of the memory table."
+)
 _CLASSES = flags.DEFINE_integer("classes", 80, "K.")
 _DIM = flags.DEFINE_integer("dim", 128, "D.")
-_TIME_DEVICES = flags.DEFINE_list("time_devices", ["1", "2", "4", "8"],
-                                  "Mesh sizes of the time table.")
+_TIME_DEVICES = flags.DEFINE_list(
+  "time_devices", ["1", "2", "4", "8"], "Mesh sizes of the time table."
+)
 _TIME_BATCH = flags.DEFINE_integer("time_batch", 256, "Global batch of the time table.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported).")
 
@@ -63,15 +66,20 @@ def main(argv):
 
   def mesh_of(devices: int):
     if devices > jax.device_count():
-      raise app.UsageError(f"--simulated_devices={jax.device_count()} is fewer than the "
-                           f"{devices} devices asked for.")
+      raise app.UsageError(
+        f"--simulated_devices={jax.device_count()} is fewer than the {devices} devices asked for."
+      )
     return create_mesh(jax.devices()[:devices])
 
   classes, dim = _CLASSES.value, _DIM.value
-  print(f"JAX {jax.__version__}, {jax.device_count()} simulated {jax.devices()[0].device_kind} "
-        f"devices; kmcl_loss value-and-gradient, anisotropic, K={classes}, D={dim}")
-  print(f"{'devices':>7} {'batch':>6} {'rows/device':>11} {'block':>5} {'split GiB':>9} "
-        f"{'auto GiB':>8} {'split collectives (in loops)':>28} {'auto collectives (in loops)':>27}")
+  print(
+    f"JAX {jax.__version__}, {jax.device_count()} simulated {jax.devices()[0].device_kind} "
+    f"devices; kmcl_loss value-and-gradient, anisotropic, K={classes}, D={dim}"
+  )
+  print(
+    f"{'devices':>7} {'batch':>6} {'rows/device':>11} {'block':>5} {'split GiB':>9} "
+    f"{'auto GiB':>8} {'split collectives (in loops)':>28} {'auto collectives (in loops)':>27}"
+  )
   for devices in (int(d) for d in _MEMORY_DEVICES.value):
     for batch in (int(b) for b in _MEMORY_BATCHES.value):
       row = f"{devices:>7} {batch:>6} {batch // devices:>11} "
@@ -79,11 +87,14 @@ def main(argv):
       counts = []
       for split in (True, False):
         compiled = loss_programs.compiled_value_and_grad(
-            batch, classes, dim, mesh=mesh_of(devices), split_anchors=split)
+          batch, classes, dim, mesh=mesh_of(devices), split_anchors=split
+        )
         row += f" {compiled.memory_analysis().temp_size_in_bytes / 2**30:>{9 if split else 8}.3g}"
         counts.append(collective_counts(compiled.as_text()))
-      row += "".join(f" {f'{total} ({in_loops})':>{width}}"
-                     for (total, in_loops), width in zip(counts, (28, 27)))
+      row += "".join(
+        f" {f'{total} ({in_loops})':>{width}}"
+        for (total, in_loops), width in zip(counts, (28, 27), strict=True)
+      )
       print(row, flush=True)
 
   batch = _TIME_BATCH.value
@@ -91,8 +102,9 @@ def main(argv):
   print(f"\nsplit loss, batch {batch}, median of {_REPEATS.value} runs")
   print(f"{'devices':>7} {'ms':>8} {'total':>10}")
   for devices in (int(d) for d in _TIME_DEVICES.value):
-    seconds, total = loss_programs.time_loss(inputs, "anisotropic", _REPEATS.value,
-                                             mesh_of(devices))
+    seconds, total = loss_programs.time_loss(
+      inputs, "anisotropic", _REPEATS.value, mesh_of(devices)
+    )
     print(f"{devices:>7} {seconds * 1e3:>8.1f} {total:>10.5f}", flush=True)
 
 

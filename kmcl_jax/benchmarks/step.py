@@ -50,22 +50,34 @@ from absl import app, flags
 
 from kmcl_jax import optim
 from kmcl_jax.benchmarks.inputs import write_photos
-from kmcl_jax.benchmarks.step_programs import (CLASSES, measure_backbone,
-                                               measure_fed_train_step, measure_train_step,
-                                               step_config)
+from kmcl_jax.benchmarks.step_programs import (
+  CLASSES,
+  measure_backbone,
+  measure_fed_train_step,
+  measure_train_step,
+  step_config,
+)
 from kmcl_jax.data import pipeline
 
 _ARCH = flags.DEFINE_string("arch", "tresnet_m", "Backbone.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Image side in pixels.")
-_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"],
-                           "Compute dtype of the backbone (config.dtype).")
+_DTYPE = flags.DEFINE_enum(
+  "dtype", "bfloat16", ["float32", "bfloat16"], "Compute dtype of the backbone (config.dtype)."
+)
 _BATCHES = flags.DEFINE_list("batches", ["64", "128", "256"], "Global batch sizes to time.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed steps per program and batch size.")
-_UPDATE_LAYOUTS = flags.DEFINE_list("update_layouts", list(optim.UPDATE_LAYOUTS),
-                                    "config.update_layout values to time the train step with.")
+_UPDATE_LAYOUTS = flags.DEFINE_list(
+  "update_layouts",
+  list(optim.UPDATE_LAYOUTS),
+  "config.update_layout values to time the train step with.",
+)
 _PROFILE = flags.DEFINE_string("profile", "", "Also write jax.profiler traces here.")
-_DATA = flags.DEFINE_enum("data", "synthetic", ["synthetic", "voc-like"],
-                          "voc-like: also time the step fed by the grain pipeline.")
+_DATA = flags.DEFINE_enum(
+  "data",
+  "synthetic",
+  ["synthetic", "voc-like"],
+  "voc-like: also time the step fed by the grain pipeline.",
+)
 _IMAGES = flags.DEFINE_integer("images", 512, "JPEG files written for --data=voc-like.")
 _WORKERS = flags.DEFINE_integer("workers", 4, "grain worker processes for --data=voc-like.")
 _READ_THREADS = flags.DEFINE_integer("read_threads", 8, "grain reader threads (--data=voc-like).")
@@ -80,15 +92,22 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   device = jax.devices()[0]
   batches = [int(b) for b in _BATCHES.value]
-  print(f"{_ARCH.value} {_IMAGE_SIZE.value} px, {_DTYPE.value}, K={CLASSES}; "
-        f"{device.device_kind} x{jax.device_count()}, JAX {jax.__version__}; "
-        f"{_REPEATS.value} steps back to back per row")
-  print(f"{'program':<11} {'layout':<8} {'batch':>5} {'img/s':>9} {'ms/step':>9} "
-        f"{'dispatch ms':>11} {'GFLOP/img':>9} {'% peak':>6} {'XLA GiB':>7} "
-        f"{'device GiB':>10} {'vs backbone':>11}")
+  print(
+    f"{_ARCH.value} {_IMAGE_SIZE.value} px, {_DTYPE.value}, K={CLASSES}; "
+    f"{device.device_kind} x{jax.device_count()}, JAX {jax.__version__}; "
+    f"{_REPEATS.value} steps back to back per row"
+  )
+  print(
+    f"{'program':<11} {'layout':<8} {'batch':>5} {'img/s':>9} {'ms/step':>9} "
+    f"{'dispatch ms':>11} {'GFLOP/img':>9} {'% peak':>6} {'XLA GiB':>7} "
+    f"{'device GiB':>10} {'vs backbone':>11}"
+  )
   for batch in batches:
-    rows = [measure_backbone(_ARCH.value, _DTYPE.value, batch, _IMAGE_SIZE.value,
-                             _REPEATS.value, _PROFILE.value)]
+    rows = [
+      measure_backbone(
+        _ARCH.value, _DTYPE.value, batch, _IMAGE_SIZE.value, _REPEATS.value, _PROFILE.value
+      )
+    ]
     for layout in _UPDATE_LAYOUTS.value:
       config = step_config(_ARCH.value, _IMAGE_SIZE.value, _DTYPE.value, batch, layout)
       rows.append(measure_train_step(config, _REPEATS.value, _PROFILE.value))
@@ -96,35 +115,49 @@ def main(argv):
     for row in rows:
       fraction = row.peak_fraction(device.device_kind)
       ratio = row.images_per_second / backbone_rate if row.program != "backbone" else None
-      print(f"{row.program:<11} {row.layout:<8} {row.batch:>5} {row.images_per_second:>9.1f} "
-            f"{row.timing.seconds * 1e3:>9.1f} {row.timing.dispatch_seconds * 1e3:>11.2f} "
-            f"{_format(row.flops_per_image and row.flops_per_image / 1e9, '.2f'):>9} "
-            f"{_format(fraction and 100 * fraction, '.1f'):>6} "
-            f"{row.compiled_bytes / 2**30:>7.2f} "
-            f"{_format(row.device_peak_bytes and row.device_peak_bytes / 2**30, '.2f'):>10} "
-            f"{_format(ratio, '.2f'):>11}", flush=True)
+      print(
+        f"{row.program:<11} {row.layout:<8} {row.batch:>5} {row.images_per_second:>9.1f} "
+        f"{row.timing.seconds * 1e3:>9.1f} {row.timing.dispatch_seconds * 1e3:>11.2f} "
+        f"{_format(row.flops_per_image and row.flops_per_image / 1e9, '.2f'):>9} "
+        f"{_format(fraction and 100 * fraction, '.1f'):>6} "
+        f"{row.compiled_bytes / 2**30:>7.2f} "
+        f"{_format(row.device_peak_bytes and row.device_peak_bytes / 2**30, '.2f'):>10} "
+        f"{_format(ratio, '.2f'):>11}",
+        flush=True,
+      )
   if _DATA.value == "voc-like":
     batch = batches[0]
-    config = step_config(_ARCH.value, _IMAGE_SIZE.value, _DTYPE.value, batch,
-                         _UPDATE_LAYOUTS.value[0])
+    config = step_config(
+      _ARCH.value, _IMAGE_SIZE.value, _DTYPE.value, batch, _UPDATE_LAYOUTS.value[0]
+    )
     with tempfile.TemporaryDirectory() as folder:
       source = write_photos(folder, _IMAGES.value)
       dataset = pipeline.train_dataset(
-          source, seed=0, global_batch=batch, image_size=_IMAGE_SIZE.value,
-          cutout_factor=config.data.cutout, augment=config.data.augment, process_index=0,
-          process_count=1, worker_count=_WORKERS.value, read_threads=_READ_THREADS.value)
+        source,
+        seed=0,
+        global_batch=batch,
+        image_size=_IMAGE_SIZE.value,
+        cutout_factor=config.data.cutout,
+        augment=config.data.augment,
+        process_index=0,
+        process_count=1,
+        worker_count=_WORKERS.value,
+        read_threads=_READ_THREADS.value,
+      )
       host_batches = iter(dataset)
       try:
         result = measure_fed_train_step(config, host_batches, _REPEATS.value)
       finally:
         getattr(host_batches, "close", lambda: None)()
     fed, resident = result["fed"], result["resident"]
-    print(f"\nfed by grain ({_IMAGES.value} JPEGs 500x375, {_WORKERS.value} workers, "
-          f"{_READ_THREADS.value} reader threads), batch {batch}, layout {config.update_layout}: "
-          f"{fed.seconds * 1e3:.1f} ms/step ({batch / fed.seconds:.1f} img/s), of which "
-          f"{fed.wait_seconds * 1e3:.1f} ms waiting for the next batch; one resident batch: "
-          f"{resident.seconds * 1e3:.1f} ms/step; input-bound: "
-          f"{'yes' if result['input_bound'] else 'no'}")
+    print(
+      f"\nfed by grain ({_IMAGES.value} JPEGs 500x375, {_WORKERS.value} workers, "
+      f"{_READ_THREADS.value} reader threads), batch {batch}, layout {config.update_layout}: "
+      f"{fed.seconds * 1e3:.1f} ms/step ({batch / fed.seconds:.1f} img/s), of which "
+      f"{fed.wait_seconds * 1e3:.1f} ms waiting for the next batch; one resident batch: "
+      f"{resident.seconds * 1e3:.1f} ms/step; input-bound: "
+      f"{'yes' if result['input_bound'] else 'no'}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ CLASSES = 20  # VOC
 PROFILED_STEPS = 3
 # Dense bfloat16 peak of one chip, FLOP/s, by jax Device.device_kind (vendor figures).
 PEAK_BF16_FLOPS = {
-    "NVIDIA H100 80GB HBM3": 989e12,  # H100 SXM
-    "NVIDIA H200": 989e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,  # v5e
-    "TPU v5": 459e12,  # v5p
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,  # v6e
+  "NVIDIA H100 80GB HBM3": 989e12,  # H100 SXM
+  "NVIDIA H200": 989e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,  # v5e
+  "TPU v5": 459e12,  # v5p
+  "TPU v5p": 459e12,
+  "TPU v6 lite": 918e12,  # v6e
 }
 
 
@@ -43,6 +43,7 @@ PEAK_BF16_FLOPS = {
 class Timing:
   """Wall seconds per step of `steps` steps run back to back (`seconds`), of which the
   host spent `dispatch_seconds` in the step call and `wait_seconds` getting the batch."""
+
   steps: int
   seconds: float
   dispatch_seconds: float
@@ -54,6 +55,7 @@ class Measurement:
   """One program at one batch size: its timing, XLA's FLOPs per call (None where the
   backend gives none), compiled memory and the device's peak memory (bytes, None where
   the device reports none)."""
+
   program: str
   layout: str
   batch: int
@@ -76,8 +78,9 @@ class Measurement:
     return self.flops / self.timing.seconds / peak if self.flops and peak else None
 
 
-def step_config(arch: str, image_size: int, dtype: str, batch: int,
-                update_layout: str = "auto") -> ml_collections.ConfigDict:
+def step_config(
+  arch: str, image_size: int, dtype: str, batch: int, update_layout: str = "auto"
+) -> ml_collections.ConfigDict:
   """The VOC recipe (`config.defaults()`) with this backbone, image size, compute dtype,
   global batch and update layout; 1,000 scheduled steps. At another batch than the
   recipe's, the EMA decay and the ASL balance adapt as in training."""
@@ -92,8 +95,12 @@ def compiled_bytes(compiled) -> int:
   """Arguments + outputs + temporaries of a compiled program, less donated arguments
   that its outputs reuse: what it needs on the device while it runs."""
   memory = compiled.memory_analysis()
-  return int(memory.argument_size_in_bytes + memory.output_size_in_bytes
-             - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+  return int(
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    - memory.alias_size_in_bytes
+    + memory.temp_size_in_bytes
+  )
 
 
 def device_peak_bytes() -> int | None:
@@ -102,8 +109,9 @@ def device_peak_bytes() -> int | None:
   return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-def run_steps(step: Callable, carry, next_batch: Callable[[], object], steps: int,
-              annotate: str | None = None):
+def run_steps(
+  step: Callable, carry, next_batch: Callable[[], object], steps: int, annotate: str | None = None
+):
   """(carry, Timing) of `steps` calls carry = step(carry, next_batch()) back to back, one
   wait for the device at the end; with `annotate`, each step is named in a profile."""
   dispatch = wait = 0.0
@@ -112,23 +120,31 @@ def run_steps(step: Callable, carry, next_batch: Callable[[], object], steps: in
     before_batch = time.perf_counter()
     batch = next_batch()
     before_call = time.perf_counter()
-    with (jax.profiler.StepTraceAnnotation(annotate, step_num=i) if annotate
-          else contextlib.nullcontext()):
+    with (
+      jax.profiler.StepTraceAnnotation(annotate, step_num=i)
+      if annotate
+      else contextlib.nullcontext()
+    ):
       carry = step(carry, batch)
     wait += before_call - before_batch
     dispatch += time.perf_counter() - before_call
   jax.block_until_ready(carry)
   seconds = time.perf_counter() - start
-  return carry, Timing(steps=steps, seconds=seconds / steps, dispatch_seconds=dispatch / steps,
-                       wait_seconds=wait / steps)
+  return carry, Timing(
+    steps=steps,
+    seconds=seconds / steps,
+    dispatch_seconds=dispatch / steps,
+    wait_seconds=wait / steps,
+  )
 
 
 def train_step_program(config: ml_collections.ConfigDict):
   """(step(carry, batch) -> carry, initial carry, compiled program, mesh) of the config's
   jitted train step; carry is (state, metrics), the state donated to each step."""
   model = create_model(config, CLASSES)
-  optimizer = optim.create_optimizer(config.optim, config.train_steps, config.batch_size,
-                                     config.recipe_batch)
+  optimizer = optim.create_optimizer(
+    config.optim, config.train_steps, config.batch_size, config.recipe_batch
+  )
   mesh = create_mesh()
   state = initial_state(config, model, optimizer, replicated(mesh))
   train_step, _ = jit_steps(config, model, optimizer, mesh, state)
@@ -147,17 +163,20 @@ def backbone_program(arch: str, dtype: str, batch: int, image_size: int):
   backbone's training pass: d mean(pooled features) / d parameters, batch statistics.
   carry holds the variables and the last gradients; images are float32 on the device."""
   model = create_backbone(arch, dtype=jnp.dtype(dtype))
-  images = jnp.asarray(np.random.default_rng(0).normal(
-      size=(batch, image_size, image_size, 3)).astype(np.float32))
+  images = jnp.asarray(
+    np.random.default_rng(0).normal(size=(batch, image_size, image_size, 3)).astype(np.float32)
+  )
   variables = jax.jit(lambda x: model.init(jax.random.key(0), x[:1]))(images)
 
   def loss(params, batch_stats, x):
-    features, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                              mutable=["batch_stats"])
+    features, _ = model.apply(
+      {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+    )
     return jnp.mean(features)
 
-  compiled = jax.jit(jax.grad(loss)).lower(variables["params"], variables["batch_stats"],
-                                           images).compile()
+  compiled = (
+    jax.jit(jax.grad(loss)).lower(variables["params"], variables["batch_stats"], images).compile()
+  )
 
   def step(carry, x):
     variables, _ = carry
@@ -166,8 +185,9 @@ def backbone_program(arch: str, dtype: str, batch: int, image_size: int):
   return step, (variables, None), compiled, images
 
 
-def measure_train_step(config: ml_collections.ConfigDict, repeats: int,
-                       profile: str = "") -> Measurement:
+def measure_train_step(
+  config: ml_collections.ConfigDict, repeats: int, profile: str = ""
+) -> Measurement:
   """The config's train step on one device-resident random batch, warm-up excluded."""
   step, carry, compiled, mesh = train_step_program(config)
   batch = to_global_batch(random_batch(config.batch_size, config.data.image_size, CLASSES), mesh)
@@ -175,16 +195,27 @@ def measure_train_step(config: ml_collections.ConfigDict, repeats: int,
   carry, timing = run_steps(step, carry, lambda: batch, repeats)
   if profile:
     with jax.profiler.trace(profile):
-      run_steps(step, carry, lambda: batch, PROFILED_STEPS,
-                annotate=f"train_step_{config.update_layout}_{config.batch_size}")
-  return Measurement(program="train step", layout=config.update_layout,
-                     batch=config.batch_size, timing=timing, flops=flops(compiled),
-                     compiled_bytes=compiled_bytes(compiled),
-                     device_peak_bytes=device_peak_bytes())
+      run_steps(
+        step,
+        carry,
+        lambda: batch,
+        PROFILED_STEPS,
+        annotate=f"train_step_{config.update_layout}_{config.batch_size}",
+      )
+  return Measurement(
+    program="train step",
+    layout=config.update_layout,
+    batch=config.batch_size,
+    timing=timing,
+    flops=flops(compiled),
+    compiled_bytes=compiled_bytes(compiled),
+    device_peak_bytes=device_peak_bytes(),
+  )
 
 
-def measure_backbone(arch: str, dtype: str, batch: int, image_size: int, repeats: int,
-                     profile: str = "") -> Measurement:
+def measure_backbone(
+  arch: str, dtype: str, batch: int, image_size: int, repeats: int, profile: str = ""
+) -> Measurement:
   """The backbone's training pass, warm-up excluded."""
   step, carry, compiled, images = backbone_program(arch, dtype, batch, image_size)
   carry, _ = run_steps(step, carry, lambda: images, 1)
@@ -192,13 +223,20 @@ def measure_backbone(arch: str, dtype: str, batch: int, image_size: int, repeats
   if profile:
     with jax.profiler.trace(profile):
       run_steps(step, carry, lambda: images, PROFILED_STEPS, annotate=f"backbone_{batch}")
-  return Measurement(program="backbone", layout="-", batch=batch, timing=timing,
-                     flops=flops(compiled), compiled_bytes=compiled_bytes(compiled),
-                     device_peak_bytes=device_peak_bytes())
+  return Measurement(
+    program="backbone",
+    layout="-",
+    batch=batch,
+    timing=timing,
+    flops=flops(compiled),
+    compiled_bytes=compiled_bytes(compiled),
+    device_peak_bytes=device_peak_bytes(),
+  )
 
 
-def measure_fed_train_step(config: ml_collections.ConfigDict, host_batches: Iterator[dict],
-                           repeats: int) -> dict:
+def measure_fed_train_step(
+  config: ml_collections.ConfigDict, host_batches: Iterator[dict], repeats: int
+) -> dict:
   """The config's train step fed by `host_batches` (this host's NumPy batches), against
   the same step on one device-resident batch. Returns {"fed": Timing, "resident": Timing,
   "input_bound": bool}: input-bound when the fed step is over a tenth slower and the loop
@@ -208,12 +246,13 @@ def measure_fed_train_step(config: ml_collections.ConfigDict, host_batches: Iter
   def next_fed():
     return to_global_batch(next(host_batches), mesh)
 
-  resident = to_global_batch(random_batch(config.batch_size, config.data.image_size, CLASSES),
-                             mesh)
+  resident = to_global_batch(random_batch(config.batch_size, config.data.image_size, CLASSES), mesh)
   carry, _ = run_steps(step, carry, next_fed, 2)  # compiled already; warms up the readers
   carry, fed = run_steps(step, carry, next_fed, repeats)
   carry, resident_timing = run_steps(step, carry, lambda: resident, repeats)
   slower = fed.seconds - resident_timing.seconds
-  return {"fed": fed, "resident": resident_timing,
-          "input_bound": bool(slower > 0.1 * resident_timing.seconds
-                              and fed.wait_seconds > 0.5 * slower)}
+  return {
+    "fed": fed,
+    "resident": resident_timing,
+    "input_bound": bool(slower > 0.1 * resident_timing.seconds and fed.wait_seconds > 0.5 * slower),
+  }

@@ -26,7 +26,8 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax
 import jax
@@ -67,8 +68,11 @@ def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
 def normalise_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Array]:
   """Unwraps nesting, drops a DataParallel "module." prefix, converts values to NumPy."""
   flat = _unwrap(state_dict)
-  return {(k[len("module."):] if k.startswith("module.") else k): _to_numpy(v)
-          for k, v in flat.items() if not k.endswith("num_batches_tracked")}
+  return {
+    (k[len("module.") :] if k.startswith("module.") else k): _to_numpy(v)
+    for k, v in flat.items()
+    if not k.endswith("num_batches_tracked")
+  }
 
 
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".pth.tar")
@@ -76,7 +80,7 @@ TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".pth.tar")
 # What a weights-only torch.load reads besides tensors, dicts, lists, tuples, numbers,
 # strings and None: plain data classes that a known checkpoint format stores, no more.
 SAFE_EXTRA_TYPES = (
-    argparse.Namespace,  # timm's train.py checkpoints (last.pth.tar): its arguments, "args"
+  argparse.Namespace,  # timm's train.py checkpoints (last.pth.tar): its arguments, "args"
 )
 
 
@@ -100,11 +104,15 @@ def _load_torch_file(path: str, allow_unsafe_pickle: bool) -> Any:
   try:
     import torch
   except ImportError as error:
-    raise ImportError(f"Reading {path!r} needs torch (pip install torch), or convert it to "
-                      ".safetensors first.") from error
+    raise ImportError(
+      f"Reading {path!r} needs torch (pip install torch), or convert it to .safetensors first."
+    ) from error
   if allow_unsafe_pickle:
-    logging.warning("--allow_unsafe_pickle: unpickling %s, which can run any code the file "
-                    "holds; do this only with a file from a source you trust.", path)
+    logging.warning(
+      "--allow_unsafe_pickle: unpickling %s, which can run any code the file "
+      "holds; do this only with a file from a source you trust.",
+      path,
+    )
     return torch.load(path, map_location="cpu", weights_only=False)
   with torch.serialization.safe_globals(list(SAFE_EXTRA_TYPES)):
     try:
@@ -112,10 +120,11 @@ def _load_torch_file(path: str, allow_unsafe_pickle: bool) -> Any:
     except pickle.UnpicklingError as error:
       refused = _refused_content(path, error)
       raise ValueError(
-          f"--src={path!r} contains {refused}, which a safe (weights-only) load does not "
-          "read: load it yourself in a session you trust and save its state dict as "
-          ".safetensors (safetensors.torch.save_file), or pass --allow_unsafe_pickle "
-          "if you trust the file.") from None
+        f"--src={path!r} contains {refused}, which a safe (weights-only) load does not "
+        "read: load it yourself in a session you trust and save its state dict as "
+        ".safetensors (safetensors.torch.save_file), or pass --allow_unsafe_pickle "
+        "if you trust the file."
+      ) from None
 
 
 def read_state_dict(path: str, allow_unsafe_pickle: bool = False) -> dict[str, Array]:
@@ -134,21 +143,27 @@ def read_state_dict(path: str, allow_unsafe_pickle: bool = False) -> dict[str, A
 
     return normalise_state_dict(load_file(path))
   if not path.endswith(TORCH_SUFFIXES):
-    raise ValueError(f"--src={path!r}: expected a .pth, .pt, .ckpt, .pth.tar or .safetensors "
-                     "file.")
+    raise ValueError(f"--src={path!r}: expected a .pth, .pt, .ckpt, .pth.tar or .safetensors file.")
   with open(path, "rb") as f:
     # torch.save writes a zip archive (torch >= 1.6) or, before, a protocol-2 pickle.
     if not (zipfile.is_zipfile(f) or f.seek(0) == 0 and f.read(1) == b"\x80"):
-      raise ValueError(f"--src={path!r} is not a PyTorch checkpoint (neither the zip archive "
-                       "nor the pickle that torch.save writes).")
+      raise ValueError(
+        f"--src={path!r} is not a PyTorch checkpoint (neither the zip archive "
+        "nor the pickle that torch.save writes)."
+      )
   content = _load_torch_file(path, allow_unsafe_pickle)
   state = _unwrap(content) if isinstance(content, Mapping) else content
-  if not (isinstance(state, Mapping) and state and all(
-      isinstance(k, str) and hasattr(v, "shape") for k, v in state.items())):
-    raise ValueError(f"--src={path!r} holds a {type(content).__name__}"
-                     f"{' without tensors by name' if isinstance(content, Mapping) else ''}, "
-                     "not a state dict (parameter names mapped to tensors), nor a checkpoint "
-                     "holding one under 'state_dict', 'model' or 'state_dict_ema'.")
+  if not (
+    isinstance(state, Mapping)
+    and state
+    and all(isinstance(k, str) and hasattr(v, "shape") for k, v in state.items())
+  ):
+    raise ValueError(
+      f"--src={path!r} holds a {type(content).__name__}"
+      f"{' without tensors by name' if isinstance(content, Mapping) else ''}, "
+      "not a state dict (parameter names mapped to tensors), nor a checkpoint "
+      "holding one under 'state_dict', 'model' or 'state_dict_ema'."
+    )
   return normalise_state_dict(content)
 
 
@@ -162,39 +177,48 @@ _DENSE = lambda w: w.T
 _SAME = lambda w: w
 _ABN_SCALE = lambda w: np.abs(w) + ABN_EPSILON
 
-_BN_NAMES = {("params", "scale"): "weight", ("params", "bias"): "bias",
-             ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
+_BN_NAMES = {
+  ("params", "scale"): "weight",
+  ("params", "bias"): "bias",
+  ("batch_stats", "mean"): "running_mean",
+  ("batch_stats", "var"): "running_var",
+}
 
 
 def detect_layout(backbone_state: Mapping[str, Array]) -> str:
-  """"timm" or "original" (ASL/KMCL with InPlaceABN) from the stem's key names."""
+  """ "timm" or "original" (ASL/KMCL with InPlaceABN) from the stem's key names."""
   if "body.conv1.conv.weight" in backbone_state:
     return "timm"
   if "body.conv1.0.weight" in backbone_state:
     return "original"
-  raise ValueError("Unrecognised TResNet checkpoint: expected body.conv1.conv.weight (timm) "
-                   "or body.conv1.0.weight (original ASL/KMCL layout).")
+  raise ValueError(
+    "Unrecognised TResNet checkpoint: expected body.conv1.conv.weight (timm) "
+    "or body.conv1.0.weight (original ASL/KMCL layout)."
+  )
 
 
 def _is_strided(stage: int, block: int, conv: str, bottleneck_stages: Sequence[bool]) -> bool:
   """Whether this conv is the anti-aliased stride-2 one: in the first block of layers 2-4,
   conv2 of a Bottleneck, conv1 of a BasicBlock."""
-  return stage >= 2 and block == 0 and conv == (
-      "conv2" if bottleneck_stages[stage - 1] else "conv1")
+  return (
+    stage >= 2 and block == 0 and conv == ("conv2" if bottleneck_stages[stage - 1] else "conv1")
+  )
 
 
-def _backbone_key(path: tuple[str, ...], collection: str, layout: str,
-                  bottleneck_stages: Sequence[bool]) -> tuple[str, Callable]:
+def _backbone_key(
+  path: tuple[str, ...], collection: str, layout: str, bottleneck_stages: Sequence[bool]
+) -> tuple[str, Callable]:
   """PyTorch key of one backbone leaf, e.g. ("layer2_0", "conv1", "bn", "scale"), in a
   TResNet whose stage s (1-4) has Bottleneck blocks where bottleneck_stages[s - 1]."""
   if path[0] == "conv1":
     prefix, stage, block, rest = "body.conv1", 0, 0, path[1:]
   else:
-    stage, block = (int(v) for v in path[0][len("layer"):].split("_"))
+    stage, block = (int(v) for v in path[0][len("layer") :].split("_"))
     prefix, rest = f"body.layer{stage}.{block}.{path[1]}", path[2:]
     if path[1] == "se":  # ("layerS_I", "se", "fc1", "kernel" | "bias")
       return f"{prefix}.{rest[0]}.{'weight' if rest[1] == 'kernel' else 'bias'}", (
-          _POINTWISE if rest[1] == "kernel" else _SAME)
+        _POINTWISE if rest[1] == "kernel" else _SAME
+      )
   conv = path[1] if path[0] != "conv1" else "conv1"
   # Shortcuts are Sequential([AvgPool,] conv + norm): in the strided layers 2-4 the conv
   # sits at index 1; in layer 1 (Bottlenecks widening 64 -> 256 channels, L-v2) at 0.
@@ -219,10 +243,12 @@ def _head_key(path: tuple[str, ...]) -> tuple[str, Callable]:
   leaf = path[-1]
   if path[0] == "projection":  # the reference's Conv1d(C, D, 1) "downsampler"
     return f"downsampler.{'weight' if leaf == 'kernel' else 'bias'}", (
-        _POINTWISE if leaf == "kernel" else _SAME)
+      _POINTWISE if leaf == "kernel" else _SAME
+    )
   # kmm.mean/var output index d*K + k is Flax Dense output index d*K + k: W^T as is.
   return f"kmm.{_REFERENCE_HEAD_NAMES[path[1]]}.{'weight' if leaf == 'kernel' else 'bias'}", (
-      _DENSE if leaf == "kernel" else _SAME)
+    _DENSE if leaf == "kernel" else _SAME
+  )
 
 
 # --------------------------------------------------------------------------------------
@@ -234,8 +260,10 @@ def kmcl_head_settings(state_dict: Mapping[str, Array]) -> dict[str, Any]:
   """num_classes, kernel, variance, mode and (anisotropic) embedding_dim of a KMCL wrapper
   checkpoint, read off its shapes: the `KMCLModel` head settings it was trained with."""
   if "kmm.pi.weight" not in state_dict:
-    raise ValueError("The checkpoint has a KMCL encoder (encoder.*) but no head: expected "
-                     "kmm.pi.weight (and kmm.mean/var.* unless trained ASL-only).")
+    raise ValueError(
+      "The checkpoint has a KMCL encoder (encoder.*) but no head: expected "
+      "kmm.pi.weight (and kmm.mean/var.* unless trained ASL-only)."
+    )
   classes, dim = state_dict["kmm.pi.weight"].shape
   anisotropic = "downsampler.weight" in state_dict  # (D, C, 1): the projection to D
   settings = {"num_classes": classes, "kernel": "anisotropic" if anisotropic else "isotropic"}
@@ -243,8 +271,11 @@ def kmcl_head_settings(state_dict: Mapping[str, Array]) -> dict[str, Any]:
     settings.update(variance="BC", mode="asl_only")
   else:
     var_out = state_dict["kmm.var.weight"].shape[0]
-    variance = "RBF" if var_out == 1 else ("MKS" if var_out == dim and anisotropic
-                                           and classes != 1 else "BC")
+    variance = (
+      "RBF"
+      if var_out == 1
+      else ("MKS" if var_out == dim and anisotropic and classes != 1 else "BC")
+    )
     settings.update(variance=variance, mode="all")
   if anisotropic:
     settings["embedding_dim"] = state_dict["downsampler.weight"].shape[0]
@@ -276,8 +307,11 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, An
     raise ValueError(f"--arch={arch!r} is not one of {sorted(ARCHITECTURES)}.")
   state = normalise_state_dict(state_dict)
   module, is_kmcl = _target_module(state, arch)
-  backbone_state = ({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-                    if is_kmcl else state)
+  backbone_state = (
+    {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    if is_kmcl
+    else state
+  )
   layout = detect_layout(backbone_state)
   bottleneck_stages = create_backbone(arch).bottleneck_stages
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
@@ -289,8 +323,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, An
     if is_kmcl and parts[0] == "head":
       key, transform = _head_key(parts[1:])
     else:
-      key, transform = _backbone_key(parts[1:] if is_kmcl else parts, collection, layout,
-                                     bottleneck_stages)
+      key, transform = _backbone_key(
+        parts[1:] if is_kmcl else parts, collection, layout, bottleneck_stages
+      )
       key = "encoder." + key if is_kmcl else key
     if key not in state:
       missing.append(key)
@@ -298,18 +333,24 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, An
     used.add(key)
     value = transform(state[key]).astype(np.float32)
     if value.shape != target.shape:
-      mismatched.append(f"{key}: checkpoint {state[key].shape} -> {value.shape}, "
-                        f"model expects {target.shape} ({'/'.join(path)})")
+      mismatched.append(
+        f"{key}: checkpoint {state[key].shape} -> {value.shape}, "
+        f"model expects {target.shape} ({'/'.join(path)})"
+      )
       continue
     converted[path] = value
   dropped = ("head.fc.", "encoder.head.")
   unexpected = sorted(k for k in state if k not in used and not k.startswith(dropped))
   if missing or mismatched or unexpected:
-    lines = ([f"missing ({len(missing)}): " + ", ".join(missing)] if missing else []) + \
-            ([f"shape mismatch ({len(mismatched)}): " + "; ".join(mismatched)] if mismatched else []) + \
-            ([f"unexpected ({len(unexpected)}): " + ", ".join(unexpected)] if unexpected else [])
-    raise ValueError(f"The checkpoint does not fit {arch} ({layout} layout"
-                     f"{', KMCL wrapper' if is_kmcl else ''}):\n  " + "\n  ".join(lines))
+    lines = (
+      ([f"missing ({len(missing)}): " + ", ".join(missing)] if missing else [])
+      + ([f"shape mismatch ({len(mismatched)}): " + "; ".join(mismatched)] if mismatched else [])
+      + ([f"unexpected ({len(unexpected)}): " + ", ".join(unexpected)] if unexpected else [])
+    )
+    raise ValueError(
+      f"The checkpoint does not fit {arch} ({layout} layout"
+      f"{', KMCL wrapper' if is_kmcl else ''}):\n  " + "\n  ".join(lines)
+    )
   return flax.traverse_util.unflatten_dict(converted)
 
 
@@ -341,8 +382,9 @@ def save_converted(variables: Mapping[str, Any], description: Mapping[str, Any],
     json.dump(description, f, indent=2)
 
 
-def _in_current_form(variables: dict[str, Any], description: dict[str, Any]
-                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+def _in_current_form(
+  variables: dict[str, Any], description: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
   """A KMCL model converted by an earlier kmcl_jax, as this one writes it: its mu layer
   was named "mean", and its description had no embedding_dim (every anisotropic head then
   projected to 128)."""

@@ -15,13 +15,17 @@ from kmcl_jax import convert
 from kmcl_jax.errors import run_program
 from kmcl_jax.models.tresnet import ARCHITECTURES
 
-_SRC = flags.DEFINE_string("src", None, "Checkpoint: .pth/.pt/.ckpt/.pth.tar (torch) or .safetensors.")
+_SRC = flags.DEFINE_string(
+  "src", None, "Checkpoint: .pth/.pt/.ckpt/.pth.tar (torch) or .safetensors."
+)
 _ARCH = flags.DEFINE_enum("arch", "tresnet_m", sorted(ARCHITECTURES), "Backbone architecture.")
 _DST = flags.DEFINE_string("dst", None, "Output folder for the orbax checkpoint.")
 _ALLOW_UNSAFE_PICKLE = flags.DEFINE_bool(
-    "allow_unsafe_pickle", False,
-    "Unpickle a torch file fully, objects included, which can run code it holds: only for a "
-    "file you trust that the default weights-only load refuses.")
+  "allow_unsafe_pickle",
+  False,
+  "Unpickle a torch file fully, objects included, which can run code it holds: only for a "
+  "file you trust that the default weights-only load refuses.",
+)
 
 
 def main(argv):

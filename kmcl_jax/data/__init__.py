@@ -12,5 +12,4 @@ from kmcl_jax.data.image_files import CorruptImageError
 from kmcl_jax.data.pipeline import Datasets, create_datasets, create_eval_dataset
 from kmcl_jax.data.sources import get_source
 
-__all__ = ["CorruptImageError", "Datasets", "create_datasets", "create_eval_dataset",
-           "get_source"]
+__all__ = ["CorruptImageError", "Datasets", "create_datasets", "create_eval_dataset", "get_source"]

@@ -45,8 +45,9 @@ def read_labels(path: str) -> tuple[list[str], np.ndarray]:
         if not set(row) <= {0.0, 1.0}:
           raise ValueError
       except (ValueError, IndexError):
-        raise parse_error(path, line_number, ",".join(fields),
-                          "a patch name and 0/1 in every class column") from None
+        raise parse_error(
+          path, line_number, ",".join(fields), "a patch name and 0/1 in every class column"
+        ) from None
       names.append(fields[header.index("Patch Names")])
       labels.append(row)
   return names, np.array(labels, np.float32).reshape(-1, len(CLASS_NAMES))
@@ -65,6 +66,10 @@ def adp_source(split: str, root: str) -> ImageFileSource:
   rows = rows[labels[rows].sum(axis=1) > 0]
   images = require_directory(os.path.join(folder, IMAGES), "adp", LAYOUT)
   return ImageFileSource(
-      paths=[os.path.join(images, names[r]) for r in rows], labels=labels[rows],
-      ignore=np.zeros((len(rows), len(CLASS_NAMES)), bool), ids=[names[r] for r in rows],
-      class_names=CLASS_NAMES, name=f"adp {split} at {root}")
+    paths=[os.path.join(images, names[r]) for r in rows],
+    labels=labels[rows],
+    ignore=np.zeros((len(rows), len(CLASS_NAMES)), bool),
+    ids=[names[r] for r in rows],
+    class_names=CLASS_NAMES,
+    name=f"adp {split} at {root}",
+  )

@@ -31,13 +31,28 @@ from kmcl_jax.data.image_files import (
   require_file,
 )
 
-CLASS_NAMES = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
-               "Pneumonia", "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis",
-               "Pleural_Thickening", "Hernia")
+CLASS_NAMES = (
+  "Atelectasis",
+  "Cardiomegaly",
+  "Effusion",
+  "Infiltration",
+  "Mass",
+  "Nodule",
+  "Pneumonia",
+  "Pneumothorax",
+  "Consolidation",
+  "Edema",
+  "Emphysema",
+  "Fibrosis",
+  "Pleural_Thickening",
+  "Hernia",
+)
 NO_FINDING = "No Finding"
 SPLITS = {"train_val": "train_val_list.txt", "test": "test_list.txt"}
-LAYOUT = ("Data_Entry_2017.csv, train_val_list.txt, test_list.txt and the PNGs in images/ "
-          "or images_*/images/ under it")
+LAYOUT = (
+  "Data_Entry_2017.csv, train_val_list.txt, test_list.txt and the PNGs in images/ "
+  "or images_*/images/ under it"
+)
 
 
 def read_findings(path: str) -> dict[str, list[int]]:
@@ -56,33 +71,43 @@ def read_findings(path: str) -> dict[str, list[int]]:
       elif all(name in index for name in names):
         findings[fields[0]] = [index[name] for name in names]
       else:
-        raise parse_error(path, line_number, ",".join(fields),
-                          f"an image name and findings from {CLASS_NAMES} joined by '|' "
-                          f"or {NO_FINDING!r}")
+        raise parse_error(
+          path,
+          line_number,
+          ",".join(fields),
+          f"an image name and findings from {CLASS_NAMES} joined by '|' or {NO_FINDING!r}",
+        )
   return findings
 
 
 def image_folders(root: str) -> list[str]:
-  return [d for d in [os.path.join(root, "images")] + sorted(glob.glob(
-      os.path.join(root, "images_*", "images"))) if os.path.isdir(d)]
+  return [
+    d
+    for d in [os.path.join(root, "images")]
+    + sorted(glob.glob(os.path.join(root, "images_*", "images")))
+    if os.path.isdir(d)
+  ]
 
 
-def chestxray14_source(split: str, root: str, drop_no_finding: bool = False,
-                       fraction: float = 1.0) -> ImageFileSource:
+def chestxray14_source(
+  split: str, root: str, drop_no_finding: bool = False, fraction: float = 1.0
+) -> ImageFileSource:
   """The split's images in list order; without the "No Finding" ones if `drop_no_finding`,
   then the first int(fraction * n) of the n left."""
   if split not in SPLITS:
     raise ValueError(f"chestxray14: unknown split {split!r}; expected one of {tuple(SPLITS)}.")
   require_directory(root, "chestxray14", LAYOUT)
-  findings = read_findings(require_file(os.path.join(root, "Data_Entry_2017.csv"),
-                                        "chestxray14", LAYOUT))
+  findings = read_findings(
+    require_file(os.path.join(root, "Data_Entry_2017.csv"), "chestxray14", LAYOUT)
+  )
   list_path = require_file(os.path.join(root, SPLITS[split]), "chestxray14", LAYOUT)
   with open(list_path) as f:
     names = [line.strip() for line in f if line.strip()]
   for line_number, name in enumerate(names, 1):
     if name not in findings:
-      raise ValueError(f"{list_path}, line {line_number}: image {name!r} is not in "
-                       "Data_Entry_2017.csv.")
+      raise ValueError(
+        f"{list_path}, line {line_number}: image {name!r} is not in Data_Entry_2017.csv."
+      )
   folder_of = {}
   for folder in reversed(image_folders(root)):
     folder_of.update(dict.fromkeys(os.listdir(folder), folder))
@@ -90,14 +115,21 @@ def chestxray14_source(split: str, root: str, drop_no_finding: bool = False,
     names = [name for name in names if findings[name]]
   if not 0 < fraction <= 1:
     raise ValueError(f"chestxray14: fraction={fraction!r}; expected a fraction in (0, 1].")
-  names = names[:int(len(names) * fraction)]
+  names = names[: int(len(names) * fraction)]
   missing = [name for name in names if name not in folder_of]
   if missing:
-    raise FileNotFoundError(f"chestxray14: image {missing[0]!r} (and {len(missing) - 1} more) "
-                            f"not found; expected {LAYOUT}.")
+    raise FileNotFoundError(
+      f"chestxray14: image {missing[0]!r} (and {len(missing) - 1} more) "
+      f"not found; expected {LAYOUT}."
+    )
   labels = multi_hot([findings[name] for name in names], len(CLASS_NAMES))
   return ImageFileSource(
-      paths=[os.path.join(folder_of[name], name) for name in names], labels=labels,
-      ignore=np.zeros_like(labels, bool), ids=names, class_names=CLASS_NAMES,
-      name=f"chestxray14 {split} at {root}" + (" (no 'No Finding')" if drop_no_finding else "")
-      + (f" (first {fraction:g})" if fraction < 1 else ""))
+    paths=[os.path.join(folder_of[name], name) for name in names],
+    labels=labels,
+    ignore=np.zeros_like(labels, bool),
+    ids=names,
+    class_names=CLASS_NAMES,
+    name=f"chestxray14 {split} at {root}"
+    + (" (no 'No Finding')" if drop_no_finding else "")
+    + (f" (first {fraction:g})" if fraction < 1 else ""),
+  )

@@ -31,8 +31,9 @@ from kmcl_jax.data.image_files import (
 )
 
 SPLITS = ("train", "val")
-LAYOUT = ("annotations/instances_{train,val}2014.json and the image folders train2014/, "
-          "val2014/ under it")
+LAYOUT = (
+  "annotations/instances_{train,val}2014.json and the image folders train2014/, val2014/ under it"
+)
 
 
 def read_instances(path: str) -> tuple[list[str], list[int], list[str], list[list[int]]]:
@@ -49,25 +50,34 @@ def read_instances(path: str) -> tuple[list[str], list[int], list[str], list[lis
     classes_of_image: dict[int, set[int]] = {}
     for annotation in data["annotations"]:
       classes_of_image.setdefault(annotation["image_id"], set()).add(
-          index_of_category[annotation["category_id"]])
+        index_of_category[annotation["category_id"]]
+      )
   except json.JSONDecodeError as error:
     raise ValueError(f"{path}: not valid JSON ({error}).") from error
   except (KeyError, TypeError) as error:
-    raise ValueError(f"{path}: expected COCO instances with 'images', 'annotations' and "
-                     f"'categories' (missing or unknown {error}).") from error
+    raise ValueError(
+      f"{path}: expected COCO instances with 'images', 'annotations' and "
+      f"'categories' (missing or unknown {error})."
+    ) from error
   image_ids = sorted(classes_of_image)
   missing = [i for i in image_ids if i not in file_names]
   if missing:
     raise ValueError(f"{path}: annotations refer to image id {missing[0]}, which 'images' lacks.")
-  return ([c["name"] for c in categories], image_ids, [file_names[i] for i in image_ids],
-          [sorted(classes_of_image[i]) for i in image_ids])
+  return (
+    [c["name"] for c in categories],
+    image_ids,
+    [file_names[i] for i in image_ids],
+    [sorted(classes_of_image[i]) for i in image_ids],
+  )
 
 
 def read_subset_ids(path: str) -> list[int]:
   """The image ids of a COCO subset CSV (see the module docstring), in file order."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"data.subset_ids: {path!r} does not exist; expected a CSV of COCO "
-                            "image ids, one per line (the reference's COCO_Subset_<N>_Ids.csv).")
+    raise FileNotFoundError(
+      f"data.subset_ids: {path!r} does not exist; expected a CSV of COCO "
+      "image ids, one per line (the reference's COCO_Subset_<N>_Ids.csv)."
+    )
   ids, line_of = [], {}
   with open(path) as f:
     for line_number, line in enumerate(f, 1):
@@ -79,11 +89,20 @@ def read_subset_ids(path: str) -> list[int]:
       except ValueError:
         value = math.nan
       if not (math.isfinite(value) and value >= 0 and value == int(value)):
-        raise parse_error(path, line_number, line, "one COCO image id per line (an integer "
-                          "such as 471455 or numpy.savetxt's 4.714550000000000000e+05)")
+        raise parse_error(
+          path,
+          line_number,
+          line,
+          "one COCO image id per line (an integer "
+          "such as 471455 or numpy.savetxt's 4.714550000000000000e+05)",
+        )
       if int(value) in line_of:
-        raise parse_error(path, line_number, line, "each image id once (this one is also on "
-                          f"line {line_of[int(value)]})")
+        raise parse_error(
+          path,
+          line_number,
+          line,
+          f"each image id once (this one is also on line {line_of[int(value)]})",
+        )
       line_of[int(value)] = line_number
       ids.append(int(value))
   if not ids:
@@ -97,12 +116,21 @@ def restrict_to_ids(rows: list[int], subset: list[int], path: str, split: str) -
   position = {image_id: i for i, image_id in enumerate(rows)}
   missing = [i for i in subset if i not in position]
   if len(missing) == len(subset):
-    raise ValueError(f"{path}: none of its {len(subset)} image ids is an image of coco2014 "
-                     f"{split} with objects (first: {subset[0]}).")
+    raise ValueError(
+      f"{path}: none of its {len(subset)} image ids is an image of coco2014 "
+      f"{split} with objects (first: {subset[0]})."
+    )
   if missing:
-    logging.warning("%s: %d of its %d image ids are not images of coco2014 %s with objects "
-                    "and are left out: %s%s", path, len(missing), len(subset), split,
-                    missing[:10], " ..." if len(missing) > 10 else "")
+    logging.warning(
+      "%s: %d of its %d image ids are not images of coco2014 %s with objects "
+      "and are left out: %s%s",
+      path,
+      len(missing),
+      len(subset),
+      split,
+      missing[:10],
+      " ..." if len(missing) > 10 else "",
+    )
   return [position[i] for i in subset if i in position]
 
 
@@ -111,16 +139,22 @@ def coco2014_source(split: str, root: str, subset_ids: str = "") -> ImageFileSou
   if split not in SPLITS:
     raise ValueError(f"coco2014: unknown split {split!r}; expected one of {SPLITS}.")
   require_directory(root, "coco2014", LAYOUT)
-  names, image_ids, file_names, classes = read_instances(require_file(
-      os.path.join(root, "annotations", f"instances_{split}2014.json"), "coco2014", LAYOUT))
+  names, image_ids, file_names, classes = read_instances(
+    require_file(
+      os.path.join(root, "annotations", f"instances_{split}2014.json"), "coco2014", LAYOUT
+    )
+  )
   images = require_directory(os.path.join(root, f"{split}2014"), "coco2014", LAYOUT)
   rows = list(range(len(image_ids)))
   if subset_ids:
     rows = restrict_to_ids(image_ids, read_subset_ids(subset_ids), subset_ids, split)
   labels = multi_hot([classes[r] for r in rows], len(names))
   return ImageFileSource(
-      paths=[os.path.join(images, file_names[r]) for r in rows], labels=labels,
-      ignore=np.zeros_like(labels, bool), ids=[str(image_ids[r]) for r in rows],
-      class_names=names,
-      name=f"coco2014 {split} at {root}" + (f" ({len(rows)} ids of {subset_ids})" if subset_ids
-                                            else ""))
+    paths=[os.path.join(images, file_names[r]) for r in rows],
+    labels=labels,
+    ignore=np.zeros_like(labels, bool),
+    ids=[str(image_ids[r]) for r in rows],
+    class_names=names,
+    name=f"coco2014 {split} at {root}"
+    + (f" ({len(rows)} ids of {subset_ids})" if subset_ids else ""),
+  )

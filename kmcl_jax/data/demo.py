@@ -28,17 +28,21 @@ _SPLIT_SEED = {"train": 1, "test": 2}
 def digit_pools() -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """{split: (scans float32 (M, 24, 24) in [0, 1], digits int (M,))}, disjoint halves."""
   from sklearn.datasets import load_digits
+
   digits = load_digits()
   order = np.random.default_rng(0).permutation(len(digits.target))
   scans = np.kron(digits.images / 16.0, np.ones((_SCALE, _SCALE))).astype(np.float32)
   half = len(order) * 2 // 3
-  return {"train": (scans[order[:half]], digits.target[order[:half]]),
-          "test": (scans[order[half:]], digits.target[order[half:]])}
+  return {
+    "train": (scans[order[:half]], digits.target[order[:half]]),
+    "test": (scans[order[half:]], digits.target[order[half:]]),
+  }
 
 
 @dataclasses.dataclass(frozen=True)
 class DigitGridSource:
   """grain random-access source of digit-grid records (see the module docstring)."""
+
   split: str
   class_names: tuple[str, ...] = CLASS_NAMES
 
@@ -71,17 +75,20 @@ class DigitGridSource:
     _, _, scans = self._layout(index)
     labels = np.zeros(len(CLASS_NAMES), np.float32)
     labels[digit_pools()[self.split][1][scans]] = 1.0
-    return {"labels": labels, "ignore": np.zeros(len(CLASS_NAMES), bool),
-            "id": f"demo-{self.split}-{index:05d}"}
+    return {
+      "labels": labels,
+      "ignore": np.zeros(len(CLASS_NAMES), bool),
+      "id": f"demo-{self.split}-{index:05d}",
+    }
 
   def __getitem__(self, index: int) -> dict:
     rng, cells, scans = self._layout(index)
     background = rng.uniform(0, 60, size=3)
     image = background + rng.normal(0, 8, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
-    for cell, scan in zip(cells, scans):
+    for cell, scan in zip(cells, scans, strict=True):
       colour = rng.uniform(120, 255, size=3)
       top, left = np.array(divmod(cell, 2)) * _CELL + rng.integers(0, _CELL - _TILE + 1, size=2)
       alpha = digit_pools()[self.split][0][scan][..., None]
-      patch = image[top:top + _TILE, left:left + _TILE]
-      image[top:top + _TILE, left:left + _TILE] = patch * (1 - alpha) + colour * alpha
+      patch = image[top : top + _TILE, left : left + _TILE]
+      image[top : top + _TILE, left : left + _TILE] = patch * (1 - alpha) + colour * alpha
     return {"image": np.clip(image, 0, 255).astype(np.uint8), **self.annotations(index)}

@@ -46,12 +46,19 @@ _VALUES = {name: np.asarray(values) for name, _, values in transforms.RANDAUGMEN
 # Operations are computed in groups that share their work; each op belongs to one.
 _LUT_OPS = ("invert", "autocontrast", "posterize", "equalize", "solarize")
 _BLEND_OPS = ("sharpness", "contrast", "color", "brightness")
-_GROUPS = (_LUT_OPS, _BLEND_OPS, ("shear_x", "shear_y"), ("translate_x", "translate_y", "rotate"),
-           ("cutout",))
-_GROUP_OF_OP = np.array([next(g for g, ops in enumerate(_GROUPS) if name in ops)
-                         for name in OP_NAMES], np.int32)
-_INDEX_IN_GROUP = np.array([next(ops.index(name) for ops in _GROUPS if name in ops)
-                            for name in OP_NAMES], np.int32)
+_GROUPS = (
+  _LUT_OPS,
+  _BLEND_OPS,
+  ("shear_x", "shear_y"),
+  ("translate_x", "translate_y", "rotate"),
+  ("cutout",),
+)
+_GROUP_OF_OP = np.array(
+  [next(g for g, ops in enumerate(_GROUPS) if name in ops) for name in OP_NAMES], np.int32
+)
+_INDEX_IN_GROUP = np.array(
+  [next(ops.index(name) for ops in _GROUPS if name in ops) for name in OP_NAMES], np.int32
+)
 NUM_MAGNITUDES = 10  # table entries 0..9; draws are 1..9 as on the host
 # Separates the augmentation keys from the other uses of key(seed) (model initialisation).
 AUGMENT_STREAM = 0x61756720
@@ -69,53 +76,68 @@ def train_images(config, images: jax.Array, step) -> jax.Array:
   data = config.data
   if data.augment_on != "device":
     return images
-  return augment_batch(images, step_key(config.seed, step), cutout_factor=data.cutout,
-                       rand_augment=data.augment == "randaugment")
+  return augment_batch(
+    images,
+    step_key(config.seed, step),
+    cutout_factor=data.cutout,
+    rand_augment=data.augment == "randaugment",
+  )
 
 
-def augment_batch(images: jax.Array, key: jax.Array, *, cutout_factor: float = 0.5,
-                  rand_augment: bool = True) -> jax.Array:
+def augment_batch(
+  images: jax.Array, key: jax.Array, *, cutout_factor: float = 0.5, rand_augment: bool = True
+) -> jax.Array:
   """uint8 (B, S, S, 3) -> uint8 (B, S, S, 3): row r is augmented with fold_in(key, r)
   (r = 0..B-1, the row of the global batch under jit): Cutout with `cutout_factor`
   (0 disables), then RandAugment if `rand_augment`. Pure and jit-able; the batch may be
   sharded over a mesh axis."""
   rows = jnp.arange(images.shape[0])
   keys = jax.vmap(lambda row: jax.random.fold_in(key, row))(rows)
-  return jax.vmap(functools.partial(augment_image, cutout_factor=cutout_factor,
-                                    rand_augment=rand_augment))(images, keys)
+  return jax.vmap(
+    functools.partial(augment_image, cutout_factor=cutout_factor, rand_augment=rand_augment)
+  )(images, keys)
 
 
-def augment_image(image: jax.Array, key: jax.Array, *, cutout_factor: float = 0.5,
-                  rand_augment: bool = True) -> jax.Array:
+def augment_image(
+  image: jax.Array, key: jax.Array, *, cutout_factor: float = 0.5, rand_augment: bool = True
+) -> jax.Array:
   """uint8 (S, S, 3) -> uint8 (S, S, 3), one image (see `augment_batch`)."""
   draws = draw_augmentation(key, image.shape[0], image.shape[1])
   if cutout_factor > 0:
     image = apply_cutout(image, draws["cutout_centre"], draws["cutout_colour"], cutout_factor)
   if rand_augment:
     for slot in range(2):
-      changed = apply_op(image, draws["op"][slot], draws["magnitude"][slot],
-                         draws["negate"][slot], draws["patch_centre"][slot])
+      changed = apply_op(
+        image,
+        draws["op"][slot],
+        draws["magnitude"][slot],
+        draws["negate"][slot],
+        draws["patch_centre"][slot],
+      )
       image = jnp.where(draws["apply"][slot], changed, image)
   return image
 
 
 def draw_augmentation(key: jax.Array, height: int, width: int) -> dict[str, jax.Array]:
   """One image's random draws, distributed as the host path's:
-    op int32 (2,) uniform in [0, 15) (index into OP_NAMES), magnitude int32 (2,) uniform
-    in [1, 9], apply bool (2,) (probability 1/2), negate bool (2,) (the signed operations'
-    sign, probability 1/2), patch_centre int32 (2, 2) (x, y) of the "cutout" operation,
-    cutout_centre int32 (2,) (x, y) and cutout_colour int32 (3,) in [0, 255] of Cutout."""
+  op int32 (2,) uniform in [0, 15) (index into OP_NAMES), magnitude int32 (2,) uniform
+  in [1, 9], apply bool (2,) (probability 1/2), negate bool (2,) (the signed operations'
+  sign, probability 1/2), patch_centre int32 (2, 2) (x, y) of the "cutout" operation,
+  cutout_centre int32 (2,) (x, y) and cutout_colour int32 (3,) in [0, 255] of Cutout."""
   keys = jax.random.split(key, 9)
   return {
-      "op": jax.random.randint(keys[0], (2,), 0, len(OP_NAMES)),
-      "magnitude": jax.random.randint(keys[1], (2,), 1, NUM_MAGNITUDES),
-      "apply": jax.random.bernoulli(keys[2], 0.5, (2,)),
-      "negate": jax.random.bernoulli(keys[3], 0.5, (2,)),
-      "patch_centre": jnp.stack([jax.random.randint(keys[4], (2,), 0, width),
-                                 jax.random.randint(keys[5], (2,), 0, height)], axis=-1),
-      "cutout_centre": jnp.stack([jax.random.randint(keys[6], (), 0, width),
-                                  jax.random.randint(keys[7], (), 0, height)]),
-      "cutout_colour": jax.random.randint(keys[8], (3,), 0, 256),
+    "op": jax.random.randint(keys[0], (2,), 0, len(OP_NAMES)),
+    "magnitude": jax.random.randint(keys[1], (2,), 1, NUM_MAGNITUDES),
+    "apply": jax.random.bernoulli(keys[2], 0.5, (2,)),
+    "negate": jax.random.bernoulli(keys[3], 0.5, (2,)),
+    "patch_centre": jnp.stack(
+      [jax.random.randint(keys[4], (2,), 0, width), jax.random.randint(keys[5], (2,), 0, height)],
+      axis=-1,
+    ),
+    "cutout_centre": jnp.stack(
+      [jax.random.randint(keys[6], (), 0, width), jax.random.randint(keys[7], (), 0, height)]
+    ),
+    "cutout_colour": jax.random.randint(keys[8], (3,), 0, 256),
   }
 
 
@@ -131,16 +153,21 @@ def _rectangle_mask(height: int, width: int, x0, y0, x1, y1) -> jax.Array:
   return (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
 
 
-def apply_cutout(image: jax.Array, centre: jax.Array, colour: jax.Array,
-                 factor: float) -> jax.Array:
+def apply_cutout(
+  image: jax.Array, centre: jax.Array, colour: jax.Array, factor: float
+) -> jax.Array:
   """`transforms.cutout` with its centre (x, y) and colour (3,) given: a rectangle of
   int(factor * side + 0.5) // 2 either side of the centre, clipped, corners inclusive."""
   height, width = image.shape[:2]
   half_w, half_h = int(factor * width + 0.5) // 2, int(factor * height + 0.5) // 2
-  mask = _rectangle_mask(height, width, jnp.clip(centre[0] - half_w, 0, width),
-                         jnp.clip(centre[1] - half_h, 0, height),
-                         jnp.clip(centre[0] + half_w, 0, width),
-                         jnp.clip(centre[1] + half_h, 0, height))
+  mask = _rectangle_mask(
+    height,
+    width,
+    jnp.clip(centre[0] - half_w, 0, width),
+    jnp.clip(centre[1] - half_h, 0, height),
+    jnp.clip(centre[0] + half_w, 0, width),
+    jnp.clip(centre[1] + half_h, 0, height),
+  )
   return jnp.where(mask, colour.astype(jnp.uint8), image)
 
 
@@ -156,11 +183,11 @@ def apply_op(image: jax.Array, op, magnitude, negate, patch_centre) -> jax.Array
   sign = jnp.asarray(negate).astype(jnp.int32)
   group, member = jnp.asarray(_GROUP_OF_OP)[op], jnp.asarray(_INDEX_IN_GROUP)[op]
   results = [
-      _apply_lut(image, _lut_group(image, member, magnitude, tables)),
-      _blend_group(image, member, magnitude, sign, tables),
-      _shear_group(image, member, magnitude, sign, tables),
-      _nearest_group(image, member, magnitude, sign, tables),
-      _patch(image, magnitude, patch_centre),
+    _apply_lut(image, _lut_group(image, member, magnitude, tables)),
+    _blend_group(image, member, magnitude, sign, tables),
+    _shear_group(image, member, magnitude, sign, tables),
+    _nearest_group(image, member, magnitude, sign, tables),
+    _patch(image, magnitude, patch_centre),
   ]
   return jnp.select([group == g for g in range(len(_GROUPS))], results)
 
@@ -176,13 +203,15 @@ def _apply_lut(image: jax.Array, lut: jax.Array) -> jax.Array:
 def _lut_group(image, member, magnitude, tables) -> jax.Array:
   pixels = image.reshape(-1, 3).astype(jnp.int32)
   fixed = tables["fixed_luts"][:, magnitude]  # invert, posterize, solarize: (3, 256)
-  luts = jnp.stack([
+  luts = jnp.stack(
+    [
       jnp.broadcast_to(fixed[0], (3, 256)),
       autocontrast_lut(pixels),
       jnp.broadcast_to(fixed[1], (3, 256)),
       equalize_lut(pixels),
       jnp.broadcast_to(fixed[2], (3, 256)),
-  ])
+    ]
+  )
   return luts[member]
 
 
@@ -263,11 +292,15 @@ def smooth(image: jax.Array) -> jax.Array:
   edge, centre = jnp.float32(1) / jnp.float32(13), jnp.float32(5) / jnp.float32(13)
 
   def row_sum(rows, middle_weight):
-    return ((rounded_product(edge, rows[:, :-2]) + rounded_product(middle_weight, rows[:, 1:-1]))
-            + rounded_product(edge, rows[:, 2:]))
+    return (
+      rounded_product(edge, rows[:, :-2]) + rounded_product(middle_weight, rows[:, 1:-1])
+    ) + rounded_product(edge, rows[:, 2:])
 
-  total = ((jnp.float32(0.5) + row_sum(pixels[2:], edge)) + row_sum(pixels[1:-1], centre)
-           + row_sum(pixels[:-2], edge))
+  total = (
+    (jnp.float32(0.5) + row_sum(pixels[2:], edge))
+    + row_sum(pixels[1:-1], centre)
+    + row_sum(pixels[:-2], edge)
+  )
   inner = jnp.floor(jnp.clip(total, 0, 255)).astype(jnp.uint8)
   return image.at[1:-1, 1:-1].set(inner)
 
@@ -287,10 +320,14 @@ def _blend_group(image, member, magnitude, sign, tables) -> jax.Array:
   mean = (2 * jnp.sum(luma) + count) // (2 * count)  # int(mean + 0.5), in integers
   # A select, not a stack indexed by `member`: under vmap that would gather four images.
   degenerate = jnp.select(
-      [member == 0, member == 1, member == 2],
-      [smooth(image), jnp.broadcast_to(mean.astype(jnp.uint8), image.shape),
-       jnp.broadcast_to(luma.astype(jnp.uint8)[..., None], image.shape)],
-      jnp.zeros_like(image))
+    [member == 0, member == 1, member == 2],
+    [
+      smooth(image),
+      jnp.broadcast_to(mean.astype(jnp.uint8), image.shape),
+      jnp.broadcast_to(luma.astype(jnp.uint8)[..., None], image.shape),
+    ],
+    jnp.zeros_like(image),
+  )
   return blend(degenerate, image, tables["blend_factors"][member, magnitude, sign])
 
 
@@ -298,14 +335,21 @@ def _blend_group(image, member, magnitude, sign, tables) -> jax.Array:
 
 
 def _shear_group(image, member, magnitude, sign, tables) -> jax.Array:
-  offset, fraction, first, last = (tables[name][magnitude, sign] for name in
-                                   ("shear_offset", "shear_fraction", "shear_first",
-                                    "shear_last"))
+  offset, fraction, first, last = (
+    tables[name][magnitude, sign]
+    for name in ("shear_offset", "shear_fraction", "shear_first", "shear_last")
+  )
   return shear(image, offset, fraction, first, last, along_x=member == 0)
 
 
-def shear(image: jax.Array, offset: jax.Array, fraction: jax.Array, first: jax.Array,
-          last: jax.Array, along_x) -> jax.Array:
+def shear(
+  image: jax.Array,
+  offset: jax.Array,
+  fraction: jax.Array,
+  first: jax.Array,
+  last: jax.Array,
+  along_x,
+) -> jax.Array:
   """PIL's bicubic shear of uint8 (S, S, 3) along x (lines are rows) or, if not
   `along_x`, along y (lines are columns; PIL's numbers are symmetric for a square image).
   On line l, output position p reads the source at p + offset[l] + fraction[l] (taps
@@ -322,8 +366,9 @@ def shear(image: jax.Array, offset: jax.Array, fraction: jax.Array, first: jax.A
   for k in range(4):
     # One flat gather per tap (cheaper under vmap than take_along_axis or a transpose).
     tap = jnp.clip(base + k, 0, size - 1)
-    taps.append(pixels[jnp.where(along_x, line * size + tap, tap * size + line)]
-                .astype(jnp.float32))
+    taps.append(
+      pixels[jnp.where(along_x, line * size + tap, tap * size + line)].astype(jnp.float32)
+    )
   d = fraction[line][..., None]
   p1 = taps[1]
   p2 = -taps[0] + taps[2]
@@ -341,12 +386,16 @@ def _nearest_group(image, member, magnitude, sign, tables) -> jax.Array:
   moved = tables["translate_source"][magnitude, sign]
   a0, a1, a2, a3, a4, a5 = (tables["rotate_fixed"][magnitude, k] for k in range(6))
   full = (size, size)
-  source_x = jnp.select([member == 0, member == 1],
-                        [jnp.broadcast_to(moved[None, :], full), jnp.broadcast_to(xs, full)],
-                        (a2 + ys * a1 + xs * a0) >> 16)
-  source_y = jnp.select([member == 0, member == 1],
-                        [jnp.broadcast_to(ys, full), jnp.broadcast_to(moved[:, None], full)],
-                        (a5 + ys * a4 + xs * a3) >> 16)
+  source_x = jnp.select(
+    [member == 0, member == 1],
+    [jnp.broadcast_to(moved[None, :], full), jnp.broadcast_to(xs, full)],
+    (a2 + ys * a1 + xs * a0) >> 16,
+  )
+  source_y = jnp.select(
+    [member == 0, member == 1],
+    [jnp.broadcast_to(ys, full), jnp.broadcast_to(moved[:, None], full)],
+    (a5 + ys * a4 + xs * a3) >> 16,
+  )
   return sample_nearest(image, source_x, source_y)
 
 
@@ -362,10 +411,14 @@ def _patch(image, magnitude, centre) -> jax.Array:
   """RandAugment's "cutout": a PATCH_COLOUR square of the magnitude's side at `centre`."""
   size = image.shape[0]
   half = jnp.asarray(_VALUES["cutout"].astype(np.int32))[magnitude] // 2
-  mask = _rectangle_mask(size, size, jnp.maximum(0, centre[0] - half),
-                         jnp.maximum(0, centre[1] - half),
-                         jnp.minimum(size, centre[0] + half) - 1,
-                         jnp.minimum(size, centre[1] + half) - 1)
+  mask = _rectangle_mask(
+    size,
+    size,
+    jnp.maximum(0, centre[0] - half),
+    jnp.maximum(0, centre[1] - half),
+    jnp.minimum(size, centre[0] + half) - 1,
+    jnp.minimum(size, centre[1] + half) - 1,
+  )
   return jnp.where(mask, jnp.array(transforms.PATCH_COLOUR, jnp.uint8), image)
 
 
@@ -393,8 +446,14 @@ def rotate_fixed(degrees: float, size: int) -> list[int]:
   d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
   c = a * -centre + b * -centre + 0.0 + centre
   f = d * -centre + e * -centre + 0.0 + centre
-  return [_fix(a), _fix(b), _fix(c + a * 0.5 + b * 0.5), _fix(d), _fix(e),
-          _fix(f + d * 0.5 + e * 0.5)]
+  return [
+    _fix(a),
+    _fix(b),
+    _fix(c + a * 0.5 + b * 0.5),
+    _fix(d),
+    _fix(e),
+    _fix(f + d * 0.5 + e * 0.5),
+  ]
 
 
 @functools.cache
@@ -404,9 +463,15 @@ def _tables(size: int) -> dict[str, np.ndarray]:
   levels = np.arange(256)
   signs = (1, -1)
   positions = np.arange(size) + 0.5
-  shear = {name: np.zeros((NUM_MAGNITUDES, 2, size), dtype) for name, dtype in
-           (("shear_offset", np.int32), ("shear_fraction", np.float32),
-            ("shear_first", np.int32), ("shear_last", np.int32))}
+  shear = {
+    name: np.zeros((NUM_MAGNITUDES, 2, size), dtype)
+    for name, dtype in (
+      ("shear_offset", np.int32),
+      ("shear_fraction", np.float32),
+      ("shear_first", np.int32),
+      ("shear_last", np.int32),
+    )
+  }
   translate_source = np.zeros((NUM_MAGNITUDES, 2, size), np.int32)
   for m in range(NUM_MAGNITUDES):
     for s, sign in enumerate(signs):
@@ -418,21 +483,33 @@ def _tables(size: int) -> dict[str, np.ndarray]:
       shear["shear_offset"][m, s] = base
       shear["shear_fraction"][m, s] = (sample[:, 0] - 0.5) - base
       shear["shear_first"][m, s] = np.where(inside.any(1), inside.argmax(1), size)
-      shear["shear_last"][m, s] = np.where(inside.any(1), size - 1 - inside[:, ::-1].argmax(1),
-                                           -1)
+      shear["shear_last"][m, s] = np.where(inside.any(1), size - 1 - inside[:, ::-1].argmax(1), -1)
       # translate: PIL's scaling path steps x0 = t + 0.5 by 1.0 per output pixel.
       shift = _VALUES["translate_x"][m] * size * sign
       steps = np.add.accumulate(np.concatenate([[shift + 0.5], np.ones(size - 1)]))
       translate_source[m, s] = _coord(steps)
-  blend_factors = np.array([[[1 + _VALUES[name][m] * sign for sign in signs]
-                             for m in range(NUM_MAGNITUDES)] for name in _BLEND_OPS], np.float32)
-  fixed_luts = np.stack([
+  blend_factors = np.array(
+    [
+      [[1 + _VALUES[name][m] * sign for sign in signs] for m in range(NUM_MAGNITUDES)]
+      for name in _BLEND_OPS
+    ],
+    np.float32,
+  )
+  fixed_luts = np.stack(
+    [
       np.broadcast_to(255 - levels, (NUM_MAGNITUDES, 256)),
       np.stack([levels & ~(2 ** (8 - int(bits)) - 1) for bits in _VALUES["posterize"]]),
-      np.stack([np.where(levels < threshold, levels, 255 - levels)
-                for threshold in _VALUES["solarize"]]),
-  ]).astype(np.int32)
-  return {**shear, "translate_source": translate_source, "blend_factors": blend_factors,
-          "fixed_luts": fixed_luts,
-          "rotate_fixed": np.array([rotate_fixed(_VALUES["rotate"][m], size)
-                                    for m in range(NUM_MAGNITUDES)], np.int32)}
+      np.stack(
+        [np.where(levels < threshold, levels, 255 - levels) for threshold in _VALUES["solarize"]]
+      ),
+    ]
+  ).astype(np.int32)
+  return {
+    **shear,
+    "translate_source": translate_source,
+    "blend_factors": blend_factors,
+    "fixed_luts": fixed_luts,
+    "rotate_fixed": np.array(
+      [rotate_fixed(_VALUES["rotate"][m], size) for m in range(NUM_MAGNITUDES)], np.int32
+    ),
+  }

@@ -64,8 +64,9 @@ def bound_decoded_size(image: Image.Image, path: str) -> None:
   image.draft(None, (width // scale, height // scale))
   if image.size[0] * image.size[1] > MAX_DECODED_PIXELS:
     raise CorruptImageError(
-        f"{path}: {width} x {height} pixels is more than the {MAX_DECODED_PIXELS:,} this "
-        "pipeline decodes (JPEGs are decoded at down to 1/8 scale, other formats whole).")
+      f"{path}: {width} x {height} pixels is more than the {MAX_DECODED_PIXELS:,} this "
+      "pipeline decodes (JPEGs are decoded at down to 1/8 scale, other formats whole)."
+    )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -100,8 +101,10 @@ def header_problem(path: str) -> str | None:
     with Image.open(path) as image:
       width, height = image.size
       if width * height > MAX_DECODED_PIXELS and image.format not in _SCALABLE_FORMATS:
-        return (f"{path}: {width} x {height} pixels is more than the {MAX_DECODED_PIXELS:,} "
-                "this pipeline decodes")
+        return (
+          f"{path}: {width} x {height} pixels is more than the {MAX_DECODED_PIXELS:,} "
+          "this pipeline decodes"
+        )
       marker = _END_MARKERS.get(image.format)
       if marker:
         image.fp.seek(-min(_TAIL_BYTES, os.path.getsize(path)), os.SEEK_END)
@@ -115,14 +118,18 @@ def header_problem(path: str) -> str | None:
 def require_directory(path: str, dataset: str, layout: str) -> str:
   """Returns `path` if it is a directory, else raises naming it and the layout expected."""
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"{dataset}: dataset folder {path!r} does not exist; expected {layout}.")
+    raise FileNotFoundError(
+      f"{dataset}: dataset folder {path!r} does not exist; expected {layout}."
+    )
   return path
 
 
 def require_file(path: str, dataset: str, layout: str) -> str:
   """Returns `path` if it is a file, else raises naming it and the layout expected."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{dataset}: annotation file {path!r} does not exist; expected {layout}.")
+    raise FileNotFoundError(
+      f"{dataset}: annotation file {path!r} does not exist; expected {layout}."
+    )
   return path
 
 
@@ -138,6 +145,7 @@ class ImageFileSource:
     class_names: K class names, in label order.
     name: the dataset and split, for messages.
   """
+
   paths: Sequence[str]
   labels: np.ndarray
   ignore: np.ndarray
@@ -149,10 +157,15 @@ class ImageFileSource:
     if len(self.paths) == 0:
       raise ValueError(f"{self.name}: the split has no images.")
     n, k = self.labels.shape
-    if not (len(self.paths) == len(self.ids) == n and self.ignore.shape == (n, k)
-            and len(self.class_names) == k):
-      raise ValueError(f"{self.name}: paths, ids, labels {self.labels.shape}, ignore "
-                       f"{self.ignore.shape} and {len(self.class_names)} class names disagree.")
+    if not (
+      len(self.paths) == len(self.ids) == n
+      and self.ignore.shape == (n, k)
+      and len(self.class_names) == k
+    ):
+      raise ValueError(
+        f"{self.name}: paths, ids, labels {self.labels.shape}, ignore "
+        f"{self.ignore.shape} and {len(self.class_names)} class names disagree."
+      )
 
   def __len__(self) -> int:
     return len(self.paths)

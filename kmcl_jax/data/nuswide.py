@@ -29,7 +29,7 @@ LAYOUT = f"{CSV_NAME} (columns: image path relative to the root, label list, spl
 
 
 def parse_label_list(text: str) -> list[str]:
-  """"['clouds', 'sky']" -> ['clouds', 'sky']; "[]" -> []."""
+  """ "['clouds', 'sky']" -> ['clouds', 'sky']; "[]" -> []."""
   inner = text.strip()
   if not (inner.startswith("[") and inner.endswith("]")):
     raise ValueError("not a bracketed list")
@@ -51,13 +51,18 @@ def nuswide_source(split: str, root: str) -> ImageFileSource:
           raise ValueError("wrong field count or split")
         rows.append((fields[0], parse_label_list(fields[1]), fields[2]))
       except ValueError:
-        raise parse_error(path, line_number, ",".join(fields),
-                          "'<image path>,\"[<label>, ...]\",<train|val>'") from None
+        raise parse_error(
+          path, line_number, ",".join(fields), "'<image path>,\"[<label>, ...]\",<train|val>'"
+        ) from None
   class_names = sorted({name for _, names, _ in rows for name in names})
   index = {name: i for i, name in enumerate(class_names)}
   rows = [row for row in rows if row[2] == split]
   labels = multi_hot([[index[name] for name in names] for _, names, _ in rows], len(class_names))
   return ImageFileSource(
-      paths=[os.path.join(root, image) for image, _, _ in rows], labels=labels,
-      ignore=np.zeros_like(labels, bool), ids=[image for image, _, _ in rows],
-      class_names=class_names, name=f"nuswide {split} at {root}")
+    paths=[os.path.join(root, image) for image, _, _ in rows],
+    labels=labels,
+    ignore=np.zeros_like(labels, bool),
+    ids=[image for image, _, _ in rows],
+    class_names=class_names,
+    name=f"nuswide {split} at {root}",
+  )

@@ -59,6 +59,7 @@ EVAL_FIELDS = TRAIN_FIELDS + ("mask", "index")
 class DecodedRecords:
   """Random access to a source's records; with skip_corrupt, an undecodable image gives
   its record with `image` None instead of raising."""
+
   source: Any
   skip_corrupt: bool
 
@@ -81,6 +82,7 @@ class DecodedRecords:
 @dataclasses.dataclass(frozen=True)
 class EvalRecords:
   """Test records resized, padded to `length` (a whole number of global batches)."""
+
   records: DecodedRecords
   length: int
   image_size: int
@@ -92,17 +94,27 @@ class EvalRecords:
   def __getitem__(self, index: int) -> dict:
     record = self.records[index] if index < len(self.records) else None
     if record is None or record["image"] is None:
-      return {"image": np.zeros((self.image_size, self.image_size, 3), np.uint8),
-              "labels": np.zeros(self.num_classes, np.float32),
-              "ignore": np.ones(self.num_classes, bool), "mask": False,
-              "index": -1 if record is None else index, "skipped": int(record is not None)}
-    return {"image": transforms.eval_image(record["image"], self.image_size),
-            "labels": record["labels"], "ignore": record["ignore"], "mask": True,
-            "index": index, "skipped": 0}
+      return {
+        "image": np.zeros((self.image_size, self.image_size, 3), np.uint8),
+        "labels": np.zeros(self.num_classes, np.float32),
+        "ignore": np.ones(self.num_classes, bool),
+        "mask": False,
+        "index": -1 if record is None else index,
+        "skipped": int(record is not None),
+      }
+    return {
+      "image": transforms.eval_image(record["image"], self.image_size),
+      "labels": record["labels"],
+      "ignore": record["ignore"],
+      "mask": True,
+      "index": index,
+      "skipped": 0,
+    }
 
 
-def augment_record(record: dict, rng: np.random.Generator, *, augment_on: str = "host",
-                   **image_options) -> dict:
+def augment_record(
+  record: dict, rng: np.random.Generator, *, augment_on: str = "host", **image_options
+) -> dict:
   """The record with its training image: resized and augmented on the host, or only
   resized when the accelerator augments (augment_on="device")."""
   if record["image"] is None:
@@ -119,8 +131,9 @@ class HostRows(grain.MapDataset):
   with b = per_host_batch and P = process_count.
   """
 
-  def __init__(self, parent: grain.MapDataset, process_index: int, process_count: int,
-               per_host_batch: int):
+  def __init__(
+    self, parent: grain.MapDataset, process_index: int, process_count: int, per_host_batch: int
+  ):
     super().__init__(parent)
     self._offset = process_index * per_host_batch
     self._batch = per_host_batch
@@ -146,67 +159,118 @@ def stack(records: Sequence[dict], fields: Sequence[str]) -> dict[str, np.ndarra
   flagged in `skipped`, so batch shapes and contents never depend on other batches."""
   usable = [i for i, record in enumerate(records) if record["image"] is not None]
   if not usable:
-    raise CorruptImageError(f"All {len(records)} images of a batch are undecodable, "
-                            f"ids {[r['id'] for r in records[:4]]}...")
+    raise CorruptImageError(
+      f"All {len(records)} images of a batch are undecodable, "
+      f"ids {[r['id'] for r in records[:4]]}..."
+    )
   stand_in, last = [], usable[0]
   for i, record in enumerate(records):
     last = i if record["image"] is not None else last
     stand_in.append(last)
-  batch = {name: np.stack([records[j][name] for j in stand_in]) for name in fields
-           if name != "skipped"}
-  batch["skipped"] = np.array([int(r["image"] is None) or r.get("skipped", 0) for r in records],
-                              np.int32)
+  batch = {
+    name: np.stack([records[j][name] for j in stand_in]) for name in fields if name != "skipped"
+  }
+  batch["skipped"] = np.array(
+    [int(r["image"] is None) or r.get("skipped", 0) for r in records], np.int32
+  )
   return batch
 
 
-def _host_batches(ds: grain.MapDataset, fields: Sequence[str], *, process_index: int,
-                  process_count: int, per_host_batch: int, worker_count: int,
-                  read_threads: int) -> grain.IterDataset:
+def _host_batches(
+  ds: grain.MapDataset,
+  fields: Sequence[str],
+  *,
+  process_index: int,
+  process_count: int,
+  per_host_batch: int,
+  worker_count: int,
+  read_threads: int,
+) -> grain.IterDataset:
   # Batching in the index space (before the workers) makes batch b a function of b
   # alone: worker w builds batches w, w + W, ... and grain interleaves them in order, so
   # any worker count gives the same stream; workers also send whole batches, not images
   # (1.4x the images/s of per-image transfer on 2 cores).
   ds = HostRows(ds, process_index, process_count, per_host_batch)
-  ds = ds.batch(per_host_batch, drop_remainder=True,
-                batch_fn=functools.partial(stack, fields=fields))
+  ds = ds.batch(
+    per_host_batch, drop_remainder=True, batch_fn=functools.partial(stack, fields=fields)
+  )
   # read_threads is per host: with workers, each runs its share.
   threads = max(1, read_threads // max(1, worker_count))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                            prefetch_buffer_size=max(2, threads)))
+  it = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, threads))
+  )
   if worker_count:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                     per_worker_buffer_size=2),
-                        worker_init_fn=functools.partial(workers.exit_with_parent, os.getpid()))
+    it = it.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2),
+      worker_init_fn=functools.partial(workers.exit_with_parent, os.getpid()),
+    )
   return grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=2)
 
 
-def train_dataset(source, *, seed: int, global_batch: int, image_size: int,
-                  cutout_factor: float, augment: str, process_index: int, process_count: int,
-                  worker_count: int = 0, read_threads: int = 8, skip_corrupt: bool = False,
-                  augment_on: str = "host") -> grain.IterDataset:
+def train_dataset(
+  source,
+  *,
+  seed: int,
+  global_batch: int,
+  image_size: int,
+  cutout_factor: float,
+  augment: str,
+  process_index: int,
+  process_count: int,
+  worker_count: int = 0,
+  read_threads: int = 8,
+  skip_corrupt: bool = False,
+  augment_on: str = "host",
+) -> grain.IterDataset:
   """The endless, shuffled, augmented training batches of this host (see module doc);
   with augment_on="device" the images are resized only."""
   ds = grain.MapDataset.source(DecodedRecords(source, skip_corrupt)).shuffle(seed).repeat()
-  ds = ds.random_map(functools.partial(augment_record, image_size=image_size,
-                                       cutout_factor=cutout_factor, augment=augment,
-                                       augment_on=augment_on), seed=seed)
+  ds = ds.random_map(
+    functools.partial(
+      augment_record,
+      image_size=image_size,
+      cutout_factor=cutout_factor,
+      augment=augment,
+      augment_on=augment_on,
+    ),
+    seed=seed,
+  )
   return _host_batches(
-      ds, TRAIN_FIELDS, process_index=process_index, process_count=process_count,
-      per_host_batch=global_batch // process_count, worker_count=worker_count,
-      read_threads=read_threads)
+    ds,
+    TRAIN_FIELDS,
+    process_index=process_index,
+    process_count=process_count,
+    per_host_batch=global_batch // process_count,
+    worker_count=worker_count,
+    read_threads=read_threads,
+  )
 
 
-def eval_dataset(source, *, global_batch: int, image_size: int, process_index: int,
-                 process_count: int, worker_count: int = 0, read_threads: int = 8,
-                 skip_corrupt: bool = False) -> grain.IterDataset:
+def eval_dataset(
+  source,
+  *,
+  global_batch: int,
+  image_size: int,
+  process_index: int,
+  process_count: int,
+  worker_count: int = 0,
+  read_threads: int = 8,
+  skip_corrupt: bool = False,
+) -> grain.IterDataset:
   """One pass over the split in order, padded to whole global batches (see module doc)."""
   length = math.ceil(len(source) / global_batch) * global_batch
-  ds = grain.MapDataset.source(EvalRecords(DecodedRecords(source, skip_corrupt), length,
-                                           image_size, len(source.class_names)))
+  ds = grain.MapDataset.source(
+    EvalRecords(DecodedRecords(source, skip_corrupt), length, image_size, len(source.class_names))
+  )
   return _host_batches(
-      ds, EVAL_FIELDS, process_index=process_index, process_count=process_count,
-      per_host_batch=global_batch // process_count, worker_count=worker_count,
-      read_threads=read_threads)
+    ds,
+    EVAL_FIELDS,
+    process_index=process_index,
+    process_count=process_count,
+    per_host_batch=global_batch // process_count,
+    worker_count=worker_count,
+    read_threads=read_threads,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +286,7 @@ class Datasets:
     steps_per_epoch: num_train // global batch (a partial last batch is not a step).
     eval_steps: global evaluation batches per pass.
   """
+
   train: grain.DatasetIterator
   eval: grain.IterDataset
   class_names: tuple[str, ...]
@@ -232,14 +297,18 @@ class Datasets:
 
 
 def _process(process_index, process_count) -> tuple[int, int]:
-  return (jax.process_index() if process_index is None else process_index,
-          jax.process_count() if process_count is None else process_count)
+  return (
+    jax.process_index() if process_index is None else process_index,
+    jax.process_count() if process_count is None else process_count,
+  )
 
 
 def _check_batch(config, field: str, process_count: int) -> None:
   if config[field] <= 0 or config[field] % process_count:
-    raise ValueError(f"config.{field}={config[field]} must be a positive multiple of the "
-                     f"number of JAX processes ({process_count}).")
+    raise ValueError(
+      f"config.{field}={config[field]} must be a positive multiple of the "
+      f"number of JAX processes ({process_count})."
+    )
 
 
 def check_data_config(data) -> None:
@@ -249,21 +318,24 @@ def check_data_config(data) -> None:
   if augment_on not in AUGMENT_ON:
     raise ValueError(f"config.data.augment_on={augment_on!r}: expected one of {AUGMENT_ON}.")
   if augment_on == "device" and data.augment not in ("randaugment", "none"):
-    raise ValueError(f"config.data.augment_on='device' runs Cutout and RandAugment only; "
-                     f"config.data.augment={data.augment!r} needs augment_on='host'.")
+    raise ValueError(
+      f"config.data.augment_on='device' runs Cutout and RandAugment only; "
+      f"config.data.augment={data.augment!r} needs augment_on='host'."
+    )
   for field in ("train_fraction", "eval_fraction"):
     fraction = data[field]
     if not 0 < fraction <= 1:
       raise ValueError(f"config.data.{field}={fraction!r}: expected a fraction in (0, 1].")
     if fraction != 1 and data.name != "chestxray14":
-      raise ValueError(f"config.data.{field}={fraction!r} applies to chestxray14 only, "
-                       f"not {data.name!r}.")
+      raise ValueError(
+        f"config.data.{field}={fraction!r} applies to chestxray14 only, not {data.name!r}."
+      )
   if data.drop_no_finding and data.name != "chestxray14":
-    raise ValueError(f"config.data.drop_no_finding applies to chestxray14 only, not "
-                     f"{data.name!r}.")
+    raise ValueError(f"config.data.drop_no_finding applies to chestxray14 only, not {data.name!r}.")
   if data.subset_ids and data.name != "coco2014":
-    raise ValueError(f"config.data.subset_ids applies to the coco2014 train split only, not "
-                     f"{data.name!r}.")
+    raise ValueError(
+      f"config.data.subset_ids applies to the coco2014 train split only, not {data.name!r}."
+    )
 
 
 def source_options(data, training: bool) -> dict:
@@ -289,21 +361,27 @@ def check_image_headers(source, *, skip_corrupt: bool, threads: int) -> list[str
   chunks = [paths[i::threads] for i in range(threads)]
   # Threads overlap the file reads; the header parsing itself holds the GIL.
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    problems = sorted(p for chunk in pool.map(lambda c: [header_problem(x) for x in c], chunks)
-                      for p in chunk if p)
-  logging.info("Checked the headers of the %d images of %s in %.1f s: %d unreadable.",
-               len(paths), source.name, time.perf_counter() - start, len(problems))
+    problems = sorted(
+      p for chunk in pool.map(lambda c: [header_problem(x) for x in c], chunks) for p in chunk if p
+    )
+  logging.info(
+    "Checked the headers of the %d images of %s in %.1f s: %d unreadable.",
+    len(paths),
+    source.name,
+    time.perf_counter() - start,
+    len(problems),
+  )
   if problems and not skip_corrupt:
     raise CorruptImageError(
-        f"{problems[0]} ({len(problems)} unreadable image(s) in {source.name}, found "
-        "before training; data.skip_corrupt=True leaves them out of the evaluation).")
+      f"{problems[0]} ({len(problems)} unreadable image(s) in {source.name}, found "
+      "before training; data.skip_corrupt=True leaves them out of the evaluation)."
+    )
   for problem in problems:
     logging.warning("Unreadable evaluation image (skipped, data.skip_corrupt): %s", problem)
   return problems
 
 
-def create_eval_dataset(config, process_index: int | None = None,
-                        process_count: int | None = None):
+def create_eval_dataset(config, process_index: int | None = None, process_count: int | None = None):
   """(eval dataset, its source) of config.data.eval_split; see `create_datasets`.
 
   Every image file's header is read first (every host checks the whole split, so all
@@ -315,14 +393,21 @@ def create_eval_dataset(config, process_index: int | None = None,
   _check_batch(config, "eval_batch_size", process_count)
   source = get_source(data.name, data.eval_split, data.root, **source_options(data, False))
   check_image_headers(source, skip_corrupt=data.skip_corrupt, threads=data.read_threads)
-  return eval_dataset(source, global_batch=config.eval_batch_size, image_size=data.image_size,
-                      process_index=process_index, process_count=process_count,
-                      worker_count=data.worker_count, read_threads=data.read_threads,
-                      skip_corrupt=data.skip_corrupt), source
+  return eval_dataset(
+    source,
+    global_batch=config.eval_batch_size,
+    image_size=data.image_size,
+    process_index=process_index,
+    process_count=process_count,
+    worker_count=data.worker_count,
+    read_threads=data.read_threads,
+    skip_corrupt=data.skip_corrupt,
+  ), source
 
 
-def create_datasets(config, process_index: int | None = None,
-                    process_count: int | None = None) -> Datasets:
+def create_datasets(
+  config, process_index: int | None = None, process_count: int | None = None
+) -> Datasets:
   """The training iterator and evaluation dataset of `config`.
 
   Reads config.seed, config.batch_size and config.eval_batch_size (global, all hosts),
@@ -336,19 +421,35 @@ def create_datasets(config, process_index: int | None = None,
   evaluation, eval_source = create_eval_dataset(config, process_index, process_count)
   train_source = get_source(data.name, data.train_split, data.root, **source_options(data, True))
   if tuple(train_source.class_names) != tuple(eval_source.class_names):
-    raise ValueError(f"data: splits {data.train_split!r} and {data.eval_split!r} of "
-                     f"{data.name!r} have different classes.")
+    raise ValueError(
+      f"data: splits {data.train_split!r} and {data.eval_split!r} of "
+      f"{data.name!r} have different classes."
+    )
   if len(train_source) < config.batch_size:
-    raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
-                     f"{len(train_source)} images of {train_source.name}.")
-  train = train_dataset(train_source, seed=config.seed, global_batch=config.batch_size,
-                        image_size=data.image_size, cutout_factor=data.cutout,
-                        augment=data.augment, process_index=process_index,
-                        process_count=process_count, worker_count=data.worker_count,
-                        read_threads=data.read_threads, skip_corrupt=data.skip_corrupt,
-                        augment_on=data.augment_on)
+    raise ValueError(
+      f"config.batch_size={config.batch_size} exceeds the "
+      f"{len(train_source)} images of {train_source.name}."
+    )
+  train = train_dataset(
+    train_source,
+    seed=config.seed,
+    global_batch=config.batch_size,
+    image_size=data.image_size,
+    cutout_factor=data.cutout,
+    augment=data.augment,
+    process_index=process_index,
+    process_count=process_count,
+    worker_count=data.worker_count,
+    read_threads=data.read_threads,
+    skip_corrupt=data.skip_corrupt,
+    augment_on=data.augment_on,
+  )
   return Datasets(
-      train=iter(train), eval=evaluation, class_names=tuple(train_source.class_names),
-      num_train=len(train_source), num_eval=len(eval_source),
-      steps_per_epoch=len(train_source) // config.batch_size,
-      eval_steps=math.ceil(len(eval_source) / config.eval_batch_size))
+    train=iter(train),
+    eval=evaluation,
+    class_names=tuple(train_source.class_names),
+    num_train=len(train_source),
+    num_eval=len(eval_source),
+    steps_per_epoch=len(train_source) // config.batch_size,
+    eval_steps=math.ceil(len(eval_source) / config.eval_batch_size),
+  )

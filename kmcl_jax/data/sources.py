@@ -10,8 +10,13 @@ from kmcl_jax.data.nuswide import nuswide_source
 from kmcl_jax.data.tfds_source import tfds_source
 from kmcl_jax.data.voc import voc2007_source
 
-LOCAL_SOURCES = {"voc2007": voc2007_source, "coco2014": coco2014_source,
-                 "nuswide": nuswide_source, "chestxray14": chestxray14_source, "adp": adp_source}
+LOCAL_SOURCES = {
+  "voc2007": voc2007_source,
+  "coco2014": coco2014_source,
+  "nuswide": nuswide_source,
+  "chestxray14": chestxray14_source,
+  "adp": adp_source,
+}
 TFDS_PREFIX = "tfds:"
 NAMES = tuple(LOCAL_SOURCES) + ("demo", "tfds:voc/2007", "tfds:coco/2014")
 OPTIONS = {"coco2014": ("subset_ids",), "chestxray14": ("drop_no_finding", "fraction")}
@@ -33,15 +38,18 @@ def get_source(name: str, split: str, root: str | None = None, **options):
   """
   unknown = sorted(set(options) - set(OPTIONS.get(name, ())))
   if unknown:
-    raise ValueError(f"data: dataset {name!r} has no option {unknown[0]!r}; its options are "
-                     f"{OPTIONS.get(name, ())}.")
+    raise ValueError(
+      f"data: dataset {name!r} has no option {unknown[0]!r}; its options are "
+      f"{OPTIONS.get(name, ())}."
+    )
   if name == "demo":
     return DigitGridSource(split)
   if name.startswith(TFDS_PREFIX):
-    return tfds_source(name[len(TFDS_PREFIX):], split, root)
+    return tfds_source(name[len(TFDS_PREFIX) :], split, root)
   if name not in LOCAL_SOURCES:
     raise ValueError(f"data.name: unknown dataset {name!r}; expected one of {NAMES}.")
   if not root:
-    raise ValueError(f"data.root: dataset {name!r} needs its folder "
-                     f"(--config.data.root=/path/to/{name}).")
+    raise ValueError(
+      f"data.root: dataset {name!r} needs its folder (--config.data.root=/path/to/{name})."
+    )
   return LOCAL_SOURCES[name](split, root, **options)

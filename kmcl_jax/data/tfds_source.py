@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-SPLITS = {"voc/2007": {"trainval": "train+validation", "test": "test"},
-          "coco/2014": {"train": "train", "val": "validation"}}
+SPLITS = {
+  "voc/2007": {"trainval": "train+validation", "test": "test"},
+  "coco/2014": {"train": "train", "val": "validation"},
+}
 
 
 def voc_record(example: dict, num_classes: int) -> dict:
@@ -31,8 +33,11 @@ def voc_record(example: dict, num_classes: int) -> dict:
 def coco_record(example: dict, num_classes: int) -> dict:
   labels = np.zeros(num_classes, np.float32)
   labels[np.asarray(example["objects"]["label"], np.int64)] = 1.0
-  return {"labels": labels, "ignore": np.zeros(num_classes, bool),
-          "id": str(int(example["image/id"]))}
+  return {
+    "labels": labels,
+    "ignore": np.zeros(num_classes, bool),
+    "id": str(int(example["image/id"])),
+  }
 
 
 def _text(value: Any) -> str:
@@ -47,6 +52,7 @@ def _rgb(image: Any) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class TfdsSource:
   """grain random-access source over a TFDS data_source, restricted to `rows`."""
+
   dataset: str
   split: str
   data: Any
@@ -74,12 +80,15 @@ class TfdsSource:
 
 def tfds_source(dataset: str, split: str, root: str | None) -> TfdsSource:
   import tensorflow_datasets as tfds
+
   if dataset not in SPLITS:
-    raise ValueError(f"tfds:{dataset}: unsupported; expected one of "
-                     f"{['tfds:' + d for d in SPLITS]}.")
+    raise ValueError(
+      f"tfds:{dataset}: unsupported; expected one of {['tfds:' + d for d in SPLITS]}."
+    )
   if split not in SPLITS[dataset]:
-    raise ValueError(f"tfds:{dataset}: unknown split {split!r}; expected one of "
-                     f"{tuple(SPLITS[dataset])}.")
+    raise ValueError(
+      f"tfds:{dataset}: unknown split {split!r}; expected one of {tuple(SPLITS[dataset])}."
+    )
   tfds_split = SPLITS[dataset][split]
   data = tfds.data_source(dataset, split=tfds_split, data_dir=root, download=False)
   features = data.dataset_info.features
@@ -88,9 +97,15 @@ def tfds_source(dataset: str, split: str, root: str | None) -> TfdsSource:
     rows = list(range(len(data)))
   else:
     class_names = features["objects"]["label"].names
-    rows = rows_with_objects(tfds.data_source(
-        dataset, split=tfds_split, data_dir=root, download=False,
-        decoders={"image": tfds.decode.SkipDecoding()}))
+    rows = rows_with_objects(
+      tfds.data_source(
+        dataset,
+        split=tfds_split,
+        data_dir=root,
+        download=False,
+        decoders={"image": tfds.decode.SkipDecoding()},
+      )
+    )
   if not rows:
     raise ValueError(f"tfds:{dataset}: split {split!r} ({tfds_split}) has no images.")
   return TfdsSource(dataset, split, data, rows, class_names)

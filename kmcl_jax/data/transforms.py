@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 AUGMENTATIONS = ("randaugment", "affine", "none")
-FILL_GREY = (128, 128, 128)     # what the geometric operations move in
+FILL_GREY = (128, 128, 128)  # what the geometric operations move in
 PATCH_COLOUR = (125, 122, 113)  # the RandAugment "cutout" patch
 
 
@@ -48,16 +48,21 @@ def cutout(image: Image.Image, rng: np.random.Generator, factor: float = 0.5) ->
   return draw_cutout(image.copy(), rng, factor)
 
 
-def draw_cutout(image: Image.Image, rng: np.random.Generator, factor: float = 0.5
-                ) -> Image.Image:
+def draw_cutout(image: Image.Image, rng: np.random.Generator, factor: float = 0.5) -> Image.Image:
   """`cutout` drawn into `image` itself, which it returns (for an image the caller owns)."""
   width, height = image.size
   half_w, half_h = int(factor * width + 0.5) // 2, int(factor * height + 0.5) // 2
   cx, cy = int(rng.integers(width)), int(rng.integers(height))
   colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
   ImageDraw.Draw(image).rectangle(
-      [min(max(cx - half_w, 0), width), min(max(cy - half_h, 0), height),
-       min(max(cx + half_w, 0), width), min(max(cy + half_h, 0), height)], fill=colour)
+    [
+      min(max(cx - half_w, 0), width),
+      min(max(cy - half_h, 0), height),
+      min(max(cx + half_w, 0), width),
+      min(max(cy + half_h, 0), height),
+    ],
+    fill=colour,
+  )
   return image
 
 
@@ -75,9 +80,15 @@ def _patch(image, side, rng):
   width, height = image.size
   cx, cy = rng.integers(width), rng.integers(height)
   image = image.copy()
-  ImageDraw.Draw(image).rectangle([max(0, cx - side // 2), max(0, cy - side // 2),
-                                   min(width, cx + side // 2) - 1,
-                                   min(height, cy + side // 2) - 1], fill=PATCH_COLOUR)
+  ImageDraw.Draw(image).rectangle(
+    [
+      max(0, cx - side // 2),
+      max(0, cy - side // 2),
+      min(width, cx + side // 2) - 1,
+      min(height, cy + side // 2) - 1,
+    ],
+    fill=PATCH_COLOUR,
+  )
   return image
 
 
@@ -108,23 +119,25 @@ def _enhance(enhancer):
 # The `randaugment` package's operations: (name, operation(image, value, rng), values of
 # magnitudes 0..9). Signed operations flip the sign with probability 1/2.
 RANDAUGMENT_OPS = (
-    ("invert", lambda image, value, rng: ImageOps.invert(image), [0] * 10),
-    ("cutout", _patch, np.round(np.linspace(0, 20, 10)).astype(int)),
-    ("sharpness", _enhance(ImageEnhance.Sharpness), np.linspace(0.0, 0.9, 10)),
-    ("autocontrast", lambda image, value, rng: ImageOps.autocontrast(image), [0] * 10),
-    ("posterize", lambda image, value, rng: ImageOps.posterize(image, int(value)),
-     np.round(np.linspace(8, 4, 10)).astype(int)),
-    ("shear_x", _shear_x, np.linspace(0, 0.3, 10)),
-    ("translate_x", _translate_x, np.linspace(0, 150 / 331, 10)),
-    ("translate_y", _translate_y, np.linspace(0, 150 / 331, 10)),
-    ("shear_y", _shear_y, np.linspace(0, 0.3, 10)),
-    ("rotate", _rotate, np.linspace(0, 30, 10)),
-    ("equalize", lambda image, value, rng: ImageOps.equalize(image), [0] * 10),
-    ("contrast", _enhance(ImageEnhance.Contrast), np.linspace(0.0, 0.9, 10)),
-    ("color", _enhance(ImageEnhance.Color), np.linspace(0.0, 0.9, 10)),
-    ("solarize", lambda image, value, rng: ImageOps.solarize(image, value),
-     np.linspace(256, 0, 10)),
-    ("brightness", _enhance(ImageEnhance.Brightness), np.linspace(0.0, 0.9, 10)),
+  ("invert", lambda image, value, rng: ImageOps.invert(image), [0] * 10),
+  ("cutout", _patch, np.round(np.linspace(0, 20, 10)).astype(int)),
+  ("sharpness", _enhance(ImageEnhance.Sharpness), np.linspace(0.0, 0.9, 10)),
+  ("autocontrast", lambda image, value, rng: ImageOps.autocontrast(image), [0] * 10),
+  (
+    "posterize",
+    lambda image, value, rng: ImageOps.posterize(image, int(value)),
+    np.round(np.linspace(8, 4, 10)).astype(int),
+  ),
+  ("shear_x", _shear_x, np.linspace(0, 0.3, 10)),
+  ("translate_x", _translate_x, np.linspace(0, 150 / 331, 10)),
+  ("translate_y", _translate_y, np.linspace(0, 150 / 331, 10)),
+  ("shear_y", _shear_y, np.linspace(0, 0.3, 10)),
+  ("rotate", _rotate, np.linspace(0, 30, 10)),
+  ("equalize", lambda image, value, rng: ImageOps.equalize(image), [0] * 10),
+  ("contrast", _enhance(ImageEnhance.Contrast), np.linspace(0.0, 0.9, 10)),
+  ("color", _enhance(ImageEnhance.Color), np.linspace(0.0, 0.9, 10)),
+  ("solarize", lambda image, value, rng: ImageOps.solarize(image, value), np.linspace(256, 0, 10)),
+  ("brightness", _enhance(ImageEnhance.Brightness), np.linspace(0.0, 0.9, 10)),
 )
 
 
@@ -140,8 +153,13 @@ def rand_augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
   return image
 
 
-def affine(image: Image.Image, degrees: float, translate: tuple[int, int], scale: float,
-           fill: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+def affine(
+  image: Image.Image,
+  degrees: float,
+  translate: tuple[int, int],
+  scale: float,
+  fill: tuple[int, int, int] = (0, 0, 0),
+) -> Image.Image:
   """Rotates by `degrees` (counter-clockwise) and scales about the image centre, then
   shifts by `translate` pixels; nearest-neighbour (torchvision's F.affine, no shear)."""
   width, height = image.size
@@ -154,20 +172,32 @@ def affine(image: Image.Image, degrees: float, translate: tuple[int, int], scale
   return image.transform(image.size, Image.AFFINE, matrix, Image.NEAREST, fillcolor=fill)
 
 
-def random_affine(image: Image.Image, rng: np.random.Generator, degrees: float = 45.0,
-                  translate: float = 0.15, scale: tuple[float, float] = (0.85, 1.15)
-                  ) -> Image.Image:
+def random_affine(
+  image: Image.Image,
+  rng: np.random.Generator,
+  degrees: float = 45.0,
+  translate: float = 0.15,
+  scale: tuple[float, float] = (0.85, 1.15),
+) -> Image.Image:
   """torchvision's RandomAffine(degrees, translate=(t, t), scale), black fill: the
   reference's Chest X-ray14 augmentation."""
   width, height = image.size
   angle = rng.uniform(-degrees, degrees)
-  shift = (round(rng.uniform(-translate * width, translate * width)),
-           round(rng.uniform(-translate * height, translate * height)))
+  shift = (
+    round(rng.uniform(-translate * width, translate * width)),
+    round(rng.uniform(-translate * height, translate * height)),
+  )
   return affine(image, angle, shift, rng.uniform(*scale))
 
 
-def train_image(image: np.ndarray | Image.Image, rng: np.random.Generator, *, image_size: int,
-                cutout_factor: float, augment: str) -> np.ndarray:
+def train_image(
+  image: np.ndarray | Image.Image,
+  rng: np.random.Generator,
+  *,
+  image_size: int,
+  cutout_factor: float,
+  augment: str,
+) -> np.ndarray:
   """uint8 (H, W, 3) array or RGB PIL image -> uint8 (S, S, 3): resize, Cutout (if
   factor > 0), then RandAugment or the random affine map or nothing, in the reference's
   order."""
@@ -191,4 +221,5 @@ def eval_image(image: np.ndarray | Image.Image, image_size: int) -> np.ndarray:
 def normalize(images, mean, std):
   """uint8 images (..., 3) -> float32 (x / 255 - mean) / std; NumPy or JAX arrays."""
   return (images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(
-      std, np.float32)
+    std, np.float32
+  )

@@ -23,18 +23,43 @@ from kmcl_jax.data.image_files import (
   require_file,
 )
 
-CLASS_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-               "sheep", "sofa", "train", "tvmonitor")
+CLASS_NAMES = (
+  "aeroplane",
+  "bicycle",
+  "bird",
+  "boat",
+  "bottle",
+  "bus",
+  "car",
+  "cat",
+  "chair",
+  "cow",
+  "diningtable",
+  "dog",
+  "horse",
+  "motorbike",
+  "person",
+  "pottedplant",
+  "sheep",
+  "sofa",
+  "train",
+  "tvmonitor",
+)
 SPLITS = ("trainval", "test", "train", "val")
-LAYOUT = ("VOCdevkit/VOC2007/ImageSets/Main/<class>_<split>.txt and VOCdevkit/VOC2007/JPEGImages/ "
-          "under it (or ImageSets/ and JPEGImages/ directly, for a VOC2007 folder)")
+LAYOUT = (
+  "VOCdevkit/VOC2007/ImageSets/Main/<class>_<split>.txt and VOCdevkit/VOC2007/JPEGImages/ "
+  "under it (or ImageSets/ and JPEGImages/ directly, for a VOC2007 folder)"
+)
 
 
 def find_voc2007(root: str) -> str:
   """The VOC2007 folder for a root that is either it or a folder holding VOCdevkit."""
   require_directory(root, "voc2007", LAYOUT)
-  for candidate in (os.path.join(root, "VOCdevkit", "VOC2007"), os.path.join(root, "VOC2007"), root):
+  for candidate in (
+    os.path.join(root, "VOCdevkit", "VOC2007"),
+    os.path.join(root, "VOC2007"),
+    root,
+  ):
     if os.path.isdir(os.path.join(candidate, "ImageSets", "Main")):
       return candidate
   raise FileNotFoundError(f"voc2007: no ImageSets/Main folder under {root!r}; expected {LAYOUT}.")
@@ -58,18 +83,30 @@ def voc2007_source(split: str, root: str) -> ImageFileSource:
   if split not in SPLITS:
     raise ValueError(f"voc2007: unknown split {split!r}; expected one of {SPLITS}.")
   folder = find_voc2007(root)
-  raw_by_class = [read_class_file(require_file(
-      os.path.join(folder, "ImageSets", "Main", f"{name}_{split}.txt"), "voc2007", LAYOUT))
-      for name in CLASS_NAMES]
+  raw_by_class = [
+    read_class_file(
+      require_file(
+        os.path.join(folder, "ImageSets", "Main", f"{name}_{split}.txt"), "voc2007", LAYOUT
+      )
+    )
+    for name in CLASS_NAMES
+  ]
   ids = sorted(raw_by_class[0])
-  for name, raw in zip(CLASS_NAMES, raw_by_class):
+  for name, raw in zip(CLASS_NAMES, raw_by_class, strict=True):
     if set(raw) != set(ids):
-      raise ValueError(f"voc2007: ImageSets/Main/{name}_{split}.txt lists other images than "
-                       f"{CLASS_NAMES[0]}_{split}.txt.")
+      raise ValueError(
+        f"voc2007: ImageSets/Main/{name}_{split}.txt lists other images than "
+        f"{CLASS_NAMES[0]}_{split}.txt."
+      )
   raw = np.array([[by_class[i] for by_class in raw_by_class] for i in ids], np.int8).reshape(
-      len(ids), len(CLASS_NAMES))
+    len(ids), len(CLASS_NAMES)
+  )
   images = require_directory(os.path.join(folder, "JPEGImages"), "voc2007", LAYOUT)
   return ImageFileSource(
-      paths=[os.path.join(images, f"{i}.jpg") for i in ids],
-      labels=(raw >= 0).astype(np.float32), ignore=raw == 0, ids=ids,
-      class_names=CLASS_NAMES, name=f"voc2007 {split} at {root}")
+    paths=[os.path.join(images, f"{i}.jpg") for i in ids],
+    labels=(raw >= 0).astype(np.float32),
+    ignore=raw == 0,
+    ids=ids,
+    class_names=CLASS_NAMES,
+    name=f"voc2007 {split} at {root}",
+  )

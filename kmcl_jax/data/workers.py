@@ -29,8 +29,9 @@ def exit_with_parent(parent_pid: int, worker_index: int = 0, worker_count: int =
   parent that would consume its results is gone) as soon as its parent process is no
   longer `parent_pid`. Signature of grain's worker_init_fn after binding `parent_pid`."""
   del worker_index, worker_count
-  threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
-                   name="exit-with-parent").start()
+  threading.Thread(
+    target=_watch_parent, args=(parent_pid,), daemon=True, name="exit-with-parent"
+  ).start()
 
 
 def _watch_parent(parent_pid: int) -> None:

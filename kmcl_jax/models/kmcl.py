@@ -1,4 +1,6 @@
-"""The whole KMCL model: TResNet backbone -> KMCL head (projection + KMM); docs/method.md, section 1."""
+"""The whole KMCL model: TResNet backbone -> KMCL head (projection + KMM).
+
+docs/method.md, section 1."""
 
 from __future__ import annotations
 
@@ -34,7 +36,14 @@ class KMCLModel(nn.Module, kw_only=True):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array | None]:
-    pooled = create_backbone(self.backbone, dtype=self.dtype, remat=self.remat,
-                             name="backbone")(images, train)
-    return KMCLHead(num_classes=self.num_classes, kernel=self.kernel, variance=self.variance,
-                    mode=self.mode, embedding_dim=self.embedding_dim, name="head")(pooled)
+    pooled = create_backbone(self.backbone, dtype=self.dtype, remat=self.remat, name="backbone")(
+      images, train
+    )
+    return KMCLHead(
+      num_classes=self.num_classes,
+      kernel=self.kernel,
+      variance=self.variance,
+      mode=self.mode,
+      embedding_dim=self.embedding_dim,
+      name="head",
+    )(pooled)

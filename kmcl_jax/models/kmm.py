@@ -35,15 +35,23 @@ def _check_head(kernel: str, variance: str, mode: str) -> None:
   if mode not in MODES:
     raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
   if (variance, kernel) in (("MKS", "isotropic"), ("RBF", "anisotropic")):
-    raise ValueError(f"`variance`={variance!r} is defined for the "
-                     f"{'anisotropic' if variance == 'MKS' else 'isotropic'} kernel only, "
-                     f"got kernel={kernel!r}.")
+    raise ValueError(
+      f"`variance`={variance!r} is defined for the "
+      f"{'anisotropic' if variance == 'MKS' else 'isotropic'} kernel only, "
+      f"got kernel={kernel!r}."
+    )
 
 
 def _float32_dense(features: int, name: str, **kwargs) -> nn.Dense:
   """A Dense layer computing and storing in float32 at full precision."""
-  return nn.Dense(features, dtype=jnp.float32, param_dtype=jnp.float32,
-                  precision=jax.lax.Precision.HIGHEST, name=name, **kwargs)
+  return nn.Dense(
+    features,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    precision=jax.lax.Precision.HIGHEST,
+    name=name,
+    **kwargs,
+  )
 
 
 def _uniform(low: float, high: float):
@@ -87,14 +95,17 @@ class KMM(nn.Module, kw_only=True):
     mu_size = dim * classes if anisotropic else classes
     mu = _float32_dense(mu_size, "mu", kernel_init=_uniform(0.0, 0.1))(features)
     # MKS: one variance per dimension, shared by every class; RBF: one per sample.
-    var_size, var_shape = {"BC": (mu_size, mu_shape), "MKS": (dim, (batch, dim, 1)),
-                           "RBF": (1, (batch, 1))}[self.variance]
+    var_size, var_shape = {
+      "BC": (mu_size, mu_shape),
+      "MKS": (dim, (batch, dim, 1)),
+      "RBF": (1, (batch, 1)),
+    }[self.variance]
     raw_var = _float32_dense(var_size, "var", kernel_init=nn.initializers.ones)(features)
     var = VARIANCE_OFFSET + nn.elu(raw_var)
     return {
-        "pi": pi,
-        "mu": mu.reshape(mu_shape),
-        "var": jnp.broadcast_to(var.reshape(var_shape), mu_shape),
+      "pi": pi,
+      "mu": mu.reshape(mu_shape),
+      "var": jnp.broadcast_to(var.reshape(var_shape), mu_shape),
     }
 
 
@@ -126,6 +137,11 @@ class KMCLHead(nn.Module, kw_only=True):
     features = pooled.astype(jnp.float32)
     if self.kernel == "anisotropic":  # the reference projects in ASL-only mode too
       features = _float32_dense(self.embedding_dim, "projection")(features)
-    outputs = KMM(num_classes=self.num_classes, kernel=self.kernel, variance=self.variance,
-                  mode=self.mode, name="kmm")(features)
+    outputs = KMM(
+      num_classes=self.num_classes,
+      kernel=self.kernel,
+      variance=self.variance,
+      mode=self.mode,
+      name="kmm",
+    )(features)
     return {"features": features, **outputs}

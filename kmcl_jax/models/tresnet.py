@@ -15,14 +15,16 @@ and a 1x1 convolution. A stage's first block whose input width differs from its 
 (L-v2's layer1: 64 -> 256 channels) has a 1x1 convolution shortcut without the pool.
 L-v2 (timm's `tresnet_v2_l`, the authors' `tresnet_l_v2`) is the same network with
 Bottlenecks in every stage, layers (3, 4, 23, 3) and width 1.0 (timm also rounds v2
-widths down to a multiple of 8, which leaves its 64 as it is). Module names follow timm's parameter names (`layer3_0/conv2/bn`
-is timm's `body.layer3.0.conv2.bn`), which is what `kmcl_jax.convert` relies on.
+widths down to a multiple of 8, which leaves its 64 as it is). Module names follow
+timm's parameter names (`layer3_0/conv2/bn` is timm's `body.layer3.0.conv2.bn`), which
+is what `kmcl_jax.convert` relies on.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -85,10 +87,23 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding="SAME",
-                use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                     dtype=self.dtype, param_dtype=jnp.float32, name="bn")(x)
+    x = nn.Conv(
+      self.features,
+      (self.kernel_size, self.kernel_size),
+      padding="SAME",
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name="conv",
+    )(x)
+    x = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=BN_MOMENTUM,
+      epsilon=BN_EPSILON,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name="bn",
+    )(x)
     if self.slope is not None:
       x = nn.leaky_relu(x, self.slope)
     if self.stride == 2:
@@ -180,34 +195,47 @@ class TResNet(nn.Module):
     block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     in_channels = self.planes
     strides, squeeze_excite = (1, 2, 2, 2), (True, True, True, False)
-    stages = zip(self.layers, strides, self.bottleneck_stages, squeeze_excite)
+    stages = zip(self.layers, strides, self.bottleneck_stages, squeeze_excite, strict=True)
     for stage, (blocks, stride, bottleneck, use_se) in enumerate(stages):
       planes = self.planes * 2**stage
       out_channels = planes * (4 if bottleneck else 1)
       for index in range(blocks):
         first = index == 0
-        x = block_cls(planes, stride if first else 1, bottleneck, use_se,
-                      downsample=first and (stride != 1 or in_channels != out_channels),
-                      dtype=self.dtype, name=f"layer{stage + 1}_{index}")(x, train)
+        x = block_cls(
+          planes,
+          stride if first else 1,
+          bottleneck,
+          use_se,
+          downsample=first and (stride != 1 or in_channels != out_channels),
+          dtype=self.dtype,
+          name=f"layer{stage + 1}_{index}",
+        )(x, train)
         in_channels = out_channels
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 ARCHITECTURES: dict[str, dict] = {
-    "tresnet_m": {"layers": (3, 4, 11, 3), "width": 1.0},
-    "tresnet_l": {"layers": (4, 5, 18, 3), "width": 1.2},
-    "tresnet_xl": {"layers": (4, 5, 24, 3), "width": 1.3},
-    # The authors' multi-GPU default (ImageNet-21k weights); timm's `tresnet_v2_l`.
-    "tresnet_l_v2": {"layers": (3, 4, 23, 3), "width": 1.0,
-                     "bottleneck_stages": (True, True, True, True)},
-    # A test-size TResNet: both kinds of block, strided shortcuts, a fraction of the width.
-    "tresnet_tiny": {"layers": (1, 1, 1, 1), "width": 0.25},
+  "tresnet_m": {"layers": (3, 4, 11, 3), "width": 1.0},
+  "tresnet_l": {"layers": (4, 5, 18, 3), "width": 1.2},
+  "tresnet_xl": {"layers": (4, 5, 24, 3), "width": 1.3},
+  # The authors' multi-GPU default (ImageNet-21k weights); timm's `tresnet_v2_l`.
+  "tresnet_l_v2": {
+    "layers": (3, 4, 23, 3),
+    "width": 1.0,
+    "bottleneck_stages": (True, True, True, True),
+  },
+  # A test-size TResNet: both kinds of block, strided shortcuts, a fraction of the width.
+  "tresnet_tiny": {"layers": (1, 1, 1, 1), "width": 0.25},
 }
 
 
 # The same networks in timm's registry (tests and benchmarks compare against them).
-TIMM_NAMES: dict[str, str] = {"tresnet_m": "tresnet_m", "tresnet_l": "tresnet_l",
-                              "tresnet_xl": "tresnet_xl", "tresnet_l_v2": "tresnet_v2_l"}
+TIMM_NAMES: dict[str, str] = {
+  "tresnet_m": "tresnet_m",
+  "tresnet_l": "tresnet_l",
+  "tresnet_xl": "tresnet_xl",
+  "tresnet_l_v2": "tresnet_v2_l",
+}
 
 
 def create_backbone(arch: str, **kwargs) -> TResNet:
