@@ -93,3 +93,14 @@ def main_flags(workdir, *flags):
 
 def main_command(workdir, *flags):
   return [sys.executable, "-m", "kmcl_jax.main", *main_flags(workdir, *flags)]
+
+
+def synthetic_batch():
+  """One batch of the runs' shape (8 images of 32 px, 10 classes) from a fixed seed."""
+  rng = np.random.default_rng(0)
+  return {
+    "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+    "labels": (rng.random((8, 10)) < 0.3).astype(np.float32),
+    "ignore": np.zeros((8, 10), bool),
+    "skipped": np.zeros(8, np.int32),
+  }

@@ -144,7 +144,7 @@ def test_same_seed_same_augmented_batches_with_any_worker_count_and_host_count()
   reference = create_datasets(demo_config())
   expected = [next(reference.train) for _ in range(3)]
   reference.train.close()
-  assert (reference.steps_per_epoch, reference.eval_steps) == (500, 63)
+  assert reference.steps_per_epoch == 500
   assert reference.class_names == tuple("0123456789")
   workers = create_datasets(demo_config(worker_count=2))
   for batch in expected:

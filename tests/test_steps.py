@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from runs import assert_trees_close, synthetic_batch
 
 from kmcl_jax import config as config_lib
 from kmcl_jax import optim
@@ -24,26 +25,6 @@ def run_config():
   config = config_lib.load(os.path.join(ROOT, "configs", "demo.py:smoke"))
   config.optim.lr = 1e-4
   return config
-
-
-def synthetic_batch():
-  """One batch of the runs' shape (8 images of 32 px, 10 classes) from a fixed seed."""
-  rng = np.random.default_rng(0)
-  return {
-    "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-    "labels": (rng.random((8, 10)) < 0.3).astype(np.float32),
-    "ignore": np.zeros((8, 10), bool),
-    "skipped": np.zeros(8, np.int32),
-  }
-
-
-def assert_trees_close(a, b, atol):
-  flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)
-  assert len(flat_a) == len(flat_b)
-  for (path, x), y in zip(flat_a, flat_b, strict=True):
-    np.testing.assert_allclose(
-      np.asarray(x), np.asarray(y), rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path)
-    )
 
 
 @pytest.mark.slow

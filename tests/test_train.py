@@ -20,6 +20,7 @@ from runs import (
   main_command,
   records,
   run_config,
+  synthetic_batch,
 )
 
 from kmcl_jax import config as config_lib
@@ -251,17 +252,6 @@ def test_training_starts_from_converted_weights(tmp_path, reference_run):
     )
   )
   assert 0 < max(moves) <= config.optim.lr * (1 + 1e-3)
-
-
-def synthetic_batch():
-  """One batch of the runs' shape (8 images of 32 px, 10 classes) from a fixed seed."""
-  rng = np.random.default_rng(0)
-  return {
-    "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-    "labels": (rng.random((8, 10)) < 0.3).astype(np.float32),
-    "ignore": np.zeros((8, 10), bool),
-    "skipped": np.zeros(8, np.int32),
-  }
 
 
 def test_bad_config_values_fail_before_compiling(tmp_path):

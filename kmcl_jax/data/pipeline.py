@@ -284,7 +284,6 @@ class Datasets:
     class_names: K names.
     num_train, num_eval: images in each split (before skipping undecodable ones).
     steps_per_epoch: num_train // global batch (a partial last batch is not a step).
-    eval_steps: global evaluation batches per pass.
   """
 
   train: grain.DatasetIterator
@@ -293,7 +292,6 @@ class Datasets:
   num_train: int
   num_eval: int
   steps_per_epoch: int
-  eval_steps: int
 
 
 def _process(process_index, process_count) -> tuple[int, int]:
@@ -451,5 +449,4 @@ def create_datasets(
     num_train=len(train_source),
     num_eval=len(eval_source),
     steps_per_epoch=len(train_source) // config.batch_size,
-    eval_steps=math.ceil(len(eval_source) / config.eval_batch_size),
   )
