@@ -14,6 +14,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("tpu_pod.sh", "gpu.sh", "multiprocess_local.sh")
 BASH = shutil.which("bash")
+# tpu_pod.sh run's required flags but --workdir, for the cases that vary it.
+POD_RUN = ["run", "--name=n", "--zone=z", "--accelerator=v4-8", "--version=v", "--config=c"]
 
 
 def run_script(name, *args, env=None):
@@ -46,29 +48,12 @@ def test_help_explains_usage(name):
     ("tpu_pod.sh", ["logs", "--name=kmcl"], "--zone is required for 'logs'"),
     (
       "tpu_pod.sh",
-      [
-        "run",
-        "--name=n",
-        "--zone=z",
-        "--accelerator=v4-8",
-        "--version=v",
-        "--config=c",
-        "--workdir=/local/run",
-      ],
+      [*POD_RUN, "--workdir=/local/run"],
       "--workdir must be a gs:// folder",
     ),
     (
       "tpu_pod.sh",
-      [
-        "run",
-        "--name=n",
-        "--zone=z",
-        "--accelerator=v4-8",
-        "--version=v",
-        "--config=c",
-        "--workdir=gs://b/r",
-        "--python=3.10",
-      ],
+      [*POD_RUN, "--workdir=gs://b/r", "--python=3.10"],
       "--python must be 3.11 or newer",
     ),
     ("tpu_pod.sh", ["stop", "--name=n", "--frobnicate"], "unknown argument '--frobnicate'"),

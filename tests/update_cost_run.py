@@ -119,13 +119,7 @@ def main():
       },
       args.repeats,
     )
-    for name, (compiled, seconds) in programs.items():
-      text = compiled.as_text()
-      print(
-        f"{'update':<7} {name:<9} {len(text):>11,} {entry_counts(text)[0]:>12,} "
-        f"{entry_counts(text)[1]:>8,} {seconds:>9.1f} {times[name] * 1e3:>9.2f}",
-        flush=True,
-      )
+    print_rows("update", programs, times)
   if "step" in args.parts:
     batch = to_global_batch(random_batch(args.batch, args.image_size, classes), mesh)
     programs, states = {}, {}
@@ -142,13 +136,19 @@ def main():
       jax.block_until_ready(metrics)
 
     times = alternating_medians({name: lambda n=name: run(n) for name in programs}, args.repeats)
-    for name, (compiled, seconds) in programs.items():
-      text = compiled.as_text()
-      print(
-        f"{'step':<7} {name:<9} {len(text):>11,} {entry_counts(text)[0]:>12,} "
-        f"{entry_counts(text)[1]:>8,} {seconds:>9.1f} {times[name] * 1e3:>9.2f}",
-        flush=True,
-      )
+    print_rows("step", programs, times)
+
+
+def print_rows(part, programs, times):
+  """One table row per form: HLO size, entry instructions and fusions, compile s, ms."""
+  for name, (compiled, seconds) in programs.items():
+    text = compiled.as_text()
+    instructions, fusions = entry_counts(text)
+    print(
+      f"{part:<7} {name:<9} {len(text):>11,} {instructions:>12,} "
+      f"{fusions:>8,} {seconds:>9.1f} {times[name] * 1e3:>9.2f}",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":
