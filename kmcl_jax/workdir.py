@@ -1,7 +1,9 @@
 """A run's identity in its workdir, and one run per workdir at a time.
 
 WORKDIR/run.json records the config a run was started with and its class names
-(`--mode=eval/predict` read them), and every resume with what it changed. Resuming
+(`--mode=eval/predict` read them), the software versions it started on, and every
+resume with what it changed and the versions it ran on (a resume on other versions than
+the start or resume before it is logged as a warning naming each). Resuming
 compares the new config with it before anything is restored: a field that defines what
 the run computes (model, data, batch, schedule, seed, ...) must not change, since the
 checkpoint would silently continue a different experiment; fields in
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.metadata
 import json
 import os
+import platform
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +34,8 @@ from kmcl_jax.errors import RunStopped
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
+# The packages whose version decides what a run computes, compiles or can restore.
+VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
 
 
 class WorkdirError(RunStopped):
@@ -109,6 +115,33 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
   return {field: values for field, values in changed.items() if field not in fixed}
 
 
+def software_versions() -> dict[str, str | None]:
+  """{package: installed version, None if absent} of VERSIONED_PACKAGES, and "python"."""
+  versions = {}
+  for name in VERSIONED_PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return {**versions, "python": platform.python_version()}
+
+
+def _warn_about_new_versions(workdir: str, run: dict, versions: dict) -> None:
+  """Logs which versions differ from those of the run's last start or resume."""
+  recorded = [r["versions"] for r in run.get("resumes", []) if "versions" in r]
+  previous = recorded[-1] if recorded else run.get("versions")
+  if not previous:
+    return
+  changed = [f"{k} {previous.get(k)} -> {v}" for k, v in versions.items() if previous.get(k) != v]
+  if changed:
+    logging.warning(
+      "Resuming %s on other software versions than its last start: %s; a checkpoint, the "
+      "compiled step and the numbers may differ across versions.",
+      workdir,
+      ", ".join(changed),
+    )
+
+
 def write_run(
   workdir: str,
   config: ml_collections.ConfigDict,
@@ -121,16 +154,20 @@ def write_run(
     return
   run = (read_run(workdir) if resumed_at is not None else None) or {"resumes": []}
   run.update({"class_names": list(class_names), "config": _plain(config)})
+  versions = software_versions()
   if resumed_at is not None:
+    _warn_about_new_versions(workdir, run, versions)
     run.setdefault("resumes", []).append(
       {
         "step": resumed_at,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "changed": {field: list(values) for field, values in (changes or {}).items()},
+        "versions": versions,
       }
     )
   else:
     run["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    run["versions"] = versions
   (epath.Path(workdir) / RUN_FILE).write_text(json.dumps(run, indent=2))
 
 
