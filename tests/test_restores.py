@@ -5,6 +5,7 @@ best checkpoint; a run that saved progress never starts again from step 0."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,11 +15,11 @@ import jax.numpy as jnp
 import pytest
 from data_fixtures import COCO_ANNOTATIONS, COCO_CATEGORIES, COCO_IMAGES, make_coco
 from etils import epath
-from runs import ROOT
+from runs import ROOT, main_command, run_config
 from test_checkpointing import abstract, flip_a_byte_of_the_array_data, save, state_at
 
 from kmcl_jax import config as config_lib
-from kmcl_jax import optim, train
+from kmcl_jax import inference, optim, train
 from kmcl_jax import workdir as workdir_lib
 from kmcl_jax.checkpointing import CheckpointError, CheckpointMismatch, Checkpoints
 from kmcl_jax.data import create_datasets
@@ -349,3 +350,106 @@ def flatten(config):
     "batch_size": config.batch_size,
     "eval_batch_size": config.eval_batch_size,
   }
+
+
+@pytest.mark.slow
+def test_eval_scores_the_workdirs_checkpoint_over_init_from_and_checks_run_json(
+  tmp_path, reference_run, caplog
+):
+  """The training command line reused for eval names init_from; before, its weights
+  were scored silently. A field that changes what the model computes is refused."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_run, workdir)
+  assert json.loads((workdir / "run.json").read_text())["saved_step"] == 6
+  (tmp_path / "converted").mkdir()
+  for field, value, words in (
+    ("data.image_size", 64, "data.image_size (32 -> 64)"),
+    ("model.embedding_dim", 64, "model.embedding_dim (128 -> 64)"),
+  ):
+    config = run_config()
+    config.update_from_flattened_dict({field: value})
+    with pytest.raises(WorkdirError, match=re.escape(words)):
+      inference.evaluate_checkpoint(config, str(workdir))
+  config = run_config()
+  config.init_from, config.eval_batch_size = str(tmp_path / "converted"), 50
+  report = inference.evaluate_checkpoint(config, str(workdir))
+  assert report["weights"] == f"{workdir} step 6"
+  trained = json.loads((workdir / "summary.json").read_text())
+  assert report["map_model"] == pytest.approx(trained["map_model"], abs=0.01)
+  assert "not config.init_from" in caplog.text
+  assert "config.eval_batch_size=50 differs from the run's 100; scoring with 50" in caplog.text
+
+
+@pytest.mark.slow
+def test_eval_of_a_read_only_workdir_logs_its_results_and_exits_1(tmp_path, reference_run):
+  """A read-only mount (in a user and mount namespace of its own): said before scoring,
+  the results are logged, and exit 1 says eval.json is not this evaluation's."""
+  unshare = shutil.which("unshare")
+  if unshare is None or subprocess.run([unshare, "-rm", "true"]).returncode != 0:
+    pytest.skip("needs unshare -rm (user and mount namespaces) for a read-only mount")
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_run, workdir)
+  command = " ".join(f"'{arg}'" for arg in main_command(workdir, "--mode=eval"))
+  script = f"mount --bind -o ro '{workdir}' '{workdir}' || exit 99; exec {command}"
+  result = subprocess.run(
+    [unshare, "-rm", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  if result.returncode == 99:
+    pytest.skip("this sandbox does not allow a read-only bind mount")
+  assert result.returncode == 1, result.stderr[-3000:]
+  log = result.stderr
+  assert "is read-only: the results will be logged" in log
+  assert log.index("is read-only") < log.index("class  AP %")  # said before scoring
+  last = log.strip().splitlines()[-1]
+  assert "The results above were not written to" in last and "Traceback" not in log
+  assert not (workdir / "eval.json").exists()
+
+
+@pytest.mark.slow
+def test_two_hosts_agree_when_one_of_them_cannot_read_a_checkpoint(tmp_path):
+  """Process 1's reads of the newest checkpoint fail once: it retries and both restore
+  it. Then they fail on every read: both stop with the same sentence and nothing is
+  moved (before, that host called it damaged alone and the processes fell out of step)."""
+  import socket
+
+  with socket.socket() as free:
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+  environment = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"}
+  processes = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        os.path.join(ROOT, "tests", "restore_agreement_run.py"),
+        str(process),
+        str(port),
+        str(tmp_path),
+        "1",
+      ],
+      cwd=ROOT,
+      env=environment,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for process in (0, 1)
+  ]
+  results, logs = [], []
+  for process in processes:
+    try:
+      output, log = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+      for other in processes:
+        other.kill()
+      pytest.fail("the processes fell out of step (a barrier waited forever)")
+    assert process.returncode == 0, log[-3000:]
+    results.append(json.loads(output.strip().splitlines()[-1]))
+    logs.append(log)
+  assert "retrying in" in logs[1] and "retrying in" not in logs[0]
+  first, second = results
+  assert first["fails_once"]["step"] == second["fails_once"]["step"] == 2
+  assert first["fails_once"]["checksums"] == second["fails_once"]["checksums"]
+  assert "503 Service Unavailable" in second["fails_always"]["error"]
+  assert "checkpoints/2 could not be read (on process 1" in first["fails_always"]["error"]
+  for result in results:
+    assert result["left"] == ["best", "checkpoints"] and result["checkpoints"] == ["1", "2"]
