@@ -239,6 +239,11 @@ class Checkpoints:
     checkpoint's; returns whether it did."""
     if score <= self.best_score():
       return False
+    if step in self.best.all_steps():  # saved before this run fell back to an earlier step
+      logging.warning(
+        "Keeping %s/%d, saved before; it scored %.2f.", self.best.directory, step, self.best_score()
+      )
+      return False
     self._save(
       self.best, step, state, data_iterator, metrics={"map": float(score), "variant": variant}
     )

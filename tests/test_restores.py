@@ -16,7 +16,13 @@ import pytest
 from data_fixtures import COCO_ANNOTATIONS, COCO_CATEGORIES, COCO_IMAGES, make_coco
 from etils import epath
 from runs import ROOT, main_command, run_config
-from test_checkpointing import abstract, flip_a_byte_of_the_array_data, save, state_at
+from test_checkpointing import (
+  abstract,
+  data_iterator,
+  flip_a_byte_of_the_array_data,
+  save,
+  state_at,
+)
 
 from kmcl_jax import config as config_lib
 from kmcl_jax import inference, optim, train
@@ -389,6 +395,7 @@ def test_eval_of_a_read_only_workdir_logs_its_results_and_exits_1(tmp_path, refe
     pytest.skip("needs unshare -rm (user and mount namespaces) for a read-only mount")
   workdir = tmp_path / "run"
   shutil.copytree(reference_run, workdir)
+  (workdir / "eval.json").write_text('{"from": "an earlier evaluation"}')
   command = " ".join(f"'{arg}'" for arg in main_command(workdir, "--mode=eval"))
   script = f"mount --bind -o ro '{workdir}' '{workdir}' || exit 99; exec {command}"
   result = subprocess.run(
@@ -402,7 +409,7 @@ def test_eval_of_a_read_only_workdir_logs_its_results_and_exits_1(tmp_path, refe
   assert log.index("is read-only") < log.index("class  AP %")  # said before scoring
   last = log.strip().splitlines()[-1]
   assert "The results above were not written to" in last and "Traceback" not in log
-  assert not (workdir / "eval.json").exists()
+  assert (workdir / "eval.json").read_text() == '{"from": "an earlier evaluation"}'
 
 
 @pytest.mark.slow
@@ -453,3 +460,18 @@ def test_two_hosts_agree_when_one_of_them_cannot_read_a_checkpoint(tmp_path):
   assert "checkpoints/2 could not be read (on process 1" in first["fails_always"]["error"]
   for result in results:
     assert result["left"] == ["best", "checkpoints"] and result["checkpoints"] == ["1", "2"]
+
+
+def test_a_run_that_fell_back_and_scores_better_at_the_best_step_keeps_the_best(tmp_path):
+  """Retraining a step lost to damage can score another mAP than its first pass did
+  (other batches, another machine); the best checkpoint of that step is kept, not
+  written over (before: orbax refused the save and the run stopped)."""
+  checkpoints = Checkpoints(str(tmp_path))
+  save(checkpoints, [6], best=[6])
+  checkpoints.close()
+  resumed = Checkpoints(str(tmp_path))
+  assert not resumed.save_best(6, state_at(60), data_iterator(), score=99.0, variant="model")
+  resumed.wait()
+  state, step = resumed.restore(abstract(state_at(0)), best=True)
+  assert step == 6 and float(state["params"]["b"][0]) == 6.0 and resumed.best_score() == 6.0
+  resumed.close()
