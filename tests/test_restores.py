@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import pytest
 from data_fixtures import COCO_ANNOTATIONS, COCO_CATEGORIES, COCO_IMAGES, make_coco
 from etils import epath
-from runs import ROOT, main_command, run_config
+from runs import ROOT, main_command, run_config, stopped_with_one_sentence
 from test_checkpointing import (
   abstract,
   data_iterator,
@@ -24,7 +24,6 @@ from test_checkpointing import (
   state_at,
 )
 
-from kmcl_jax import config as config_lib
 from kmcl_jax import inference, optim, train
 from kmcl_jax import workdir as workdir_lib
 from kmcl_jax.checkpointing import CheckpointError, CheckpointMismatch, Checkpoints
@@ -210,8 +209,8 @@ def test_on_an_object_store_a_damaged_checkpoint_is_recorded_and_deleted(tmp_pat
 
 
 def coco_config(root, **overrides):
-  """The demo's tiny model on a COCO-layout folder (tests/data_fixtures.py)."""
-  config = config_lib.load(os.path.join(ROOT, "configs", "demo.py:smoke"))
+  """The runs' config (tests/runs.py) on a COCO-layout folder (tests/data_fixtures.py)."""
+  config = run_config()
   config.data.update(dict(name="coco2014", root=str(root), train_split="train", eval_split="val"))
   config.batch_size, config.eval_batch_size = 2, 2
   config.update_from_flattened_dict(overrides)
@@ -325,24 +324,9 @@ def test_the_observed_disaster_a_copy_with_one_more_class_is_one_line_and_exit_1
   workdir = tmp_path / "run"
   shutil.copytree(saved, workdir)
   before = files(workdir)
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "kmcl_jax.main",
-      "--config=configs/demo.py:smoke",
-      f"--workdir={workdir}",
-      *(f"--config.{k}={v}" for k, v in flatten(coco_config(other_root)).items()),
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert result.returncode == 1, result.stderr[-3000:]
-  last = result.stderr.strip().splitlines()[-1]
-  assert "records 2 (added ['bus'])" in last and "Traceback" not in result.stderr
-  assert len(result.stderr.splitlines()) < 40
+  flags = (f"--config.{k}={v}" for k, v in flatten(coco_config(other_root)).items())
+  last, log = stopped_with_one_sentence(main_command(workdir, *flags))
+  assert "records 2 (added ['bus'])" in last and len(log.splitlines()) < 40
   assert files(workdir) == before
 
 
