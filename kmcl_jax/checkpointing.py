@@ -477,3 +477,4 @@ class Checkpoints:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+    self._reader.close()
