@@ -65,8 +65,8 @@ def read_run(workdir: str) -> dict | None:
     return json.loads(path.read_text())
   except json.JSONDecodeError as error:
     raise WorkdirError(
-      f"{path} is not valid JSON ({error}); restore it or move the workdir "
-      "aside to start a new run."
+      f"{path} is not valid JSON ({error}); restore it from a copy (the checkpoints "
+      "are untouched), or use a new --workdir to start a new run."
     ) from error
 
 
