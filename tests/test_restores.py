@@ -400,7 +400,8 @@ def test_eval_of_a_read_only_workdir_logs_its_results_and_exits_1(tmp_path, refe
 def test_two_hosts_agree_when_one_of_them_cannot_read_a_checkpoint(tmp_path):
   """Process 1's reads of the newest checkpoint fail once: it retries and both restore
   it. Then they fail on every read: both stop with the same sentence and nothing is
-  moved (before, that host called it damaged alone and the processes fell out of step)."""
+  moved (before, that host called it damaged alone and the processes fell out of step).
+  An older checkpoint restores onto another sharding with the values saved."""
   import socket
 
   with socket.socket() as free:
@@ -444,6 +445,8 @@ def test_two_hosts_agree_when_one_of_them_cannot_read_a_checkpoint(tmp_path):
   assert "checkpoints/2 could not be read (on process 1" in first["fails_always"]["error"]
   for result in results:
     assert result["left"] == ["best", "checkpoints"] and result["checkpoints"] == ["1", "2"]
+    # Another sharding (a slice of another size) restores the same values.
+    assert result["resharded"] == {"step": 1, "checksums": result["saved_1"]}
 
 
 def test_a_run_that_fell_back_and_scores_better_at_the_best_step_keeps_the_best(tmp_path):
