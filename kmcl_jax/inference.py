@@ -74,10 +74,13 @@ def load_state(
           config.init_from,
         )
       check_scoring(config, workdir, class_names)
-      state, restored_step = checkpoints.restore(
+      restored = checkpoints.restore(
         abstract_state(config, model, optimizer, replicated(mesh)), best=True, step=step
       )
-      return model, state, f"{workdir} step {restored_step}", checkpoints.best_variant() or "model"
+      if restored is not None:  # None: a trainer deleted every one while they were read
+        state, restored_step = restored
+        origin = f"{workdir} step {restored_step}"
+        return model, state, origin, checkpoints.best_variant() or "model"
   finally:
     checkpoints.close()
   if config_lib.initial_weights(config):
