@@ -42,13 +42,13 @@ from typing import Any
 import grain
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
 from kmcl_jax.errors import RunStopped
+from kmcl_jax.host_agreement import as_on_process_0, worst_on_any_host
 from kmcl_jax.state import all_finite
 
 LATEST, BEST, DAMAGED = "checkpoints", "best", "damaged"
@@ -152,26 +152,6 @@ def _misfit(saved: dict[str, tuple], wanted: dict[str, tuple]) -> str | None:
     if arrays:
       words.append(f"{len(arrays)} array(s) {what}, e.g. {'; '.join(arrays[:3])}")
   return ", ".join(words) or None
-
-
-def _worst_on_any_host(outcome: int) -> tuple[int, int]:
-  """(the worst outcome any host found, the first host that found it); every host
-  calls it with its own."""
-  outcomes = np.asarray(multihost_utils.process_allgather(np.int32(outcome))).reshape(-1)
-  worst = int(outcomes.max())
-  return worst, int(np.argmax(outcomes == worst))
-
-
-def _as_on_host_0(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-  """Process 0's list of (int, int) pairs on every host: which checkpoints there are is
-  decided once, even if a host lists its storage at another moment."""
-  if jax.process_count() == 1:
-    return pairs
-  longest = int(np.max(multihost_utils.process_allgather(np.int32(len(pairs)))))
-  table = np.full((longest, 2), -1, np.int32)
-  table[: len(pairs)] = pairs
-  table = np.asarray(multihost_utils.broadcast_one_to_all(table))
-  return [(int(kind), int(step)) for kind, step in table if kind >= 0]
 
 
 class Checkpoints:
@@ -338,7 +318,7 @@ class Checkpoints:
     managers = (self.latest, self.best)
     listed = [(0, s) for s in sorted(self.latest.all_steps(), reverse=True)]
     bests = [(1, s) for s in sorted(self.best.all_steps(), reverse=True)]
-    candidates = _as_on_host_0(bests + listed if best or step is not None else listed + bests)
+    candidates = as_on_process_0(bests + listed if best or step is not None else listed + bests)
     if step is not None:
       candidates = [c for c in candidates if c[1] == step][:1]
       if not candidates:
@@ -389,7 +369,7 @@ class Checkpoints:
     """(outcome, why, state) of one candidate, the same on every host: each host reads
     its part, then all verify the state when every read succeeded."""
     outcome, why, restored = self._read(epath.Path(manager.directory) / str(step), abstract_state)
-    worst, host = _worst_on_any_host(outcome)
+    worst, host = worst_on_any_host(outcome)
     if worst != _INTACT:
       if worst != outcome:
         why = f"on process {host}; its log says why"
