@@ -357,9 +357,10 @@ class Checkpoints:
         logging.warning("Restored %s instead.", where)
       return state, candidate
     if damaged:
+      taken = f" (the latest ones are listed in {DAMAGED_RECORD}, the best one kept)"
       raise CheckpointError(
-        f"Every checkpoint of {self.root} is damaged: {'; '.join(damaged)}; the best one "
-        f"is kept where it is, and {DAMAGED_RECORD} lists the others taken out of the way."
+        f"Every checkpoint of {self.root} is damaged{taken if repair else ''}: "
+        f"{'; '.join(damaged)}; use a new --workdir to start a new run."
       )
     if step is not None:
       raise ValueError(f"--step={step}: the checkpoint was deleted while it was read.")
