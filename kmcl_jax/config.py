@@ -45,6 +45,8 @@ RESUMABLE_FIELDS = (
   "model.remat",
   "loss.block_size",
   "data.root",
+  # The resumed input stream starts at the restored step (batch b is a function of the
+  # seed and b), so any worker or thread count, like any number of hosts, continues it.
   "data.worker_count",
   "data.read_threads",
   "data.skip_corrupt",

@@ -5,33 +5,81 @@ several, which is what lets every host build one mesh over all devices, lets orb
 barriers and preemption sync work, and tells every host of a preemption notice:
 
 - explicit: --coordinator_address (with --num_processes and --process_id) wins;
-- "auto": wherever JAX's own cluster detection (`jax._src.clusters`: Cloud TPU VMs from
-  the GCE metadata server, GKE TPU pods, SLURM, Open MPI, Kubernetes jobs) finds an
-  environment with more than one process; never on a plain single machine, and not in a
+- "auto": where the environment says this job has more than one process (`cluster`:
+  Cloud TPU VM slices from the GCE metadata server, GKE TPU pods, SLURM, Open MPI; a
+  multi-slice job counts every slice), then JAX's own detection reads the coordinator
+  and this process's id; never on a plain single machine, a one-host TPU VM, or a
   one-process SLURM or MPI job;
-- "on": always (JAX's detection must then find the cluster, or it fails);
+- "on": always (JAX's detection must then find the cluster, or it fails: the way to
+  start other clusters JAX knows, such as Kubernetes jobs);
 - "off": never.
+
+The environments are read from what each one sets (variables, the metadata server), not
+from JAX's private modules, which change without notice.
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import urllib.request
+
 import jax
 from absl import logging
-from jax._src import clusters
 
 MODES = ("auto", "on", "off")
 
+# Cloud TPU chips are PCI devices of Google's vendor id; the metadata server of their VM
+# lists the slice's workers.
+GOOGLE_PCI_VENDOR = "0x1ae0"
 
-def detected_cluster() -> type[clusters.ClusterEnv] | None:
-  """The cluster environment JAX's automatic detection would use here, or None."""
-  return next(
-    (
-      env
-      for env in clusters.ClusterEnv._cluster_types
-      if not env.opt_in_only_method and env.is_env_present()
-    ),
-    None,
+
+def has_tpu_chips() -> bool:
+  """Whether this machine has Cloud TPU chips (a TPU VM), from its PCI devices."""
+  for vendor_file in glob.glob("/sys/bus/pci/devices/*/vendor"):
+    try:
+      with open(vendor_file) as f:
+        if f.read().strip() == GOOGLE_PCI_VENDOR:
+          return True
+    except OSError:
+      continue
+  return False
+
+
+def tpu_vm_metadata(key: str) -> str | None:
+  """A TPU VM's instance attribute `key` from the GCE metadata server, None if absent."""
+  host = os.environ.get("GCE_METADATA_IP", "metadata.google.internal")
+  request = urllib.request.Request(
+    f"http://{host}/computeMetadata/v1/instance/attributes/{key}",
+    headers={"Metadata-Flavor": "Google"},
   )
+  try:
+    with urllib.request.urlopen(request, timeout=5) as response:
+      return response.read().decode()
+  except OSError:
+    return None
+
+
+def _count(listed: str | None) -> int | None:
+  return len([x for x in listed.split(",") if x]) if listed else None
+
+
+def cluster() -> tuple[str, int] | None:
+  """(name, number of processes) of the cluster this process is part of, or None on a
+  plain machine. A TPU slice's count is its workers times MEGASCALE_NUM_SLICES."""
+  slices = int(os.environ.get("MEGASCALE_NUM_SLICES", "1"))
+  workers = _count(os.environ.get("TPU_PROCESS_ADDRESSES", os.environ.get("TPU_WORKER_HOSTNAMES")))
+  if workers:
+    return "GKE TPU pod", workers * slices
+  if "SLURM_JOB_ID" in os.environ and "SLURM_NTASKS" in os.environ:
+    return "SLURM", int(os.environ["SLURM_NTASKS"])
+  if "OMPI_MCA_orte_hnp_uri" in os.environ and "OMPI_COMM_WORLD_SIZE" in os.environ:
+    return "Open MPI", int(os.environ["OMPI_COMM_WORLD_SIZE"])
+  if "TPU_SKIP_MDS_QUERY" not in os.environ and has_tpu_chips():
+    workers = _count(tpu_vm_metadata("worker-network-endpoints"))
+    if workers:
+      return "Cloud TPU VM", workers * slices
+  return None
 
 
 def initialize(
@@ -51,13 +99,13 @@ def initialize(
       coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )
     return True
-  cluster = detected_cluster()
-  if cluster is None:
+  found = cluster()
+  if found is None:
     return False
-  processes = cluster.get_process_count()
+  name, processes = found
   if processes <= 1:
-    logging.info("%s: a single process; not starting jax.distributed.", cluster.__name__)
+    logging.info("%s: a single process; not starting jax.distributed.", name)
     return False
-  logging.info("%s with %d processes: starting jax.distributed.", cluster.__name__, processes)
+  logging.info("%s with %d processes: starting jax.distributed.", name, processes)
   jax.distributed.initialize()
   return True

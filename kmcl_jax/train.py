@@ -99,7 +99,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
     config.optim, total_steps, config.batch_size, config.recipe_batch
   )
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
-  reporter = None
+  reporter = train_batches = None
   try:
     # Whatever does not fit (another config, other classes, a workdir that is not known
     # to be this run's) is refused before anything is restored or moved.
@@ -130,8 +130,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
       changes=changes,
     )
 
-    # Train. The step is compiled ahead of the first one (or found in the compilation
-    # cache), timed, and its cost recorded. -------------------------------------------
+    # Train. The input stream starts at batch `step` (a function of the seed and the
+    # step alone, so any worker or host count continues it). The step is compiled ahead
+    # of the first one (or found in the compilation cache), timed, and its cost recorded.
+    train_batches = datasets.train_from(step)
     train_jit, eval_step = jit_steps(config, model, optimizer, mesh, state)
     reporter = Reporter(
       workdir,
@@ -146,7 +148,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
     train_step = None
     with _sigterm_flag() as sigterm:
       while step < total_steps and not preempted:
-        batch = to_global_batch(next(datasets.train), mesh)
+        batch = to_global_batch(next(train_batches), mesh)
         if train_step is None:
           train_step = _compile_train_step(train_jit, state, batch, model, config, workdir)
         with profiler.annotation(step + 1):
@@ -167,10 +169,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
           results = evaluate(eval_step, state, datasets.eval, mesh, config.threshold)
           reporter.evaluation(step, results)
           variant = better_variant(results)
-          checkpoints.save_best(step, state, datasets.train, results[variant]["map"], variant)
+          checkpoints.save_best(step, state, train_batches, results[variant]["map"], variant)
         preempted = checkpoints.reached_preemption(step) or sigterm.is_set()
         if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
-          checkpoints.save_latest(step, state, datasets.train)
+          checkpoints.save_latest(step, state, train_batches)
           workdir_lib.record_saved_step(workdir, checkpoints.saved_step)
     if previous is not None:
       _check_divergence(previous, step, config.max_consecutive_skipped_steps)
@@ -208,7 +210,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
     if reporter is not None:
       reporter.close()
       profiler.stop()
-    datasets.train.close()
+    if train_batches is not None:
+      train_batches.close()
     checkpoints.close()
 
 

@@ -1,7 +1,9 @@
 """A run's identity in its workdir, and one run per workdir at a time.
 
 WORKDIR/run.json records the config a run was started with and its class names
-(`--mode=eval/predict` read them), every resume with what it changed, and the newest
+(`--mode=eval/predict` read them), the software versions it started on, every resume
+with what it changed and the versions it ran on (a resume on other versions than the
+start or resume before it is logged as a warning naming each), and the newest
 committed checkpoint's step (`saved_step`): a rerun that finds no checkpoint although
 one was saved refuses to start again from step 0. Resuming compares the new config and
 the dataset's classes with it before anything is restored: a field that defines what the
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.metadata
 import json
 import os
+import platform
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -32,6 +36,8 @@ from kmcl_jax.errors import RunStopped
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
+# The packages whose version decides what a run computes, compiles or can restore.
+VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
 
 
 class WorkdirError(RunStopped):
@@ -214,6 +220,33 @@ def check_scoring(
       )
 
 
+def software_versions() -> dict[str, str | None]:
+  """{package: installed version, None if absent} of VERSIONED_PACKAGES, and "python"."""
+  versions = {}
+  for name in VERSIONED_PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return {**versions, "python": platform.python_version()}
+
+
+def _warn_about_new_versions(workdir: str, run: dict, versions: dict) -> None:
+  """Logs which versions differ from those of the run's last start or resume."""
+  recorded = [r["versions"] for r in run.get("resumes", []) if "versions" in r]
+  previous = recorded[-1] if recorded else run.get("versions")
+  if not previous:
+    return
+  changed = [f"{k} {previous.get(k)} -> {v}" for k, v in versions.items() if previous.get(k) != v]
+  if changed:
+    logging.warning(
+      "Resuming %s on other software versions than its last start: %s; a checkpoint, the "
+      "compiled step and the numbers may differ across versions.",
+      workdir,
+      ", ".join(changed),
+    )
+
+
 def write_run(
   workdir: str,
   config: ml_collections.ConfigDict,
@@ -226,16 +259,20 @@ def write_run(
     return
   run = (read_run(workdir) if resumed_at is not None else None) or {"resumes": []}
   run.update({"class_names": list(class_names), "config": _plain(config)})
+  versions = software_versions()
   if resumed_at is not None:
+    _warn_about_new_versions(workdir, run, versions)
     run.setdefault("resumes", []).append(
       {
         "step": resumed_at,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "changed": {field: list(values) for field, values in (changes or {}).items()},
+        "versions": versions,
       }
     )
   else:
     run["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    run["versions"] = versions
   (epath.Path(workdir) / RUN_FILE).write_text(json.dumps(run, indent=2))
 
 

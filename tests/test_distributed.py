@@ -1,12 +1,14 @@
-"""--distributed=auto|on|off in every environment JAX's own cluster detection knows: each
-environment is simulated where JAX reads it (environment variables, the GCE metadata
-server), and jax.distributed.initialize is replaced by a recorder."""
+"""--distributed=auto|on|off in every environment `distributed.cluster` knows: each is
+simulated where it is read (environment variables; for a Cloud TPU VM, a local HTTP
+server standing in for the GCE metadata server, the PCI check for TPU chips forced),
+and jax.distributed.initialize is replaced by a recorder."""
 
+import http.server
 import os
+import threading
 
 import jax
 import pytest
-from jax._src.clusters import cloud_tpu_cluster
 
 from kmcl_jax import distributed
 
@@ -18,41 +20,57 @@ CLUSTER_VARIABLES = (
   "MEGASCALE_",
   "KUBERNETES_",
   "JOB_COMPLETION_INDEX",
+  "GCE_METADATA_IP",
 )
 
 
 @pytest.fixture
 def calls(monkeypatch):
-  """A plain machine (no cluster variable, not a Cloud TPU VM) whose
-  jax.distributed.initialize records its calls."""
+  """A plain machine (no cluster variable, no TPU chips) whose jax.distributed.initialize
+  records its calls."""
   for name in list(os.environ):
     if name.startswith(CLUSTER_VARIABLES):
       monkeypatch.delenv(name)
-  monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", False)
+  monkeypatch.setattr(distributed, "has_tpu_chips", lambda: False)
   recorded = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: recorded.append(kwargs))
   return recorded
 
 
-def cloud_tpu_vm(monkeypatch, workers, metadata_server=True):
-  """A worker of a Cloud TPU VM slice of `workers` hosts, as the GCE metadata server
-  describes it (or only the TPU_* variables GKE sets, without the metadata server)."""
-  monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
-  metadata = {
-    "agent-worker-number": "1",
-    "tpu-env": "",
-    "worker-network-endpoints": ",".join(f"w{i}:{i}:10.0.0.{i}" for i in range(workers)),
-  }
+@pytest.fixture
+def metadata_server():
+  """A GCE metadata server on 127.0.0.1 serving the instance attributes in its dict (it
+  checks the Metadata-Flavor header, as Google's does)."""
+  attributes = {}
 
-  def get_metadata(key):
-    if metadata_server and key in metadata:
-      return metadata[key], 200
-    return "", 404
+  class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+      key = self.path.rsplit("/", 1)[-1]
+      found = self.headers.get("Metadata-Flavor") == "Google" and key in attributes
+      self.send_response(200 if found else 404)
+      self.end_headers()
+      self.wfile.write(attributes[key].encode() if found else b"")
 
-  monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", get_metadata)
+    def log_message(self, *args):
+      pass
+
+  server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+  threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+  yield f"127.0.0.1:{server.server_port}", attributes
+  server.shutdown()
 
 
-def slurm(monkeypatch, tasks):
+def cloud_tpu_vm(monkeypatch, workers, metadata_server):
+  """A worker of a Cloud TPU VM slice of `workers` hosts, as the metadata server lists
+  them (old name:id:ip entries)."""
+  address, attributes = metadata_server
+  monkeypatch.setattr(distributed, "has_tpu_chips", lambda: True)
+  monkeypatch.setenv("GCE_METADATA_IP", address)
+  attributes["agent-worker-number"] = "1"
+  attributes["worker-network-endpoints"] = ",".join(f"w{i}:{i}:10.0.0.{i}" for i in range(workers))
+
+
+def slurm(monkeypatch, tasks, metadata_server=None):
   for name, value in {
     "SLURM_JOB_ID": "4242",
     "SLURM_STEP_NODELIST": "node[001-004]",
@@ -63,7 +81,7 @@ def slurm(monkeypatch, tasks):
     monkeypatch.setenv(name, value)
 
 
-def open_mpi(monkeypatch, size):
+def open_mpi(monkeypatch, size, metadata_server=None):
   for name, value in {
     "OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.0.0.1:34911",
     "OMPI_COMM_WORLD_SIZE": str(size),
@@ -73,8 +91,8 @@ def open_mpi(monkeypatch, size):
     monkeypatch.setenv(name, value)
 
 
-def gke_tpu(monkeypatch, hosts):
-  cloud_tpu_vm(monkeypatch, 0, metadata_server=False)
+def gke_tpu(monkeypatch, hosts, metadata_server=None):
+  monkeypatch.setattr(distributed, "has_tpu_chips", lambda: True)
   monkeypatch.setenv("TPU_WORKER_HOSTNAMES", ",".join(f"host-{i}" for i in range(hosts)))
   monkeypatch.setenv("TPU_WORKER_ID", "0")
 
@@ -93,20 +111,29 @@ def gke_tpu(monkeypatch, hosts):
     (open_mpi, 1, False),
   ],
 )
-def test_auto_starts_the_runtime_exactly_where_jax_finds_several_processes(
-  calls, monkeypatch, environment, size, initialised
+def test_auto_starts_the_runtime_exactly_where_there_are_several_processes(
+  calls, monkeypatch, metadata_server, environment, size, initialised
 ):
   if environment is not None:
-    environment(monkeypatch, size)
+    environment(monkeypatch, size, metadata_server)
   assert distributed.initialize("auto") is initialised
   assert calls == ([{}] if initialised else [])  # JAX reads the details itself
 
 
-def test_the_cluster_found_is_the_one_jax_would_use(calls, monkeypatch):
+def test_the_cluster_found_and_its_size(calls, monkeypatch, metadata_server):
+  assert distributed.cluster() is None
   slurm(monkeypatch, 2)
-  assert distributed.detected_cluster().name == "slurm"
+  assert distributed.cluster() == ("SLURM", 2)
   monkeypatch.delenv("SLURM_JOB_ID")
-  assert distributed.detected_cluster() is None
+  assert distributed.cluster() is None
+  # A TPU VM whose metadata server does not answer is not a cluster (no endpoints).
+  monkeypatch.setattr(distributed, "has_tpu_chips", lambda: True)
+  monkeypatch.setenv("GCE_METADATA_IP", metadata_server[0])
+  assert distributed.cluster() is None
+  cloud_tpu_vm(monkeypatch, 4, metadata_server)
+  assert distributed.cluster() == ("Cloud TPU VM", 4)
+  monkeypatch.setenv("MEGASCALE_NUM_SLICES", "2")  # two slices of 4 hosts: one job of 8
+  assert distributed.cluster() == ("Cloud TPU VM", 8)
 
 
 def test_explicit_coordinator_wins_and_off_never_starts(calls, monkeypatch):
@@ -120,3 +147,12 @@ def test_explicit_coordinator_wins_and_off_never_starts(calls, monkeypatch):
 def test_an_unknown_mode_is_named():
   with pytest.raises(ValueError, match="--distributed='maybe': expected one of"):
     distributed.initialize("maybe")
+
+
+def test_no_module_of_the_package_imports_jax_private_modules():
+  package = os.path.dirname(distributed.__file__)
+  for folder, _, files in os.walk(package):
+    for name in files:
+      if name.endswith(".py"):
+        with open(os.path.join(folder, name)) as f:
+          assert "jax._src" not in f.read(), os.path.join(folder, name)

@@ -1,7 +1,9 @@
-"""The grain pipelines: order, sharding, resumption, corrupt images, start-up checks,
-worker processes, absl flags, data options."""
+"""The grain pipelines: order, sharding, resumption (with other workers, after SIGTERM to
+the whole process group), corrupt images, start-up checks, worker processes, absl flags,
+data options."""
 
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -10,9 +12,7 @@ import sys
 import textwrap
 import time
 
-import grain
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from absl import flags
 from data_fixtures import (
@@ -29,10 +29,17 @@ from data_fixtures import (
   voc_image,
   write_blank_png,
 )
+from runs import (
+  ROOT,
+  assert_trees_close,
+  checkpoint_state,
+  finish,
+  main_command,
+  records,
+)
 
 from kmcl_jax.data import CorruptImageError, create_datasets, get_source, pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -140,23 +147,55 @@ def test_eval_pads_to_whole_batches_and_counts_every_image_once():
   assert sorted(seen) == list(range(11))
 
 
-def test_same_seed_same_augmented_batches_with_any_worker_count_and_host_count():
+def assert_same_batches(got, expected):
+  for name in pipeline.TRAIN_FIELDS:
+    np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+def test_the_stream_from_any_step_is_the_tail_of_the_stream_from_zero_for_any_workers_and_hosts():
+  """What a resumed run reads: batch b is the same whatever worker count or number of
+  hosts the stream is built with, and whichever step it starts at."""
   reference = create_datasets(demo_config())
-  expected = [next(reference.train) for _ in range(3)]
-  reference.train.close()
   assert reference.steps_per_epoch == 500
   assert reference.class_names == tuple("0123456789")
-  workers = create_datasets(demo_config(worker_count=2))
-  for batch in expected:
-    got = next(workers.train)
-    for name in pipeline.TRAIN_FIELDS:
-      np.testing.assert_array_equal(got[name], batch[name])
-  workers.train.close()
-  hosts = [create_datasets(demo_config(), process_index=p, process_count=2) for p in (0, 1)]
-  for batch in expected:
-    got = [next(h.train) for h in hosts]
-    np.testing.assert_array_equal(np.concatenate([g["image"] for g in got]), batch["image"])
+  stream = reference.train_from(0)
+  expected = [next(stream) for _ in range(6)]
+  stream.close()
   assert expected[0]["image"].shape == (8, 48, 48, 3)
+  workers = create_datasets(demo_config(worker_count=2)).train_from(2)
+  for batch in expected[2:]:
+    assert_same_batches(next(workers), batch)
+  workers.close()
+  hosts = [
+    create_datasets(demo_config(), process_index=p, process_count=2).train_from(4) for p in (0, 1)
+  ]
+  for batch in expected[4:]:
+    got = [next(h) for h in hosts]
+    assert_same_batches({k: np.concatenate([g[k] for g in got]) for k in got[0]}, batch)
+
+  # Across epochs (5 batches of 4 of 20 records), and at a step far into a run.
+  def global_indices(start, count, process_count):
+    hosts = [
+      take(
+        pipeline.train_dataset(
+          IndexSource(20),
+          seed=3,
+          global_batch=4,
+          start_step=start,
+          **plain(process_index=p, process_count=process_count),
+        ),
+        count,
+      )
+      for p in range(process_count)
+    ]
+    return [np.concatenate([indices(h[i]) for h in hosts]).tolist() for i in range(count)]
+
+  from_zero = global_indices(0, 10, 1)
+  for process_count in (1, 2):
+    assert global_indices(7, 3, process_count) == from_zero[7:]
+    far = global_indices(10**6 - 1, 3, process_count)
+    assert global_indices(10**6, 2, process_count) == far[1:]
+    assert sorted(sum(far, [])) != sorted(sum(from_zero[:3], [])) or far != from_zero[:3]
   # Augmentation happened: the records differ from their plainly resized versions.
   plain_batch = take(
     pipeline.train_dataset(
@@ -168,43 +207,20 @@ def test_same_seed_same_augmented_batches_with_any_worker_count_and_host_count()
   assert (plain_batch["image"] != expected[0]["image"]).any(axis=(1, 2, 3)).sum() >= 4
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("worker_count", [0, 2])
-def test_resume_from_a_saved_iterator_state_gives_the_same_next_batches(tmp_path, worker_count):
-  config = demo_config(worker_count=worker_count)
-  first = create_datasets(config).train
-  for _ in range(3):
-    next(first)
-  manager = ocp.CheckpointManager(
-    tmp_path, item_handlers={"data": grain.checkpoint.CheckpointHandler()}
-  )
-  manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(first)))
-  manager.wait_until_finished()
-  expected = [next(first) for _ in range(3)]
-  first.close()
-  resumed = create_datasets(config).train
-  manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
-  for batch in expected:
-    got = next(resumed)
-    for name in pipeline.TRAIN_FIELDS:
-      np.testing.assert_array_equal(got[name], batch[name])
-  resumed.close()
-
-
 @pytest.mark.parametrize("damage", ["truncated", "decompression bomb"])
 def test_corrupt_image_raises_by_default_and_is_skipped_and_counted_on_request(tmp_path, damage):
   make_voc(str(tmp_path), corrupt="000007")
   if damage == "decompression bomb":  # 400 million pixels (a PNG, whatever the name says)
     write_blank_png(voc_image(str(tmp_path), "000007"), 20000, 20000)
-  strict = create_datasets(voc_config(str(tmp_path)))
+  strict = create_datasets(voc_config(str(tmp_path))).train_from(0)
   with pytest.raises(CorruptImageError, match=r"000007.jpg: cannot decode the image"):
     for _ in range(4):
-      next(strict.train)
+      next(strict)
   config = voc_config(str(tmp_path), skip_corrupt=True)
   config.batch_size = 2
-  lenient = create_datasets(config)
-  batches = [next(lenient.train) for _ in range(30)]
-  lenient.train.close()
+  lenient = create_datasets(config).train_from(0)
+  batches = [next(lenient) for _ in range(30)]
+  lenient.close()
   # 60 rows are 15 epochs of the four images: the corrupt one (the only image labelled
   # 'car' alone) was met 15 times, flagged, and another row of its batch stood in.
   assert sum(int(b["skipped"].sum()) for b in batches) == 15
@@ -249,7 +265,6 @@ def test_a_broken_evaluation_image_fails_at_start_up_naming_it(tmp_path):
   lenient = create_datasets(voc_config(str(tmp_path), skip_corrupt=True))
   batches = list(lenient.eval)
   assert np.concatenate([b["mask"] for b in batches]).tolist() == [True, False, True, False]
-  lenient.train.close()
 
 
 def test_the_header_check_reads_no_file_of_sources_that_are_not_files():
@@ -280,7 +295,7 @@ TRAINER_STAND_IN = textwrap.dedent("""
     from data_fixtures import demo_config
     from kmcl_jax.data import create_datasets
     flags.FLAGS.mark_as_parsed()
-    train = create_datasets(demo_config(worker_count=2)).train
+    train = create_datasets(demo_config(worker_count=2)).train_from(0)
     for _ in range(3):  # batches 0, 1 and 2 come from workers 0, 1 and 0: both run
       next(train)
     print("ready", flush=True)
@@ -318,6 +333,96 @@ def test_worker_processes_end_with_a_sigkilled_trainer():
   assert not alive, f"processes {alive} outlived their SIGKILLed parent by 10 s"
 
 
+def process_group(group):
+  """Pids of the live (not zombie) processes of process group `group`, from /proc."""
+  members = []
+  for entry in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    if int(fields[2]) == group and fields[0] != "Z":
+      members.append(int(entry))
+  return members
+
+
+def wait_for_train_record(workdir, process, step):
+  """Blocks until the run in `workdir` has logged a train step >= `step`; fails (never
+  skips) if the run ends first."""
+  deadline = time.monotonic() + 600
+  while not any(r["step"] >= step for r in train_records(workdir)):
+    assert process.poll() is None, f"the run ended (status {process.returncode}) before step {step}"
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+
+
+def train_records(workdir):
+  return records(workdir, "train") if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
+
+
+def stop_process_group(workdir, worker_count, after_step):
+  """Runs the demo run in `workdir` with `worker_count` grain workers in a process group
+  of its own, sends SIGTERM to the whole group (as a VM shutdown does) once the run has
+  logged `after_step`, and returns the step the run says it stopped at. The run must
+  exit 75 (its step saved), and no process of the group may outlive it."""
+  run = subprocess.Popen(
+    main_command(workdir, f"--config.data.worker_count={worker_count}"),
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
+  wait_for_train_record(workdir, run, after_step)
+  os.killpg(run.pid, signal.SIGTERM)
+  _, log = run.communicate(timeout=600)
+  assert run.returncode == 75, log[-3000:]
+  stopped = int(log.split("Stopped at step ")[1].split(" ")[0])
+  assert str(stopped) in os.listdir(workdir / "checkpoints")
+  deadline = time.monotonic() + 10
+  while process_group(run.pid) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  survivors = process_group(run.pid)
+  for pid in survivors:
+    os.kill(pid, signal.SIGKILL)
+  assert not survivors, f"processes {survivors} outlived the run by 10 s"
+  return stopped
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_saves_and_a_resume_with_other_workers_is_bit_identical(
+  tmp_path, reference_run
+):
+  """The demo run (6 steps, evaluated after the last) with 2 grain workers, stopped by
+  SIGTERM to its whole process group after step 1; resumed with 1 worker and stopped
+  again during its final evaluation (the evaluation's workers ignore SIGTERM too, so it
+  completes and step 6 is saved); resumed with none, it only evaluates. The batches,
+  the parameters and the scores are those of the uninterrupted run, bit for bit."""
+  first = stop_process_group(tmp_path, worker_count=2, after_step=1)
+  assert first < 6
+  assert stop_process_group(tmp_path, worker_count=1, after_step=6) == 6
+  assert not (tmp_path / "summary.json").exists()
+  finish(
+    subprocess.Popen(
+      main_command(tmp_path, "--config.data.worker_count=0"),
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+  )
+  assert [r["step"] for r in train_records(tmp_path)] == [1, 2, 3, 4, 5, 6]
+  assert_trees_close(checkpoint_state(tmp_path, 6), checkpoint_state(reference_run, 6), atol=0)
+  summary, reference = (
+    json.loads((w / "summary.json").read_text()) for w in (tmp_path, reference_run)
+  )
+  assert (summary["map_model"], summary["map_ema"]) == (
+    reference["map_model"],
+    reference["map_ema"],
+  )
+
+
 # --------------------------------------------------------------------------- absl flags
 
 FLAGLESS_PROGRAM = textwrap.dedent("""
@@ -326,11 +431,11 @@ FLAGLESS_PROGRAM = textwrap.dedent("""
     from absl import flags
     from data_fixtures import demo_config
     from kmcl_jax.data import create_datasets
-    in_process = create_datasets(demo_config(worker_count=0)).train
+    in_process = create_datasets(demo_config(worker_count=0)).train_from(0)
     first = next(in_process)
     assert not flags.FLAGS.is_parsed(), "kmcl_jax.data parsed or marked the absl flags"
     flags.FLAGS(sys.argv[:1])  # what absl.app.run does for a program without flags
-    with_worker = create_datasets(demo_config(worker_count=1)).train
+    with_worker = create_datasets(demo_config(worker_count=1)).train_from(0)
     np.testing.assert_array_equal(next(with_worker)["image"], first["image"])
     with_worker.close()
     print("same batches")
@@ -361,9 +466,9 @@ def test_the_data_package_leaves_absl_flags_to_the_program():
 
 
 def test_device_augmentation_leaves_the_host_only_resizing():
-  device = create_datasets(demo_config(augment_on="device"))
-  batches = [next(device.train) for _ in range(2)]
-  device.train.close()
+  device = create_datasets(demo_config(augment_on="device")).train_from(0)
+  batches = [next(device) for _ in range(2)]
+  device.close()
   resized = take(
     pipeline.train_dataset(
       get_source("demo", "train"), seed=1, global_batch=8, **plain(image_size=48)
@@ -412,7 +517,6 @@ def test_the_reference_protocols_through_the_config(tmp_path):
   datasets = create_datasets(config)
   # train: 5 of 8 with findings, the first int(2.5); test: 2 of 3, the first int(1.0).
   assert (datasets.num_train, datasets.num_eval) == (2, 1)
-  datasets.train.close()
   make_coco(str(tmp_path / "coco"), "train", COCO_CATEGORIES, COCO_IMAGES, COCO_ANNOTATIONS)
   make_coco(str(tmp_path / "coco"), "val", COCO_CATEGORIES, COCO_IMAGES, COCO_ANNOTATIONS)
   (tmp_path / "ids.csv").write_text("61\n17\n")
@@ -426,4 +530,3 @@ def test_the_reference_protocols_through_the_config(tmp_path):
   datasets = create_datasets(config)
   assert (datasets.num_train, datasets.num_eval) == (2, 4)  # the subset is for training only
   assert datasets.class_names == ("person", "car")
-  datasets.train.close()

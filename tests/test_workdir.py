@@ -1,9 +1,14 @@
 """A run's identity in its workdir (what may change on resume) and one run per workdir."""
 
+import json
+import logging
 import os
+import platform
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from kmcl_jax import config as config_lib
@@ -145,3 +150,23 @@ def test_the_lock_dies_with_its_process_even_on_sigkill(tmp_path):
   holder.wait()
   with workdir.exclusive(str(tmp_path)):
     pass
+
+
+def test_each_start_and_resume_records_its_versions_and_a_change_is_logged(tmp_path, caplog):
+  workdir.write_run(str(tmp_path), demo_config(), ["a"])
+  versions = workdir.read_run(str(tmp_path))["versions"]
+  assert set(versions) == {*workdir.VERSIONED_PACKAGES, "python"}
+  assert versions["jax"] == jax.__version__ and versions["python"] == platform.python_version()
+  with caplog.at_level(logging.WARNING):
+    workdir.write_run(str(tmp_path), demo_config(), ["a"], resumed_at=4)
+  assert "software versions" not in caplog.text
+  # The pod's image is upgraded between a preemption and the resume.
+  run = workdir.read_run(str(tmp_path))
+  run["resumes"][-1]["versions"].update(jax="0.4.1", numpy="1.26.0")
+  (tmp_path / workdir.RUN_FILE).write_text(json.dumps(run))
+  with caplog.at_level(logging.WARNING):
+    workdir.write_run(str(tmp_path), demo_config(), ["a"], resumed_at=8)
+  assert f"jax 0.4.1 -> {jax.__version__}, numpy 1.26.0 -> {np.__version__};" in caplog.text
+  run = workdir.read_run(str(tmp_path))
+  assert [r["step"] for r in run["resumes"]] == [4, 8]
+  assert run["resumes"][-1]["versions"] == versions

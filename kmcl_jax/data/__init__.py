@@ -3,7 +3,7 @@
 `get_source(name, split, root)` returns a grain random-access source (len, getitem) of
 records {"image": uint8 (H, W, 3), "labels": float32 (K,), "ignore": bool (K,), "id": str}
 with `class_names`; `create_datasets(config)` builds the sharded training and evaluation
-pipelines over it.
+pipelines over it (the training stream from any step: `Datasets.train_from(step)`).
 """
 
 from __future__ import annotations
