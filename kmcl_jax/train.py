@@ -64,9 +64,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """
   config_lib.validate(config)
   config_lib.require_initial_weights(config)
+  config_lib.check_training_memory(config)
+  workdir_lib.check_workdir(workdir, writable=True)
   enable_cache(config.compilation_cache, workdir)
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   with workdir_lib.exclusive(workdir):
+    workdir_lib.refuse_other_run(config, workdir)
     return _train(config, workdir, start_time=time.time())
 
 
