@@ -5,6 +5,7 @@ a traceback, before touching anything."""
 
 import contextlib
 import json
+import logging
 import math
 import os
 import resource
@@ -17,12 +18,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from data_fixtures import write_image
+from absl import flags
+from data_fixtures import (
+  COCO_ANNOTATIONS,
+  COCO_CATEGORIES,
+  COCO_IMAGES,
+  XRAY_ENTRIES,
+  make_chestxray,
+  make_coco,
+  make_voc,
+  voc_config,
+  voc_image,
+  write_image,
+)
 from runs import ROOT, run_config
 
 from kmcl_jax import config as config_lib
 from kmcl_jax import convert, errors, inference
 from kmcl_jax import workdir as workdir_lib
+from kmcl_jax.data import adp, create_datasets, get_source
 from kmcl_jax.models.tresnet import create_backbone
 from kmcl_jax.train import train_and_evaluate
 from kmcl_jax.workdir import WorkdirError
@@ -343,6 +357,135 @@ def test_the_program_says_what_is_wrong_in_one_line(tmp_path, flags, message):
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert message in last_line(result)
   assert not os.listdir(tmp_path)
+
+
+# 7. Data. -------------------------------------------------------------------------------
+
+
+def make_nuswide(root, rows):
+  with open(os.path.join(root, "nus_wid_data.csv"), "w") as f:
+    f.write("filepath,label,split_name\n")
+    for path, labels, split in rows:
+      f.write(f'{path},"{labels}",{split}\n')
+      write_image(os.path.join(root, path))
+
+
+def make_adp(root, rows, train):
+  """ADP's flat CSV with `rows` (patch name, L1 labels E C H S A M N G T) and its train
+  split `train`, saved as given (any dtype)."""
+  os.makedirs(os.path.join(root, "splits"))
+  with open(os.path.join(root, adp.CSV_NAME), "w") as f:
+    f.write(",".join(("Patch Names",) + adp.CLASS_NAMES) + "\n")
+    for name, labels in rows:
+      f.write(",".join([name, *map(str, labels)]) + "\n")
+      write_image(os.path.join(root, adp.IMAGES, name), fmt="PNG")
+  np.save(os.path.join(root, "splits", "train.npy"), train)
+
+
+E, C = (1, 0, 0, 0, 0, 0, 0, 0, 0), (0, 1, 0, 0, 0, 0, 0, 0, 0)
+
+
+def duplicated(root, dataset, conflicting):
+  """A dataset whose train split lists one image twice, with other labels if
+  `conflicting`; returns (source name, split, the image's id)."""
+  if dataset == "voc2007":
+    folder = make_voc(root)
+    # 000005 is not an aeroplane (-1); as "0" it is listed again with another label.
+    with open(os.path.join(folder, "ImageSets", "Main", "aeroplane_trainval.txt"), "a") as f:
+      f.write("000005  0\n" if conflicting else "000005 -1\n")
+    return "trainval", "000005"
+  if dataset == "coco2014":
+    images = COCO_IMAGES + [{"id": 17, "file_name": "COCO_train2014_000000000017.jpg"}]
+    if conflicting:
+      images[-1] = {"id": 17, "file_name": "elsewhere.jpg"}
+    make_coco(root, "train", COCO_CATEGORIES, images, COCO_ANNOTATIONS)
+    return "train", "17"
+  if dataset == "nuswide":
+    rows = [("images/a.jpg", "['sky']", "train"), ("images/b.jpg", "['water']", "train")]
+    make_nuswide(
+      root, rows + [("images/a.jpg", "['water']" if conflicting else "['sky']", "train")]
+    )
+    return "train", "images/a.jpg"
+  if dataset == "chestxray14":
+    names = list(XRAY_ENTRIES)
+    make_chestxray(root, XRAY_ENTRIES, names[:6] + names[:1], names[6:])
+    if conflicting:
+      with open(os.path.join(root, "Data_Entry_2017.csv"), "a") as f:
+        f.write(f"{names[0]},Hernia,0,1\n")
+    return "train_val", names[0]
+  make_adp(root, [("p0.png", E), ("p1.png", C), ("p0.png", C if conflicting else E)], [0, 1, 2])
+  return "train", "p0.png"
+
+
+@pytest.mark.parametrize("dataset", ["voc2007", "coco2014", "nuswide", "chestxray14", "adp"])
+def test_an_image_listed_twice_with_other_labels_is_refused_naming_it(tmp_path, dataset):
+  split, image_id = duplicated(str(tmp_path), dataset, conflicting=True)
+  with pytest.raises(ValueError) as error:
+    get_source(dataset, split, str(tmp_path))
+  assert repr(image_id) in str(error.value) or f"image id {image_id} " in str(error.value)
+  assert "twice" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("dataset", ["voc2007", "nuswide", "chestxray14", "adp"])
+def test_an_image_listed_twice_alike_is_merged_with_a_warning(tmp_path, caplog, dataset):
+  split, image_id = duplicated(str(tmp_path), dataset, conflicting=False)
+  with caplog.at_level(logging.WARNING):
+    source = get_source(dataset, split, str(tmp_path))
+  ids = [source.annotations(i)["id"] for i in range(len(source))]
+  assert ids.count(image_id) == 1 and len(ids) == len(set(ids))
+  assert "repeated image" in caplog.text and "merged (same labels)" in caplog.text
+
+
+def test_class_names_that_differ_only_in_case_are_warned_about(tmp_path, caplog):
+  make_nuswide(str(tmp_path), [("a.jpg", "['Sky']", "train"), ("b.jpg", "['sky']", "train")])
+  with caplog.at_level(logging.WARNING):
+    source = get_source("nuswide", "train", str(tmp_path))
+  assert list(source.class_names) == ["Sky", "sky"]
+  assert "the classes 'Sky' and 'sky' differ only in case" in caplog.text
+
+
+@pytest.mark.parametrize(
+  "train, message",
+  [
+    (np.array([0.0, 1.5]), "index 1.5 is not a whole number"),
+    (np.array([0.0, np.nan]), "index nan is not a whole number"),
+    (np.array([True, False]), "holds bool values, not row indices"),
+    (np.array(["0", "1"]), "holds <U1 values, not row indices"),
+    (np.array([0, 1, 2], np.int64), "row index 2 is out of range"),
+    (np.array([0, -1]), "row index -1 is out of range"),
+    (np.array([{"rows": [0]}], object), "not readable as .npy (Object arrays cannot be loaded"),
+  ],
+)
+def test_an_adp_split_file_that_holds_no_row_indices_is_refused_naming_it(tmp_path, train, message):
+  make_adp(str(tmp_path), [("p0.png", E), ("p1.png", C)], train)
+  with pytest.raises(ValueError) as error:
+    get_source("adp", "train", str(tmp_path))
+  path = os.path.join(str(tmp_path), "splits", "train.npy")
+  assert str(error.value).startswith(f"{path}: {message}")
+  assert "expected a .npy array of integer row indices" in str(error.value)
+
+
+def test_whole_float_indices_in_an_adp_split_are_read(tmp_path):
+  make_adp(str(tmp_path), [("p0.png", E), ("p1.png", C)], np.array([1.0, 0.0]))
+  source = get_source("adp", "train", str(tmp_path))
+  assert [source.annotations(i)["id"] for i in range(2)] == ["p1.png", "p0.png"]
+
+
+def test_a_missing_training_image_is_found_before_training(tmp_path, caplog):
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # grain reads an absl flag (see test_pipeline.py)
+  make_voc(str(tmp_path))
+  os.remove(voc_image(str(tmp_path), "000009"))
+  with pytest.raises(FileNotFoundError) as error:
+    create_datasets(voc_config(str(tmp_path)))
+  assert str(error.value).startswith(
+    f"{voc_image(str(tmp_path), '000009')}: no such image file (1 of the 4 images of "
+    f"voc2007 trainval at {tmp_path} are missing, found before training;"
+  )
+  with caplog.at_level(logging.WARNING):
+    datasets = create_datasets(voc_config(str(tmp_path), skip_corrupt=True))
+  datasets.train.close()
+  assert "1 of the 4 images of voc2007 trainval" in caplog.text
 
 
 # 8. Conversion. --------------------------------------------------------------------------
