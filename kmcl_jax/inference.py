@@ -214,6 +214,16 @@ def write_predictions(rows: list[dict], class_names, output: str) -> None:
         ]
       )
     data = text.getvalue().encode("utf-8", "surrogateescape")
+    # os.fsdecode turns each byte that is not UTF-8 into U+DC80..U+DCFF.
+    raw = [row["path"] for row in rows if any("\udc80" <= c <= "\udcff" for c in row["path"])]
+    if raw:
+      logging.warning(
+        "%d file names are not UTF-8, such as %r: %s holds their bytes as they are (read it "
+        "with errors='surrogateescape'), or write --output=*.json.",
+        len(raw),
+        raw[0],
+        output,
+      )
   if "://" not in output:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   replace_file(output, data)

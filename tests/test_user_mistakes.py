@@ -102,7 +102,7 @@ def test_a_failed_prediction_write_leaves_the_earlier_file_whole(tmp_path, suffi
   assert output.read_bytes().count(b"_img.jpg") == 5000
 
 
-def test_predictions_keep_non_utf8_file_names_and_are_strict_json(tmp_path):
+def test_predictions_keep_non_utf8_file_names_and_are_strict_json(tmp_path, caplog):
   name = b"caf\xe9 \xff.jpg"  # Latin-1 and a byte no encoding has: not UTF-8
   write_image(os.path.join(os.fsencode(tmp_path), name).decode("utf-8", "surrogateescape"))
   (path,) = inference.find_images(str(tmp_path))
@@ -117,7 +117,9 @@ def test_predictions_keep_non_utf8_file_names_and_are_strict_json(tmp_path):
   assert os.fsencode(written[0]["path"]) == os.fsencode(path)
   assert written[0]["probabilities"] == {"a": None, "b": 0.5}
   assert written[1]["probabilities"]["a"] is None
-  inference.write_predictions(rows, ["a", "b"], str(tmp_path / "out.csv"))
+  with caplog.at_level(logging.WARNING):
+    inference.write_predictions(rows, ["a", "b"], str(tmp_path / "out.csv"))
+  assert "1 file names are not UTF-8" in caplog.text
   lines = (tmp_path / "out.csv").read_bytes().splitlines()
   assert lines[0] == b"path,a,b,labels"
   assert lines[1].startswith(os.fsencode(path) + b",nan,0.500000,")
@@ -488,7 +490,7 @@ def test_an_image_listed_twice_with_other_labels_is_refused_naming_it(tmp_path, 
   assert "twice" in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("dataset", ["voc2007", "nuswide", "chestxray14", "adp"])
+@pytest.mark.parametrize("dataset", ["voc2007", "coco2014", "nuswide", "chestxray14", "adp"])
 def test_an_image_listed_twice_alike_is_merged_with_a_warning(tmp_path, caplog, dataset):
   split, image_id = duplicated(str(tmp_path), dataset, conflicting=False)
   with caplog.at_level(logging.WARNING):

@@ -53,6 +53,12 @@ def read_instances(path: str) -> tuple[list[str], list[int], list[str], list[lis
           f"{path}: image id {image['id']} is listed twice, as {file_names[image['id']]!r} "
           f"and {image['file_name']!r}; keep one of its entries."
         )
+    if len(file_names) < len(data["images"]):
+      logging.warning(
+        "%s: %d repeated image entries merged (same labels).",
+        path,
+        len(data["images"]) - len(file_names),
+      )
     classes_of_image: dict[int, set[int]] = {}
     for annotation in data["annotations"]:
       classes_of_image.setdefault(annotation["image_id"], set()).add(
