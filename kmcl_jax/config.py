@@ -23,7 +23,8 @@ from etils import epath
 from kmcl_jax import losses, optim, profiling
 from kmcl_jax.data import pipeline, transforms
 from kmcl_jax.models.kmm import VARIANCES
-from kmcl_jax.models.tresnet import ARCHITECTURES
+from kmcl_jax.models.tresnet import ARCHITECTURES, create_backbone
+from kmcl_jax.state import compute_dtype
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -377,7 +378,7 @@ def unknown_field(config: ml_collections.ConfigDict, field: str) -> str | None:
 
 
 def _no_such_field(config, parent, known: list[str], part: str, field: str) -> str:
-  prefix = "".join(f"{k}." for k in known)
+  prefix = "".join(f"{name}." for name in known)
   nearest = difflib.get_close_matches(part, list(parent.keys()), n=1, cutoff=0.6)
   if nearest:
     suggestion = prefix + nearest[0]
@@ -408,9 +409,6 @@ def training_memory(config: ml_collections.ConfigDict) -> tuple[int, int, str]:
   that memory is): the backbone's `stored_activations` per image at
   config.data.image_size in the compute dtype, times the images on one accelerator, or
   on the CPU, whose devices share the host's memory, on one host."""
-  from kmcl_jax.models.tresnet import create_backbone
-  from kmcl_jax.state import compute_dtype
-
   backbone = create_backbone(config.model.backbone, remat=config.model.remat)
   per_image = backbone.stored_activations(config.data.image_size)
   per_image *= jax.numpy.dtype(compute_dtype(config)).itemsize

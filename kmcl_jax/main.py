@@ -113,9 +113,9 @@ def _config_problem(argv: list[str]) -> str | None:
   override of a field the config lacks (with the nearest field's name)."""
   spec, overrides = None, []
   for index, arg in enumerate(argv[1:], 1):
-    name, has_value, value = arg.lstrip("-").partition("=")
     if not arg.startswith("-"):
       continue
+    name, has_value, value = arg.lstrip("-").partition("=")
     if name == "config":
       spec = value if has_value else (argv[index + 1] if index + 1 < len(argv) else None)
     elif name.startswith("config."):
