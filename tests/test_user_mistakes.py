@@ -343,12 +343,6 @@ def test_an_unknown_field_is_named_with_the_nearest_one(field, message):
       ["--config=configs/demo.py:smoke", "--config.batchsize=3"],
       "unknown field config.batchsize; did you mean config.batch_size?",
     ),
-    (
-      ["--config", "configs/no_such.py"],
-      f"--config='configs/no_such.py': no config file '{ROOT}/configs/no_such.py'; pass the "
-      f"path of one of the repository's configs/*.py (relative to the working directory, "
-      f"{ROOT}), with :VARIANT after it if it has variants.",
-    ),
     # Run in tmp_path: an empty --workdir used to mean the working directory.
     ([f"--config={ROOT}/configs/demo.py:smoke", "--workdir="], "--workdir='' is empty"),
   ],
@@ -550,6 +544,17 @@ def test_a_missing_training_image_is_found_before_training(tmp_path, caplog):
     datasets = create_datasets(voc_config(str(tmp_path), skip_corrupt=True))
   datasets.train.close()
   assert "1 of the 4 images of voc2007 trainval" in caplog.text
+
+
+def test_a_missing_config_file_says_what_to_pass(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(FileNotFoundError) as error:
+    config_lib.load("configs/no_such.py:smoke")
+  assert str(error.value) == (
+    f"--config='configs/no_such.py:smoke': no config file '{tmp_path}/configs/no_such.py'; "
+    "pass the path of one of the repository's configs/*.py (relative to the working "
+    f"directory, {tmp_path}), with :VARIANT after it if it has variants."
+  )
 
 
 # 8. Conversion. --------------------------------------------------------------------------
