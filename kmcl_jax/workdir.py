@@ -101,8 +101,10 @@ def refuse_other_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises WorkdirError if WORKDIR holds a run's results (run.json, summary.json,
   metrics.jsonl) but no checkpoint, unless they are this run's, stopped before its first
   checkpoint (run.json has the same config but for RESUMABLE_FIELDS, and no summary):
-  a new run there would overwrite them. With checkpoints, `check_resume` decides."""
-  if has_checkpoints(workdir):
+  a new run there would overwrite them. With checkpoints, `check_resume` decides.
+  Process 0 decides, as for the lock (`exclusive`): other processes could read run.json
+  while it writes it."""
+  if jax.process_index() != 0 or has_checkpoints(workdir):
     return
   results = [
     n for n in (RUN_FILE, SUMMARY_FILE, METRICS_FILE) if (epath.Path(workdir) / n).exists()
