@@ -43,6 +43,7 @@ RESUMABLE_FIELDS = (
   "threshold",
   "init_from",
   "keep_checkpoints",
+  "trust_workdir",
   "max_consecutive_skipped_steps",
   "model.remat",
   "loss.block_size",
@@ -127,6 +128,9 @@ def defaults() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 2  # latest checkpoints kept; an older one is the fallback
+  # Resume a workdir that holds checkpoints but no run.json (nothing to check the config
+  # and classes against): the user vouches that it is this run's.
+  config.trust_workdir = False
   # Consecutive steps with a non-finite loss, gradient or update after which the run
   # stops with an error instead of skipping on.
   config.max_consecutive_skipped_steps = 20

@@ -1,8 +1,11 @@
 """Scoring a trained or converted model without training: --mode=eval and --mode=predict.
 
-Weights come from WORKDIR's best checkpoint (or `step`, from best/ or checkpoints/), or,
-when config.init_from is set, from a model converted with `python -m kmcl_jax.convert`
-(a published KMCL checkpoint, say); then the model and its "EMA" are the same weights.
+Weights come from WORKDIR's best checkpoint (or `step`, from best/ or checkpoints/) when
+the workdir has one, whatever config.init_from says (the training command line reused
+for eval names the ImageNet backbone there); else from config.init_from, a model
+converted with `python -m kmcl_jax.convert` (a published KMCL checkpoint, say), whose
+model and "EMA" are the same weights. A checkpoint is scored only with the model, image
+size and classes of the run that saved it (WORKDIR/run.json).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from kmcl_jax import optim
 from kmcl_jax.checkpointing import Checkpoints
 from kmcl_jax.data import create_eval_dataset, get_source, transforms
 from kmcl_jax.data.image_files import CorruptImageError, decode_image
+from kmcl_jax.errors import RunStopped
 from kmcl_jax.evaluation import evaluate, result_record
 from kmcl_jax.files import replace_file
 from kmcl_jax.mesh import create_mesh, replicated
@@ -37,7 +41,7 @@ from kmcl_jax.state import (
   load_initial_weights,
 )
 from kmcl_jax.steps import class_probabilities, make_eval_step
-from kmcl_jax.workdir import read_run
+from kmcl_jax.workdir import check_scoring, read_run
 
 EVAL_FILE = "eval.json"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -53,43 +57,68 @@ def _class_names(config, workdir: str) -> list[str]:
 
 def load_state(
   config, workdir: str, class_names, mesh: Mesh, step: int | None = None
-) -> tuple[KMCLModel, TrainState, str]:
-  """(model, state, where the weights came from) for inference."""
+) -> tuple[KMCLModel, TrainState, str, str]:
+  """(model, state, where the weights came from, the variant that scored best) for
+  inference: WORKDIR's checkpoint when it has one (checked against its run.json), else
+  config.init_from's converted model (whose model and "EMA" are the same weights)."""
   model = create_model(config, len(class_names))
   # Only the optimiser state's structure matters here, not its schedule's length.
   optimizer = optim.create_optimizer(config.optim, total_steps=100)
-  if config_lib.initial_weights(config):
-    state = initial_state(config, model, optimizer, replicated(mesh))
-    return (
-      model,
-      load_initial_weights(state, config.init_from, config, len(class_names)),
-      config.init_from,
-    )
   checkpoints = Checkpoints(workdir)
   try:
-    restored = checkpoints.restore(
-      abstract_state(config, model, optimizer, replicated(mesh)), best=True, step=step
-    )
+    if checkpoints.latest.all_steps() or checkpoints.best.all_steps():
+      if config_lib.initial_weights(config):
+        logging.warning(
+          "Scoring the checkpoints of %s, not config.init_from=%s: init_from is used only "
+          "when the workdir has no checkpoint.",
+          workdir,
+          config.init_from,
+        )
+      check_scoring(config, workdir, class_names)
+      restored = checkpoints.restore(
+        abstract_state(config, model, optimizer, replicated(mesh)), best=True, step=step
+      )
+      if restored is not None:  # None: a trainer deleted every one while they were read
+        state, restored_step = restored
+        origin = f"{workdir} step {restored_step}"
+        return model, state, origin, checkpoints.best_variant() or "model"
   finally:
     checkpoints.close()
-  if restored is None:
-    raise FileNotFoundError(
-      f"--workdir={workdir!r} has no checkpoint (best/ or checkpoints/); "
-      "train first or set --config.init_from to a converted model."
-    )
-  state, restored_step = restored
-  return model, state, f"{workdir} step {restored_step}"
+  if config_lib.initial_weights(config):
+    state = initial_state(config, model, optimizer, replicated(mesh))
+    weights = load_initial_weights(state, config.init_from, config, len(class_names))
+    return model, weights, config.init_from, "model"
+  raise FileNotFoundError(
+    f"--workdir={workdir!r} has no checkpoint (best/ or checkpoints/); "
+    "train first or set --config.init_from to a converted model."
+  )
+
+
+def _writable(workdir: str) -> bool:
+  """Whether eval.json can be written into a local workdir (an object store is tried)."""
+  return "://" in workdir or os.access(workdir, os.W_OK)
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Scores the evaluation split with the model and its EMA, logs the per-class AP
-  table and writes WORKDIR/eval.json; returns what it wrote."""
+  table and writes WORKDIR/eval.json; returns what it wrote.
+
+  Raises:
+    RunStopped: eval.json could not be written (a read-only workdir, found before
+      scoring and said then); the results are logged first.
+  """
   config_lib.validate(config)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  path = epath.Path(workdir) / EVAL_FILE
+  writable = _writable(workdir)
+  if not writable:
+    logging.warning(
+      "%s is read-only: the results will be logged but not written to %s.", workdir, path
+    )
   mesh = create_mesh()
   eval_batches, source = create_eval_dataset(config)
   class_names = list(source.class_names)
-  model, state, origin = load_state(config, workdir, class_names, mesh, step)
+  model, state, origin, _ = load_state(config, workdir, class_names, mesh, step)
   eval_step = jax.jit(make_eval_step(config, model), out_shardings=replicated(mesh))
   results = evaluate(eval_step, state, eval_batches, mesh, config.threshold)
   report = {
@@ -107,8 +136,17 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     best,
     metrics_lib.ap_table(results[best]["ap"], class_names),
   )
-  if jax.process_index() == 0:
-    (epath.Path(workdir) / EVAL_FILE).write_text(to_json(report, indent=2))
+  why = "the workdir is read-only"
+  if writable and jax.process_index() == 0:
+    try:
+      path.write_text(to_json(report, indent=2))
+    except OSError as error:
+      writable, why = False, str(error)
+  if not writable:
+    raise RunStopped(
+      f"The results above were not written to {path} ({why}), so an eval.json there is "
+      "not this evaluation's: make the workdir writable, or copy it, and rerun."
+    )
   return report
 
 
@@ -146,13 +184,9 @@ def predict(
   paths = find_images(inputs)
   class_names = _class_names(config, workdir)
   mesh = create_mesh()
-  model, state, origin = load_state(config, workdir, class_names, mesh, step)
+  model, state, origin, best_variant = load_state(config, workdir, class_names, mesh, step)
   if variant == "auto":  # the one that scored the best checkpoint's mAP
-    variant = "model"
-    if not config_lib.initial_weights(config):
-      checkpoints = Checkpoints(workdir)
-      variant = checkpoints.best_variant() or variant
-      checkpoints.close()
+    variant = best_variant
   weights = state.weights(variant)
   probabilities = jax.jit(lambda images: class_probabilities(config, model, weights, images))
 

@@ -1,4 +1,5 @@
-"""A `jax.profiler` trace of chosen training steps, for TensorBoard's profile plugin.
+"""A `jax.profiler` trace of chosen training steps, for TensorBoard's profile plugin, and
+where a trace's time went (`trace_summary`, read from its Chrome-format export).
 
 config.profile_steps = "START:STOP" traces steps START .. STOP - 1 (1-based, as the
 progress line counts them) on process 0 and writes the trace under
@@ -10,7 +11,10 @@ first steps: they compile and warm up.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import gzip
+import json
 import os
 
 import jax
@@ -65,3 +69,62 @@ class StepProfiler:
         self.steps[1] - 1,
         self.folder,
       )
+
+
+def _busy_seconds(intervals: list[tuple[float, float]]) -> float:
+  """Length of the union of (start, end) intervals."""
+  busy, reach = 0.0, float("-inf")
+  for start, end in sorted(intervals):
+    if end > reach:
+      busy += end - max(start, reach)
+      reach = end
+  return busy
+
+
+def trace_summary(path: str, wall_seconds: float, threads: int = 8, top: int = 12) -> dict:
+  """Where the time of a trace went, from the perfetto_trace.json.gz that
+  `jax.profiler.trace(..., create_perfetto_trace=True)` writes, over `wall_seconds` of
+  traced work: per thread (a GPU stream, an XLA thread of the host; Python's own frames
+  left out), its busy time (the union of its events, ms and % of the wall time), its
+  event count and its `top` events by total time ([name, ms, count]); the `threads`
+  busiest, busiest first. "device_busy_percent": the busiest thread of an accelerator
+  (a "/device:" process; None on a CPU): 100 less it is the share of the wall time in
+  which the device waited for the host."""
+  with gzip.open(path, "rt") as f:
+    data = json.load(f)
+  events = data["traceEvents"] if isinstance(data, dict) else data
+  process_names, thread_names = {}, {}
+  for event in events:
+    if event.get("ph") == "M" and event.get("name") == "process_name":
+      process_names[event["pid"]] = event["args"]["name"]
+    elif event.get("ph") == "M" and event.get("name") == "thread_name":
+      thread_names[event["pid"], event["tid"]] = event["args"]["name"]
+  spans = collections.defaultdict(list)
+  for event in events:
+    if event.get("ph") == "X" and not event["name"].startswith("$"):
+      spans[event["pid"], event["tid"]].append(event)
+  wall_ms = wall_seconds * 1e3
+  rows = []
+  for (pid, tid), thread_events in spans.items():
+    busy_ms = _busy_seconds([(e["ts"], e["ts"] + e["dur"]) for e in thread_events]) / 1e3
+    totals, counts = collections.Counter(), collections.Counter()
+    for event in thread_events:
+      totals[event["name"]] += event["dur"] / 1e3
+      counts[event["name"]] += 1
+    rows.append(
+      {
+        "process": process_names.get(pid, str(pid)),
+        "thread": thread_names.get((pid, tid), str(tid)),
+        "busy_ms": busy_ms,
+        "busy_percent": 100 * busy_ms / wall_ms,
+        "events": len(thread_events),
+        "top": [[name, ms, counts[name]] for name, ms in totals.most_common(top)],
+      }
+    )
+  rows.sort(key=lambda row: -row["busy_ms"])
+  device = [r for r in rows if r["process"].startswith("/device:")]
+  return {
+    "wall_ms": wall_ms,
+    "device_busy_percent": device[0]["busy_percent"] if device else None,
+    "threads": rows[:threads],
+  }

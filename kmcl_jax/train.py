@@ -108,10 +108,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
   reporter = None
   try:
-    resuming = bool(checkpoints.latest.all_steps() or checkpoints.best.all_steps())
-    changes = workdir_lib.check_resume(config, workdir) if resuming else {}
+    # Whatever does not fit (another config, other classes, a workdir that is not known
+    # to be this run's) is refused before anything is restored or moved.
+    has_checkpoints = bool(checkpoints.latest.all_steps() or checkpoints.best.all_steps())
+    changes = workdir_lib.check_resume(config, workdir, datasets.class_names, has_checkpoints)
     restored = checkpoints.restore(
-      abstract_state(config, model, optimizer, replicated(mesh)), datasets.train, repair=True
+      abstract_state(config, model, optimizer, replicated(mesh)), repair=True
     )
     if restored is not None:
       state, step = restored
@@ -183,9 +185,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
         preempted = checkpoints.reached_preemption(step) or sigterm.is_set()
         if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
           checkpoints.save_latest(step, state, datasets.train)
+          workdir_lib.record_saved_step(workdir, checkpoints.saved_step)
       if previous is not None:
         _check_divergence(previous, step, config.max_consecutive_skipped_steps)
       checkpoints.wait()
+      workdir_lib.record_saved_step(workdir, checkpoints.saved_step)
       if preempted:
         raise Preempted(
           f"Stopped at step {step} on a preemption notice or SIGTERM, with "

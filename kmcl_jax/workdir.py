@@ -1,12 +1,14 @@
 """A run's identity in its workdir, and one run per workdir at a time.
 
 WORKDIR/run.json records the config a run was started with and its class names
-(`--mode=eval/predict` read them), and every resume with what it changed. Resuming
-compares the new config with it before anything is restored: a field that defines what
-the run computes (model, data, batch, schedule, seed, ...) must not change, since the
+(`--mode=eval/predict` read them), every resume with what it changed, and the newest
+committed checkpoint's step (`saved_step`): a rerun that finds no checkpoint although
+one was saved refuses to start again from step 0. Resuming compares the new config and
+the dataset's classes with it before anything is restored: a field that defines what the
+run computes (model, data, batch, schedule, seed, ...) must not change, since the
 checkpoint would silently continue a different experiment; fields in
-`config.RESUMABLE_FIELDS` (evaluation and checkpoint frequency, logging, workers, ...)
-may, and the change is logged and recorded.
+`config.RESUMABLE_FIELDS` (evaluation and checkpoint frequency, logging, workers,
+data.root, ...) may, and the change is logged and recorded.
 """
 
 from __future__ import annotations
@@ -150,28 +152,68 @@ def read_run(workdir: str) -> dict | None:
     return json.loads(path.read_text())
   except json.JSONDecodeError as error:
     raise WorkdirError(
-      f"{path} is not valid JSON ({error}); restore it or move the workdir "
-      "aside to start a new run."
+      f"{path} is not valid JSON ({error}); restore it from a copy (the checkpoints "
+      "are untouched), or use a new --workdir to start a new run."
     ) from error
 
 
-def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple]:
-  """Compares `config` with the config WORKDIR/run.json was started with.
+def saved_step(run: dict) -> int:
+  """The newest step a run recorded in its run.json as saved or resumed from (0: none)."""
+  return max([run.get("saved_step") or 0, *(r["step"] for r in run.get("resumes", []))])
 
-  Returns {field: (saved, new)} of the resumable fields that changed (logged).
+
+def _class_difference(saved: Sequence[str], new: Sequence[str]) -> str:
+  """How two class lists differ, in words."""
+  added, removed = [n for n in new if n not in saved], [n for n in saved if n not in new]
+  if not added and not removed:
+    return "the same names in another order"
+  return ", ".join(
+    f"{what} {names}" for what, names in (("added", added), ("removed", removed)) if names
+  )
+
+
+def check_resume(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  class_names: Sequence[str],
+  has_checkpoints: bool,
+) -> dict[str, tuple]:
+  """Compares `config` and the dataset's `class_names` with the run WORKDIR/run.json
+  records, before anything is restored.
+
+  Returns {field: (saved, new)} of the resumable fields that changed (logged); {} for a
+  new run.
 
   Raises:
-    WorkdirError: a field outside RESUMABLE_FIELDS differs; the message names every
-      such field with both values and how to start a new run instead.
+    WorkdirError: checkpoints but no run.json (unless config.trust_workdir); a run.json
+      that records saved progress but no checkpoint left; a field outside
+      RESUMABLE_FIELDS that differs (every such field is named with both values); a
+      class list that differs from the run's (data.root may change, its classes not).
   """
   run = read_run(workdir)
+  path = epath.Path(workdir) / RUN_FILE
   if run is None:
-    logging.warning(
-      "%s has checkpoints but no %s: resuming without checking that the "
-      "config is the one it was started with.",
-      workdir,
-      RUN_FILE,
-    )
+    if has_checkpoints and not config.trust_workdir:
+      raise WorkdirError(
+        f"{workdir} holds checkpoints but no {RUN_FILE}, so this config and these classes "
+        "cannot be checked against the run that saved them: pass "
+        "--config.trust_workdir=true to resume it anyway, or use a new --workdir."
+      )
+    if has_checkpoints:
+      logging.warning(
+        "%s has checkpoints but no %s: resuming unchecked (config.trust_workdir).",
+        workdir,
+        RUN_FILE,
+      )
+    return {}
+  if not has_checkpoints:
+    if saved_step(run):
+      raise WorkdirError(
+        f"{path} records a checkpoint saved at step {saved_step(run)}, but {workdir} has "
+        "none left in checkpoints/ or best/, so the run would start again from step 0: "
+        "bring the checkpoints back, or remove run.json (or use a new --workdir) to start "
+        "over on purpose."
+      )
     return {}
   saved, new = _flatten(run["config"]), _flatten(_plain(config))
   changed = {
@@ -189,11 +231,74 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
     raise WorkdirError(
       f"{workdir} holds a run started with another config, and resuming it would mix two "
       f"experiments: {listed}; use a new --workdir to start a new run, or rerun with the "
-      f"values in {epath.Path(workdir) / RUN_FILE}."
+      f"values in {path}."
+    )
+  if list(class_names) != run["class_names"]:
+    raise WorkdirError(
+      f"config.data.root={config.data.root!r} gives {len(class_names)} classes where {path} "
+      f"records {len(run['class_names'])} ({_class_difference(run['class_names'], class_names)}"
+      "), so the checkpoints do not fit it: point data.root at the data the run was "
+      "started with, or use a new --workdir."
     )
   for field, (old, value) in changed.items():
     logging.info("Resuming with config.%s changed: %r -> %r.", field, old, value)
   return {field: values for field, values in changed.items() if field not in fixed}
+
+
+# What a trained model computes from an image: scoring its checkpoint with another value
+# scores something else. The scoring choices only change how scores are computed or
+# counted, so another value is applied, with a warning.
+SCORING_FIELDS = (
+  "model.backbone",
+  "model.kernel",
+  "model.embedding_dim",
+  "model.variance",
+  "model.mode",
+  "data.image_size",
+  "data.mean",
+  "data.std",
+)
+SCORING_CHOICES = ("eval_batch_size", "threshold")
+
+
+def check_scoring(
+  config: ml_collections.ConfigDict, workdir: str, class_names: Sequence[str]
+) -> None:
+  """Compares `config` and the `class_names` scored with the run WORKDIR/run.json
+  records, before its checkpoint is scored (--mode=eval/predict); logs the scoring
+  choices that differ.
+
+  Raises:
+    WorkdirError: a field of SCORING_FIELDS, or the class list, differs (named).
+  """
+  run = read_run(workdir)
+  if run is None:
+    logging.warning("%s has no %s: its checkpoint is scored unchecked.", workdir, RUN_FILE)
+    return
+  path = epath.Path(workdir) / RUN_FILE
+  saved, new = _flatten(run["config"]), _flatten(_plain(config))
+  differ = [f for f in SCORING_FIELDS if f in saved and saved[f] != new.get(f)]
+  if differ:
+    listed = ", ".join(f"{f} ({saved[f]!r} -> {new.get(f)!r})" for f in differ)
+    raise WorkdirError(
+      f"{workdir}'s checkpoints were trained with another model or input than this config "
+      f"gives: {listed}; rerun with the values in {path}."
+    )
+  if list(class_names) != run["class_names"]:
+    raise WorkdirError(
+      f"The data scored has {len(class_names)} classes where {path} records "
+      f"{len(run['class_names'])} ({_class_difference(run['class_names'], class_names)}): "
+      "point config.data.root at data with the run's classes."
+    )
+  for field in SCORING_CHOICES:
+    if field in saved and saved[field] != new.get(field):
+      logging.warning(
+        "config.%s=%r differs from the run's %r; scoring with %r.",
+        field,
+        new.get(field),
+        saved[field],
+        new.get(field),
+      )
 
 
 def write_run(
@@ -228,6 +333,15 @@ def record(workdir: str, fields: dict[str, Any]) -> None:
     run = read_run(workdir) or {}
     run.update(fields)
     (epath.Path(workdir) / RUN_FILE).write_text(json.dumps(run, indent=2))
+
+
+def record_saved_step(workdir: str, step: int | None) -> None:
+  """Records in WORKDIR/run.json (process 0) that the checkpoint of `step` is committed,
+  so that a rerun that finds no checkpoint refuses to start again from step 0."""
+  if step is not None and jax.process_index() == 0:
+    run = read_run(workdir) or {}
+    if run.get("saved_step") != step:
+      record(workdir, {"saved_step": step})
 
 
 @contextlib.contextmanager

@@ -104,3 +104,12 @@ def synthetic_batch():
     "ignore": np.zeros((8, 10), bool),
     "skipped": np.zeros(8, np.int32),
   }
+
+
+def stopped_with_one_sentence(command):
+  """Runs a kmcl_jax.main command line that must stop with exit 1 and no traceback;
+  returns its log's last line (the sentence) and the whole log."""
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  return result.stderr.strip().splitlines()[-1], result.stderr

@@ -361,7 +361,7 @@ def test_a_damaged_newest_checkpoint_falls_back_and_the_run_ends_as_if_uninterru
     main_command(workdir), cwd=ROOT, capture_output=True, text=True, timeout=600
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "checkpoints/6 cannot be restored: checksum mismatch" in result.stderr
+  assert "checkpoints/6 is damaged: checksum mismatch" in result.stderr
   assert "Restored" in result.stderr and "checkpoints/4 instead" in result.stderr
   assert os.listdir(workdir / "damaged") == ["checkpoints-6"]
   assert_trees_close(checkpoint_state(workdir, 6), checkpoint_state(reference_run, 6), atol=0)

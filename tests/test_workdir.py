@@ -33,7 +33,7 @@ def test_resuming_with_what_defines_the_run_changed_is_refused_naming_each_field
   config.model.backbone = "tresnet_m"
   config.optim.lr = 1e-3
   with pytest.raises(WorkdirError) as error:
-    workdir.check_resume(config, str(tmp_path))
+    workdir.check_resume(config, str(tmp_path), ["a"], has_checkpoints=True)
   message = str(error.value)
   assert "batch_size (8 -> 32)" in message
   assert "model.backbone ('tresnet_tiny' -> 'tresnet_m')" in message
@@ -60,7 +60,7 @@ def test_every_field_of_the_method_the_data_and_the_schedule_is_fixed(tmp_path, 
   config = demo_config()
   config.update_from_flattened_dict({field: value})
   with pytest.raises(WorkdirError, match=field.replace(".", r"\.")):
-    workdir.check_resume(config, str(tmp_path))
+    workdir.check_resume(config, str(tmp_path), ["a"], has_checkpoints=True)
 
 
 def test_how_the_run_is_executed_and_observed_may_change_and_is_recorded(tmp_path):
@@ -76,7 +76,7 @@ def test_how_the_run_is_executed_and_observed_may_change_and_is_recorded(tmp_pat
     "model.remat": True,
   }
   config.update_from_flattened_dict(changes)
-  changed = workdir.check_resume(config, str(tmp_path))
+  changed = workdir.check_resume(config, str(tmp_path), ["a"], has_checkpoints=True)
   assert {field: new for field, (_, new) in changed.items()} == changes
   workdir.write_run(str(tmp_path), config, ["a"], resumed_at=12, changes=changed)
   run = workdir.read_run(str(tmp_path))
@@ -87,8 +87,9 @@ def test_how_the_run_is_executed_and_observed_may_change_and_is_recorded(tmp_pat
 
 def test_a_damaged_run_file_is_named(tmp_path):
   (tmp_path / "run.json").write_text('{"config": ')
-  with pytest.raises(WorkdirError, match="run.json is not valid JSON"):
-    workdir.check_resume(demo_config(), str(tmp_path))
+  with pytest.raises(WorkdirError, match="run.json is not valid JSON") as error:
+    workdir.check_resume(demo_config(), str(tmp_path), ["a"], has_checkpoints=True)
+  assert "aside" not in str(error.value)  # the checkpoints are not the problem
 
 
 def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):

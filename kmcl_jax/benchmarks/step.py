@@ -21,9 +21,11 @@ the device computes step n). Per program and batch size:
 
 - img/s and ms per step (wall time of the timed steps / their number);
 - dispatch ms: host time per step until the call returned (the rest ran on the device);
-- GFLOP/img: XLA's cost analysis of the compiled program, per image;
-- % peak: achieved FLOP/s against the chip's dense bfloat16 peak (`PEAK_BF16_FLOPS`;
-  n/a where the device kind is not listed, e.g. the CPU);
+- GFLOP/img: XLA's cost analysis of the compiled program, per image (on a GPU it leaves
+  out the convolutions cuDNN runs); dense GFLOP/img: its convolutions and matrix
+  products counted from the jaxpr (`compilation.dense_flops`, the same on every platform);
+- % peak: achieved dense FLOP/s against the chip's dense bfloat16 peak
+  (`PEAK_BF16_FLOPS`; n/a where the device kind is not listed, e.g. the CPU);
 - XLA GiB: the compiled program's arguments, outputs and temporaries (less aliased
   donations); device GiB: the device's peak memory in use so far in this process
   (`memory_stats`, GPU and TPU; n/a elsewhere);
@@ -53,11 +55,10 @@ from kmcl_jax.benchmarks.inputs import write_photos
 from kmcl_jax.benchmarks.step_programs import (
   CLASSES,
   measure_backbone,
-  measure_fed_train_step,
+  measure_fed_from_files,
   measure_train_step,
   step_config,
 )
-from kmcl_jax.data import pipeline
 
 _ARCH = flags.DEFINE_string("arch", "tresnet_m", "Backbone.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Image side in pixels.")
@@ -99,7 +100,7 @@ def main(argv):
   )
   print(
     f"{'program':<11} {'layout':<8} {'batch':>5} {'img/s':>9} {'ms/step':>9} "
-    f"{'dispatch ms':>11} {'GFLOP/img':>9} {'% peak':>6} {'XLA GiB':>7} "
+    f"{'dispatch ms':>11} {'GFLOP/img':>9} {'dense':>6} {'% peak':>6} {'XLA GiB':>7} "
     f"{'device GiB':>10} {'vs backbone':>11}"
   )
   for batch in batches:
@@ -119,6 +120,7 @@ def main(argv):
         f"{row.program:<11} {row.layout:<8} {row.batch:>5} {row.images_per_second:>9.1f} "
         f"{row.timing.seconds * 1e3:>9.1f} {row.timing.dispatch_seconds * 1e3:>11.2f} "
         f"{_format(row.flops_per_image and row.flops_per_image / 1e9, '.2f'):>9} "
+        f"{row.dense_flops / row.batch / 1e9:>6.2f} "
         f"{_format(fraction and 100 * fraction, '.1f'):>6} "
         f"{row.compiled_bytes / 2**30:>7.2f} "
         f"{_format(row.device_peak_bytes and row.device_peak_bytes / 2**30, '.2f'):>10} "
@@ -132,23 +134,9 @@ def main(argv):
     )
     with tempfile.TemporaryDirectory() as folder:
       source = write_photos(folder, _IMAGES.value)
-      dataset = pipeline.train_dataset(
-        source,
-        seed=0,
-        global_batch=batch,
-        image_size=_IMAGE_SIZE.value,
-        cutout_factor=config.data.cutout,
-        augment=config.data.augment,
-        process_index=0,
-        process_count=1,
-        worker_count=_WORKERS.value,
-        read_threads=_READ_THREADS.value,
+      result = measure_fed_from_files(
+        config, source, _REPEATS.value, _WORKERS.value, _READ_THREADS.value
       )
-      host_batches = iter(dataset)
-      try:
-        result = measure_fed_train_step(config, host_batches, _REPEATS.value)
-      finally:
-        getattr(host_batches, "close", lambda: None)()
     fed, resident = result["fed"], result["resident"]
     print(
       f"\nfed by grain ({_IMAGES.value} JPEGs 500x375, {_WORKERS.value} workers, "

@@ -19,7 +19,9 @@ import numpy as np
 from kmcl_jax import config as config_lib
 from kmcl_jax import optim
 from kmcl_jax.benchmarks.inputs import random_batch
-from kmcl_jax.compilation import flops
+from kmcl_jax.benchmarks.loss_programs import jax_value_and_grad, loss_arguments, make_inputs
+from kmcl_jax.compilation import dense_flops, flops
+from kmcl_jax.data import pipeline
 from kmcl_jax.mesh import create_mesh, replicated, to_global_batch
 from kmcl_jax.models import create_backbone
 from kmcl_jax.state import create_model, initial_state
@@ -53,14 +55,17 @@ class Timing:
 @dataclasses.dataclass(frozen=True)
 class Measurement:
   """One program at one batch size: its timing, XLA's FLOPs per call (None where the
-  backend gives none), compiled memory and the device's peak memory (bytes, None where
-  the device reports none)."""
+  backend gives none), the FLOPs of its convolutions and matrix products counted from
+  its jaxpr (`compilation.dense_flops`: what the peak fraction is computed from, since
+  XLA's count on a GPU leaves out cuDNN's convolutions), compiled memory and the
+  device's peak memory (bytes, None where the device reports none)."""
 
   program: str
   layout: str
   batch: int
   timing: Timing
   flops: float | None
+  dense_flops: float
   compiled_bytes: int
   device_peak_bytes: int | None
 
@@ -73,9 +78,10 @@ class Measurement:
     return self.flops / self.batch if self.flops else None
 
   def peak_fraction(self, device_kind: str) -> float | None:
-    """Achieved FLOP/s / the chip's dense bfloat16 peak; None if either is unknown."""
+    """Achieved dense FLOP/s / the chip's dense bfloat16 peak (model FLOPs utilisation);
+    None where the chip's peak is not listed."""
     peak = PEAK_BF16_FLOPS.get(device_kind)
-    return self.flops / self.timing.seconds / peak if self.flops and peak else None
+    return self.dense_flops / self.timing.seconds / peak if peak else None
 
 
 def step_config(
@@ -139,8 +145,9 @@ def run_steps(
 
 
 def train_step_program(config: ml_collections.ConfigDict):
-  """(step(carry, batch) -> carry, initial carry, compiled program, mesh) of the config's
-  jitted train step; carry is (state, metrics), the state donated to each step."""
+  """(step(carry, batch) -> carry, initial carry, compiled program, mesh, dense FLOPs per
+  step) of the config's jitted train step; carry is (state, metrics), the state donated
+  to each step."""
   model = create_model(config, CLASSES)
   optimizer = optim.create_optimizer(
     config.optim, config.train_steps, config.batch_size, config.recipe_batch
@@ -149,19 +156,21 @@ def train_step_program(config: ml_collections.ConfigDict):
   state = initial_state(config, model, optimizer, replicated(mesh))
   train_step, _ = jit_steps(config, model, optimizer, mesh, state)
   example = to_global_batch(random_batch(config.batch_size, config.data.image_size, CLASSES), mesh)
-  compiled = train_step.lower(state, example).compile()
+  traced = train_step.trace(state, example)
+  compiled = traced.lower().compile()
 
   def step(carry, batch):
     state, _ = carry
     return compiled(state, batch)
 
-  return step, (state, None), compiled, mesh
+  return step, (state, None), compiled, mesh, dense_flops(traced)
 
 
 def backbone_program(arch: str, dtype: str, batch: int, image_size: int):
-  """(step(carry, images) -> carry, initial carry, compiled program, images) of the
-  backbone's training pass: d mean(pooled features) / d parameters, batch statistics.
-  carry holds the variables and the last gradients; images are float32 on the device."""
+  """(step(carry, images) -> carry, initial carry, compiled program, images, dense FLOPs
+  per step) of the backbone's training pass: d mean(pooled features) / d parameters,
+  batch statistics. carry holds the variables and the last gradients; images are float32
+  on the device."""
   model = create_backbone(arch, dtype=jnp.dtype(dtype))
   images = jnp.asarray(
     np.random.default_rng(0).normal(size=(batch, image_size, image_size, 3)).astype(np.float32)
@@ -174,22 +183,21 @@ def backbone_program(arch: str, dtype: str, batch: int, image_size: int):
     )
     return jnp.mean(features)
 
-  compiled = (
-    jax.jit(jax.grad(loss)).lower(variables["params"], variables["batch_stats"], images).compile()
-  )
+  traced = jax.jit(jax.grad(loss)).trace(variables["params"], variables["batch_stats"], images)
+  compiled = traced.lower().compile()
 
   def step(carry, x):
     variables, _ = carry
     return variables, compiled(variables["params"], variables["batch_stats"], x)
 
-  return step, (variables, None), compiled, images
+  return step, (variables, None), compiled, images, dense_flops(traced)
 
 
 def measure_train_step(
   config: ml_collections.ConfigDict, repeats: int, profile: str = ""
 ) -> Measurement:
   """The config's train step on one device-resident random batch, warm-up excluded."""
-  step, carry, compiled, mesh = train_step_program(config)
+  step, carry, compiled, mesh, step_flops = train_step_program(config)
   batch = to_global_batch(random_batch(config.batch_size, config.data.image_size, CLASSES), mesh)
   carry, _ = run_steps(step, carry, lambda: batch, 1)
   carry, timing = run_steps(step, carry, lambda: batch, repeats)
@@ -208,6 +216,7 @@ def measure_train_step(
     batch=config.batch_size,
     timing=timing,
     flops=flops(compiled),
+    dense_flops=step_flops,
     compiled_bytes=compiled_bytes(compiled),
     device_peak_bytes=device_peak_bytes(),
   )
@@ -217,7 +226,7 @@ def measure_backbone(
   arch: str, dtype: str, batch: int, image_size: int, repeats: int, profile: str = ""
 ) -> Measurement:
   """The backbone's training pass, warm-up excluded."""
-  step, carry, compiled, images = backbone_program(arch, dtype, batch, image_size)
+  step, carry, compiled, images, step_flops = backbone_program(arch, dtype, batch, image_size)
   carry, _ = run_steps(step, carry, lambda: images, 1)
   carry, timing = run_steps(step, carry, lambda: images, repeats)
   if profile:
@@ -229,6 +238,7 @@ def measure_backbone(
     batch=batch,
     timing=timing,
     flops=flops(compiled),
+    dense_flops=step_flops,
     compiled_bytes=compiled_bytes(compiled),
     device_peak_bytes=device_peak_bytes(),
   )
@@ -241,7 +251,7 @@ def measure_fed_train_step(
   the same step on one device-resident batch. Returns {"fed": Timing, "resident": Timing,
   "input_bound": bool}: input-bound when the fed step is over a tenth slower and the loop
   waited for batches most of the difference."""
-  step, carry, _, mesh = train_step_program(config)
+  step, carry, _, mesh, _ = train_step_program(config)
 
   def next_fed():
     return to_global_batch(next(host_batches), mesh)
@@ -256,3 +266,46 @@ def measure_fed_train_step(
     "resident": resident_timing,
     "input_bound": bool(slower > 0.1 * resident_timing.seconds and fed.wait_seconds > 0.5 * slower),
   }
+
+
+def measure_loss(batch: int, classes: int, dim: int, kernel: str, repeats: int) -> Timing:
+  """The KMCL loss's value and gradient (`loss_programs.jax_value_and_grad`, float32) on
+  random head outputs of `batch` images, run back to back as the train step is, one wait
+  at the end (a wait per call would add the device's round trip to a program this
+  small)."""
+  inputs = loss_arguments(make_inputs(batch, classes, dim, kernel))
+  program = jax_value_and_grad(kernel)
+
+  def step(carry, arguments):
+    return program(*arguments)
+
+  carry, _ = run_steps(step, None, lambda: inputs, 1)
+  _, timing = run_steps(step, carry, lambda: inputs, repeats)
+  return timing
+
+
+def measure_fed_from_files(
+  config: ml_collections.ConfigDict, source, repeats: int, workers: int, read_threads: int
+) -> dict:
+  """`measure_fed_train_step` fed by the training pipeline over the image files of
+  `source`, with `workers` grain worker processes and `read_threads` reader threads; the
+  images are augmented where config.data.augment_on says (host: in the pipeline; device:
+  in the step)."""
+  dataset = pipeline.train_dataset(
+    source,
+    seed=0,
+    global_batch=config.batch_size,
+    image_size=config.data.image_size,
+    cutout_factor=config.data.cutout,
+    augment=config.data.augment,
+    process_index=0,
+    process_count=1,
+    worker_count=workers,
+    read_threads=read_threads,
+    augment_on=config.data.augment_on,
+  )
+  host_batches = iter(dataset)
+  try:
+    return measure_fed_train_step(config, host_batches, repeats)
+  finally:
+    getattr(host_batches, "close", lambda: None)()
