@@ -11,7 +11,9 @@ other field is part of the run's identity (see `kmcl_jax.workdir`).
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import math
 import os
 
 import jax
@@ -21,7 +23,8 @@ from etils import epath
 from kmcl_jax import losses, optim, profiling
 from kmcl_jax.data import pipeline, transforms
 from kmcl_jax.models.kmm import VARIANCES
-from kmcl_jax.models.tresnet import ARCHITECTURES
+from kmcl_jax.models.tresnet import ARCHITECTURES, create_backbone
+from kmcl_jax.state import compute_dtype
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -205,7 +208,11 @@ def load(spec: str) -> ml_collections.ConfigDict:
   any working directory."""
   path, _, variant = spec.partition(":")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"--config={spec!r}: no config file {path!r}.")
+    raise FileNotFoundError(
+      f"--config={spec!r}: no config file {os.path.abspath(path)!r}; pass the path of one "
+      "of the repository's configs/*.py (relative to the working directory, "
+      f"{os.getcwd()}), with :VARIANT after it if it has variants."
+    )
   module_spec = importlib.util.spec_from_file_location(
     f"kmcl_config_{os.path.splitext(os.path.basename(path))[0]}", path
   )
@@ -285,17 +292,45 @@ def validate(config: ml_collections.ConfigDict) -> None:
       field,
       f"a multiple of the {jax.device_count()} devices",
     )
-  require(config.optim.lr > 0, "optim.lr", "a positive learning rate")
-  require(config.optim.weight_decay >= 0, "optim.weight_decay", "a non-negative number")
+
+  def finite(field: str) -> bool:  # NaN fails every comparison, infinity only this one
+    return isinstance(value(field), (int, float)) and math.isfinite(value(field))
+
+  require(finite("optim.lr") and config.optim.lr > 0, "optim.lr", "a finite positive learning rate")
+  require(
+    finite("optim.weight_decay") and config.optim.weight_decay >= 0,
+    "optim.weight_decay",
+    "a finite non-negative number",
+  )
+  require(finite("optim.eps") and config.optim.eps > 0, "optim.eps", "a finite positive number")
+  for field in ("optim.b2", "optim.beta1_base", "optim.beta1_peak", "ema_decay"):
+    require(finite(field) and 0 <= value(field) < 1, field, "a number in [0, 1)")
+  for field in ("optim.div_factor", "optim.final_div_factor"):
+    require(finite(field) and value(field) > 0, field, "a finite positive number")
   require(0 < config.optim.pct_start < 1, "optim.pct_start", "a fraction in (0, 1)")
-  require(0 <= config.ema_decay < 1, "ema_decay", "a number in [0, 1)")
+  require(
+    finite("loss.temperature") and config.loss.temperature > 0,
+    "loss.temperature",
+    "a finite positive number",
+  )
+  for field in ("loss.gamma_neg", "loss.gamma_pos"):
+    require(finite(field) and value(field) >= 0, field, "a finite non-negative number")
+  require(
+    finite("loss.clip") and 0 <= config.loss.clip < 1,
+    "loss.clip",
+    "a probability shift in [0, 1) (0 disables it)",
+  )
   require(
     config.optim.lr_scaling in optim.LR_SCALING, "optim.lr_scaling", f"one of {optim.LR_SCALING}"
   )
   for field in ("recipe_batch", "loss.reference_batch"):
     require(isinstance(value(field), int) and value(field) > 0, field, "a positive integer")
   for term, weight in config.loss.weights.items():
-    require(weight >= 0, f"loss.weights.{term}", "a non-negative weight")
+    require(
+      finite(f"loss.weights.{term}") and weight >= 0,
+      f"loss.weights.{term}",
+      "a finite non-negative weight",
+    )
   require(
     set(config.loss.weights) == set(losses.TERMS),
     "loss.weights",
@@ -330,4 +365,80 @@ def validate(config: ml_collections.ConfigDict) -> None:
       epath.Path(config.init_from).is_dir(),
       "init_from",
       "a folder written by `python -m kmcl_jax.convert`",
+    )
+
+
+def unknown_field(config: ml_collections.ConfigDict, field: str) -> str | None:
+  """What is wrong with overriding config.`field` (dotted, as in --config.FIELD=...) on
+  `config`, in one sentence with the nearest field name, or None if `config` has it."""
+  node, known = config, []
+  for part in field.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return (
+        f"config.{'.'.join(known)} is a value, not a group of fields; cannot set config.{field}."
+      )
+    if part not in node:
+      return _no_such_field(config, node, known, part, field)
+    node, known = node[part], [*known, part]
+  return None
+
+
+def _no_such_field(config, parent, known: list[str], part: str, field: str) -> str:
+  prefix = "".join(f"{name}." for name in known)
+  nearest = difflib.get_close_matches(part, list(parent.keys()), n=1, cutoff=0.6)
+  if nearest:
+    suggestion = prefix + nearest[0]
+  else:  # a field of another group (--config.lr for config.optim.lr)
+    leaves = {}
+    for path in _field_paths(config):
+      leaves.setdefault(path.rsplit(".", 1)[-1], path)
+    nearest = difflib.get_close_matches(part, list(leaves), n=1, cutoff=0.8)
+    suggestion = leaves[nearest[0]] if nearest else None
+  if suggestion:
+    return f"unknown field config.{field}; did you mean config.{suggestion}?"
+  group = f"config.{prefix[:-1]}" if prefix else "config"
+  return f"unknown field config.{field}; {group} has the fields {', '.join(sorted(parent))}."
+
+
+def _field_paths(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  paths = []
+  for key, child in node.items():
+    if isinstance(child, ml_collections.ConfigDict):
+      paths += _field_paths(child, f"{prefix}{key}.")
+    else:
+      paths.append(prefix + key)
+  return paths
+
+
+def training_memory(config: ml_collections.ConfigDict) -> tuple[int, int, str]:
+  """(bytes of activations a train step keeps at least, bytes of memory they share, what
+  that memory is): the backbone's `stored_activations` per image at
+  config.data.image_size in the compute dtype, times the images on one accelerator, or
+  on the CPU, whose devices share the host's memory, on one host."""
+  backbone = create_backbone(config.model.backbone, remat=config.model.remat)
+  per_image = backbone.stored_activations(config.data.image_size)
+  per_image *= jax.numpy.dtype(compute_dtype(config)).itemsize
+  device = jax.local_devices()[0]
+  limit = (device.memory_stats() or {}).get("bytes_limit") if device.platform != "cpu" else None
+  if limit:
+    images = max(1, config.batch_size // jax.device_count())
+    return per_image * images, limit, f"the {limit / 2**30:.1f} GiB of one {device.device_kind}"
+  memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  images = max(1, config.batch_size // jax.process_count())
+  return per_image * images, memory, f"the host's {memory / 2**30:.1f} GiB"
+
+
+def check_training_memory(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming config.data.image_size when a train step cannot fit: the
+  activations it keeps for the backward pass alone (a lower bound, `training_memory`)
+  exceed the memory of one accelerator (or, on the CPU, of the host)."""
+  needed, available, memory = training_memory(config)
+  if needed > available:
+    raise ValueError(
+      f"config.data.image_size={config.data.image_size}: a train step of "
+      f"{config.model.backbone} at batch {config.batch_size} keeps at least "
+      f"{needed / 2**30:,.1f} GiB of activations for its backward pass (every "
+      f"{'block' if config.model.remat else 'convolution'}'s output), more than {memory}; "
+      f"lower data.image_size or batch_size"
+      f"{'' if config.model.remat else ', or set model.remat=True'}."
     )

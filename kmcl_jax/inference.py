@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
+import io
 import os
 
 import jax
@@ -29,6 +29,7 @@ from kmcl_jax.data import create_eval_dataset, get_source, transforms
 from kmcl_jax.data.image_files import CorruptImageError, decode_image
 from kmcl_jax.errors import RunStopped
 from kmcl_jax.evaluation import evaluate, result_record
+from kmcl_jax.files import replace_file
 from kmcl_jax.mesh import create_mesh, replicated
 from kmcl_jax.models import KMCLModel
 from kmcl_jax.reporting import to_json
@@ -213,7 +214,7 @@ def predict(
     }
     for path, row in zip(readable, scores, strict=True)
   ]
-  _write_predictions(rows, class_names, output)
+  write_predictions(rows, class_names, output)
   logging.info(
     "%d images scored with the %s of %s -> %s; %d unreadable%s",
     len(rows),
@@ -226,14 +227,17 @@ def predict(
   return rows
 
 
-def _write_predictions(rows: list[dict], class_names, output: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+def write_predictions(rows: list[dict], class_names, output: str) -> None:
+  """Writes `rows` to `output` (.csv or .json, local or gs://) in one piece: a failure
+  leaves any earlier file there as it was. JSON is strict (a non-finite probability is
+  null). A path that is not valid UTF-8 (a file name in another encoding) keeps its
+  bytes: the CSV holds them as they are, the JSON as the \\udcXX escapes Python's
+  os.fsdecode gives them (os.fsencode of the parsed string is the file's name again)."""
   if output.endswith(".json"):
-    with open(output, "w") as f:
-      json.dump(rows, f, indent=2)
-    return
-  with open(output, "w", newline="") as f:
-    writer = csv.writer(f)
+    data = to_json(rows, indent=2).encode()
+  else:
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
     writer.writerow(["path", *class_names, "labels"])
     for row in rows:
       writer.writerow(
@@ -243,3 +247,17 @@ def _write_predictions(rows: list[dict], class_names, output: str) -> None:
           "|".join(row["labels"]),
         ]
       )
+    data = text.getvalue().encode("utf-8", "surrogateescape")
+    # os.fsdecode turns each byte that is not UTF-8 into U+DC80..U+DCFF.
+    raw = [row["path"] for row in rows if any("\udc80" <= c <= "\udcff" for c in row["path"])]
+    if raw:
+      logging.warning(
+        "%d file names are not UTF-8, such as %r: %s holds their bytes as they are (read it "
+        "with errors='surrogateescape'), or write --output=*.json.",
+        len(raw),
+        raw[0],
+        output,
+      )
+  if "://" not in output:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  replace_file(output, data)

@@ -28,6 +28,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from kmcl_jax import config as config_lib
 from kmcl_jax import distributed
 from kmcl_jax.errors import run_program
 
@@ -106,6 +107,35 @@ def _unraisablehook(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+def _config_problem(argv: list[str]) -> str | None:
+  """What ml_collections would report with a traceback while parsing `argv`, in one
+  sentence: a --config file that is missing or fails to load, or a --config.FIELD
+  override of a field the config lacks (with the nearest field's name)."""
+  spec, overrides = None, []
+  for index, arg in enumerate(argv[1:], 1):
+    if not arg.startswith("-"):
+      continue
+    name, has_value, value = arg.lstrip("-").partition("=")
+    if name == "config":
+      spec = value if has_value else (argv[index + 1] if index + 1 < len(argv) else None)
+    elif name.startswith("config."):
+      overrides.append(name[len("config.") :])
+  if not spec:
+    return None
+  try:
+    config = config_lib.load(spec)
+  except (OSError, ValueError) as error:
+    return str(error)
+  return next(filter(None, (config_lib.unknown_field(config, f) for f in overrides)), None)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  problem = _config_problem(argv)
+  if problem:
+    sys.exit(problem)
+  return app.parse_flags_with_usage(argv)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -115,6 +145,9 @@ def main(argv):
 
 
 def _run() -> None:
+  from kmcl_jax.workdir import check_workdir
+
+  check_workdir(_WORKDIR.value, writable=_MODE.value == "train")
   distributed.initialize(
     _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
   )
@@ -144,4 +177,4 @@ def _run() -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -17,6 +17,7 @@ from TensorBoard, so that every step is logged once.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import math
 import os
@@ -28,10 +29,12 @@ from absl import logging
 from etils import epath
 
 from kmcl_jax.errors import RunStopped
+from kmcl_jax.files import replace_file
 
 PROGRESS_BAR_WIDTH = 20
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+PLOT_FILES = ("loss.png", "map.png", "per_class_ap.png")  # in WORKDIR/plots/
 
 
 def _plain(value):
@@ -102,14 +105,7 @@ class MetricsLog:
     return bool(text) and not text.endswith("\n")
 
   def _rewrite(self) -> None:
-    text = "".join(line + "\n" for line in self._lines)
-    if self._local:
-      temporary = f"{self.path}.tmp"
-      with open(temporary, "w") as f:
-        f.write(text)
-      os.replace(temporary, self.path)
-    else:
-      self.path.write_text(text)
+    replace_file(self.path, "".join(line + "\n" for line in self._lines).encode())
 
   def _guard(self, write):
     try:
@@ -266,7 +262,7 @@ class Reporter:
     """Writes summary.json and the plots."""
     logging.info("summary: %s", to_json(summary))
     if self.is_primary:
-      (self.workdir / SUMMARY_FILE).write_text(to_json(summary, indent=2))
+      replace_file(self.workdir / SUMMARY_FILE, to_json(summary, indent=2).encode())
       write_plots(self.workdir, summary)
 
   def close(self) -> None:
@@ -276,6 +272,24 @@ class Reporter:
     if self._log is not None:
       self._log.close()
       self._log = None
+
+
+def read_summary(workdir: str) -> dict | None:
+  """WORKDIR/summary.json, or None if there is none or it is not whole (cut short by an
+  earlier version's interrupted write: the run then writes it again)."""
+  path = epath.Path(workdir) / SUMMARY_FILE
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError:
+    logging.warning("%s is not valid JSON; the final evaluation writes it again.", path)
+    return None
+
+
+def missing_plots(workdir: str) -> list[str]:
+  """The names of PLOT_FILES that WORKDIR/plots/ lacks."""
+  return [name for name in PLOT_FILES if not (epath.Path(workdir) / "plots" / name).exists()]
 
 
 def write_plots(workdir: str, summary: Mapping) -> list[str]:
@@ -295,8 +309,9 @@ def write_plots(workdir: str, summary: Mapping) -> list[str]:
   def save(figure, name):
     figure.tight_layout()
     paths.append(str(folder / name))
-    with (folder / name).open("wb") as f:
-      figure.savefig(f, format="png", dpi=110)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=110)
+    replace_file(folder / name, png.getvalue())
     plt.close(figure)
 
   figure, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -318,7 +333,7 @@ def write_plots(workdir: str, summary: Mapping) -> list[str]:
   axes[0].legend()
   axes[1].plot(steps, series(train, "learning_rate"), color="tab:purple")
   axes[1].set(title="Learning rate (OneCycle)", xlabel="step", ylabel="learning rate")
-  save(figure, "loss.png")
+  save(figure, PLOT_FILES[0])
 
   figure, axis = plt.subplots(figsize=(6, 4))
   for variant in ("model", "ema"):
@@ -329,7 +344,7 @@ def write_plots(workdir: str, summary: Mapping) -> list[str]:
   axis.set(title="Test mAP", xlabel="step", ylabel="mAP (%)")
   axis.grid(alpha=0.3)
   axis.legend()
-  save(figure, "map.png")
+  save(figure, PLOT_FILES[1])
 
   names, values = list(summary["ap"]), list(summary["ap"].values())
   figure, axis = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4.5))
@@ -342,5 +357,5 @@ def write_plots(workdir: str, summary: Mapping) -> list[str]:
     ylabel="AP (%)",
     ylim=(0, 108),
   )
-  save(figure, "per_class_ap.png")
+  save(figure, PLOT_FILES[2])
   return paths

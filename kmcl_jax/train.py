@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
 from kmcl_jax import config as config_lib
 from kmcl_jax import metrics as metrics_lib
@@ -35,7 +34,13 @@ from kmcl_jax.errors import Preempted, RunStopped
 from kmcl_jax.evaluation import better_variant, evaluate, result_record
 from kmcl_jax.mesh import create_mesh, replicated, to_global_batch
 from kmcl_jax.profiling import StepProfiler
-from kmcl_jax.reporting import SUMMARY_FILE, Reporter
+from kmcl_jax.reporting import (
+  SUMMARY_FILE,
+  Reporter,
+  missing_plots,
+  read_summary,
+  write_plots,
+)
 from kmcl_jax.state import (
   TrainState,
   abstract_state,
@@ -64,9 +69,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """
   config_lib.validate(config)
   config_lib.require_initial_weights(config)
+  config_lib.check_training_memory(config)
+  workdir_lib.check_workdir(workdir, writable=True)
   enable_cache(config.compilation_cache, workdir)
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   with workdir_lib.exclusive(workdir):
+    workdir_lib.refuse_other_run(config, workdir)
     return _train(config, workdir, start_time=time.time())
 
 
@@ -117,9 +124,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
         state = load_initial_weights(state, config.init_from, config, len(datasets.class_names))
         logging.info("Initial weights from %s.", config.init_from)
     step = int(state.step)
-    if step >= total_steps and (epath.Path(workdir) / SUMMARY_FILE).exists():
+    summary = read_summary(workdir) if step >= total_steps else None
+    if summary is not None:
+      primary = jax.process_index() == 0
+      written = write_plots(workdir, summary) if primary and missing_plots(workdir) else []
       logging.info(
-        "%s finished at step %d already (see %s); nothing to do.", workdir, step, SUMMARY_FILE
+        "%s finished at step %d already (see %s); %s.",
+        workdir,
+        step,
+        SUMMARY_FILE,
+        f"wrote its missing plots {written}" if written else "nothing to do",
       )
       return state
     workdir_lib.write_run(
@@ -174,37 +188,39 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float) -
         if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
           checkpoints.save_latest(step, state, train_batches)
           workdir_lib.record_saved_step(workdir, checkpoints.saved_step)
-    if previous is not None:
-      _check_divergence(previous, step, config.max_consecutive_skipped_steps)
-    checkpoints.wait()
-    workdir_lib.record_saved_step(workdir, checkpoints.saved_step)
-    if preempted:
-      raise Preempted(
-        f"Stopped at step {step} on a preemption notice or SIGTERM, with "
-        f"step {step} saved; rerun the same command to resume."
-      )
+      if previous is not None:
+        _check_divergence(previous, step, config.max_consecutive_skipped_steps)
+      checkpoints.wait()
+      workdir_lib.record_saved_step(workdir, checkpoints.saved_step)
+      if preempted:
+        raise Preempted(
+          f"Stopped at step {step} on a preemption notice or SIGTERM, with "
+          f"step {step} saved; rerun the same command to resume."
+        )
 
-    # Final evaluation and summary. -------------------------------------------------
-    if results is None:  # resumed after the last step: evaluate what was restored.
-      results = evaluate(eval_step, state, datasets.eval, mesh, config.threshold)
-      reporter.evaluation(step, results)
-    best = better_variant(results)
-    logging.info(
-      "Per-class AP of the %s (test mAP %.2f):\n%s",
-      best,
-      results[best]["map"],
-      metrics_lib.ap_table(results[best]["ap"], datasets.class_names),
-    )
-    reporter.summary(
-      {
-        **result_record(results, datasets.class_names),
-        "best_checkpoint_map": checkpoints.best_score(),
-        "steps": step,
-        "skipped_steps": int(state.skipped_steps),
-        "final_loss": reporter.last_train_loss(),
-        "wall_seconds": time.time() - start_time,
-      }
-    )
+      # Final evaluation and summary. -------------------------------------------------
+      if results is None:  # resumed after the last step: evaluate what was restored.
+        results = evaluate(eval_step, state, datasets.eval, mesh, config.threshold)
+        reporter.evaluation(step, results)
+      best = better_variant(results)
+      logging.info(
+        "Per-class AP of the %s (test mAP %.2f):\n%s",
+        best,
+        results[best]["map"],
+        metrics_lib.ap_table(results[best]["ap"], datasets.class_names),
+      )
+      reporter.summary(
+        {
+          **result_record(results, datasets.class_names),
+          "best_checkpoint_map": checkpoints.best_score(),
+          "steps": step,
+          "skipped_steps": int(state.skipped_steps),
+          "final_loss": reporter.last_train_loss(),
+          "wall_seconds": time.time() - start_time,
+        }
+      )
+      if sigterm.is_set():
+        logging.info("SIGTERM arrived after the last step: finished the summary and plots first.")
     return state
   finally:
     if reporter is not None:

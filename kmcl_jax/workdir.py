@@ -16,11 +16,13 @@ data.root, ...) may, and the change is logged and recorded.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import importlib.metadata
 import json
 import os
 import platform
+import secrets
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -31,8 +33,10 @@ import ml_collections
 from absl import logging
 from etils import epath
 
+from kmcl_jax.checkpointing import BEST, LATEST
 from kmcl_jax.config import RESUMABLE_FIELDS
 from kmcl_jax.errors import RunStopped
+from kmcl_jax.reporting import METRICS_FILE, SUMMARY_FILE
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -42,6 +46,89 @@ VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "gra
 
 class WorkdirError(RunStopped):
   """The workdir cannot be used by this run (another run holds it, or it is another run)."""
+
+
+def check_workdir(workdir: str, writable: bool) -> None:
+  """Raises WorkdirError, in one sentence, if `workdir` cannot be a run's folder: empty
+  (an unset shell variable), gs:// without the gcs extra, a file, a symbolic link to
+  nothing, or, when `writable`, a folder that cannot be created or written in (a
+  read-only mount, no permission). A writable one is created if missing."""
+  if not workdir.strip():
+    raise WorkdirError(
+      f"--workdir={workdir!r} is empty (an unset shell variable?); pass the run's folder, "
+      "e.g. --workdir=/tmp/kmcl_run or gs://BUCKET/run."
+    )
+  if "://" in workdir:
+    if workdir.startswith("gs://"):
+      try:
+        import gcsfs  # noqa: F401
+      except ImportError:
+        raise WorkdirError(
+          f"--workdir={workdir!r}: a gs:// workdir needs the gcs extra, which is not "
+          "installed: pip install -e '.[gcs]'."
+        ) from None
+    if writable:
+      epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    return
+  if os.path.islink(workdir) and not os.path.exists(workdir):
+    raise WorkdirError(
+      f"--workdir={workdir!r} is a symbolic link to {os.readlink(workdir)!r}, which does "
+      "not exist; create that folder or pass another --workdir."
+    )
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(
+      f"--workdir={workdir!r} is a file, not a folder; pass a folder for the run's "
+      "checkpoints and logs."
+    )
+  if not writable:
+    return
+  probe = os.path.join(workdir, f".write_test_{secrets.token_hex(4)}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    os.remove(probe)
+  except OSError as error:
+    reason = error.strerror or errno.errorcode.get(error.errno, str(error))
+    raise WorkdirError(
+      f"--workdir={workdir!r} cannot be written in ({reason}): a run keeps its "
+      "checkpoints and logs there; pass a writable folder."
+    ) from None
+
+
+def has_checkpoints(workdir: str) -> bool:
+  """Whether WORKDIR/checkpoints or WORKDIR/best holds a committed checkpoint (a folder
+  named by its step; orbax's temporary folders are named otherwise)."""
+  for folder in (LATEST, BEST):
+    path = epath.Path(workdir) / folder
+    if path.is_dir() and any(entry.name.isdigit() for entry in path.iterdir()):
+      return True
+  return False
+
+
+def refuse_other_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises WorkdirError if WORKDIR holds a run's results (run.json, summary.json,
+  metrics.jsonl) but no checkpoint, unless they are this run's, stopped before its first
+  checkpoint (run.json has the same config but for RESUMABLE_FIELDS, and no summary):
+  a new run there would overwrite them. With checkpoints, `check_resume` decides.
+  Process 0 decides, as for the lock (`exclusive`): other processes could read run.json
+  while it writes it."""
+  if jax.process_index() != 0 or has_checkpoints(workdir):
+    return
+  results = [
+    n for n in (RUN_FILE, SUMMARY_FILE, METRICS_FILE) if (epath.Path(workdir) / n).exists()
+  ]
+  if not results:
+    return
+  run = read_run(workdir)
+  if run is not None and SUMMARY_FILE not in results:
+    saved, new = _flatten(run.get("config", {})), _flatten(_plain(config))
+    if all(saved[f] == new[f] for f in saved.keys() & new.keys() if not _resumable(f)):
+      return
+  raise WorkdirError(
+    f"{workdir} holds the results of another run ({', '.join(results)}) but no checkpoint "
+    "to resume it from, and a new run would overwrite them; pass a new --workdir, or "
+    "delete those files to start over in this one."
+  )
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

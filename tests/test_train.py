@@ -283,7 +283,10 @@ def test_bad_config_values_fail_before_compiling(tmp_path):
     capture_output=True,
     text=True,
   )
-  assert result.returncode != 0 and 'Did you mean "backbone"' in result.stderr
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip() == (
+    "unknown field config.model.backbon; did you mean config.model.backbone?"
+  )
   assert not os.listdir(tmp_path)
 
 

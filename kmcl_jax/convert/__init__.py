@@ -139,9 +139,16 @@ def read_state_dict(path: str, allow_unsafe_pickle: bool = False) -> dict[str, A
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--src={path!r} does not exist.")
   if path.endswith(".safetensors"):
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    return normalise_state_dict(load_file(path))
+    try:
+      return normalise_state_dict(load_file(path))
+    except SafetensorError as error:
+      raise ValueError(
+        f"--src={path!r} is not a readable .safetensors file ({error}): it may be cut "
+        "short or damaged; download or copy it again."
+      ) from None
   if not path.endswith(TORCH_SUFFIXES):
     raise ValueError(f"--src={path!r}: expected a .pth, .pt, .ckpt, .pth.tar or .safetensors file.")
   with open(path, "rb") as f:
@@ -368,13 +375,26 @@ def model_description(state_dict: Mapping[str, Any], arch: str) -> dict[str, Any
 # --------------------------------------------------------------------------------------
 
 
+def check_destination(dst: str) -> None:
+  """Raises FileExistsError if `dst` already holds a converted checkpoint (or anything
+  of one), so that a conversion neither runs for nothing nor overwrites one."""
+  dst = os.path.abspath(dst)
+  held = [name for name in ("variables", MODEL_FILE) if os.path.exists(os.path.join(dst, name))]
+  if held:
+    raise FileExistsError(
+      f"--dst={dst!r} already holds a converted checkpoint ({', '.join(held)}); "
+      "choose another --dst or remove it."
+    )
+  if os.path.exists(dst) and not os.path.isdir(dst):
+    raise FileExistsError(f"--dst={dst!r} is a file; expected a folder to write into.")
+
+
 def save_converted(variables: Mapping[str, Any], description: Mapping[str, Any], dst: str) -> None:
   """Writes `dst/variables` (orbax) and `dst/kmcl_model.json`."""
   import orbax.checkpoint as ocp
 
   dst = os.path.abspath(dst)
-  if os.path.exists(os.path.join(dst, "variables")):
-    raise FileExistsError(f"--dst={dst!r} already holds a converted checkpoint.")
+  check_destination(dst)
   os.makedirs(dst, exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(dst, "variables"), jax.tree.map(jnp.asarray, variables))

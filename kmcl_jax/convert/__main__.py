@@ -36,6 +36,7 @@ def main(argv):
 
 
 def convert_file() -> None:
+  convert.check_destination(_DST.value)
   state = convert.read_state_dict(_SRC.value, allow_unsafe_pickle=_ALLOW_UNSAFE_PICKLE.value)
   variables = convert.convert_state_dict(state, _ARCH.value)
   description = convert.model_description(state, _ARCH.value)

@@ -16,6 +16,7 @@ import numpy as np
 
 from kmcl_jax.data.image_files import (
   ImageFileSource,
+  first_of_each_id,
   parse_error,
   require_directory,
   require_file,
@@ -53,18 +54,40 @@ def read_labels(path: str) -> tuple[list[str], np.ndarray]:
   return names, np.array(labels, np.float32).reshape(-1, len(CLASS_NAMES))
 
 
+def read_split(path: str, num_rows: int) -> np.ndarray:
+  """int64 (n,) row indices into the label CSV from a split's .npy file: integers (or
+  floats that are whole numbers), each in [0, num_rows)."""
+  expected = f"a .npy array of integer row indices into {CSV_NAME}, each in [0, {num_rows})"
+  try:
+    values = np.asarray(np.load(path, allow_pickle=False)).reshape(-1)
+  except (OSError, ValueError, EOFError) as error:
+    raise ValueError(f"{path}: not readable as .npy ({error}); expected {expected}.") from None
+  if values.dtype.kind == "f":
+    fractional = values[~np.isfinite(values) | (values != np.round(values))]
+    if fractional.size:
+      raise ValueError(f"{path}: index {fractional[0]} is not a whole number; expected {expected}.")
+  elif values.dtype.kind not in "iu":
+    raise ValueError(f"{path}: holds {values.dtype} values, not row indices; expected {expected}.")
+  values = values.astype(np.int64)
+  outside = values[(values < 0) | (values >= num_rows)]
+  if outside.size:
+    raise ValueError(f"{path}: row index {outside[0]} is out of range; expected {expected}.")
+  return values
+
+
 def adp_source(split: str, root: str) -> ImageFileSource:
   if split not in SPLITS:
     raise ValueError(f"adp: unknown split {split!r}; expected one of {SPLITS}.")
   require_directory(root, "adp", LAYOUT)
   folder = os.path.join(root, RELEASE) if os.path.isdir(os.path.join(root, RELEASE)) else root
-  names, labels = read_labels(require_file(os.path.join(folder, CSV_NAME), "adp", LAYOUT))
+  csv_path = require_file(os.path.join(folder, CSV_NAME), "adp", LAYOUT)
+  names, labels = read_labels(csv_path)
   split_path = require_file(os.path.join(folder, "splits", f"{split}.npy"), "adp", LAYOUT)
-  rows = np.load(split_path).astype(np.int64).reshape(-1)
-  if rows.size and (rows.min() < 0 or rows.max() >= len(names)):
-    raise ValueError(f"{split_path}: row indices must lie in [0, {len(names)}), the CSV's rows.")
+  rows = read_split(split_path, len(names))
   rows = rows[labels[rows].sum(axis=1) > 0]
   images = require_directory(os.path.join(folder, IMAGES), "adp", LAYOUT)
+  patches = [names[r] for r in rows]
+  rows = rows[first_of_each_id(patches, labels[rows], patches, csv_path)]
   return ImageFileSource(
     paths=[os.path.join(images, names[r]) for r in rows],
     labels=labels[rows],

@@ -25,6 +25,7 @@ import numpy as np
 
 from kmcl_jax.data.image_files import (
   ImageFileSource,
+  first_of_each_id,
   multi_hot,
   parse_error,
   require_directory,
@@ -67,9 +68,9 @@ def read_findings(path: str) -> dict[str, list[int]]:
     for line_number, fields in enumerate(reader, 2):
       names = fields[1].split("|") if len(fields) > 1 else ["?"]
       if names == [NO_FINDING]:
-        findings[fields[0]] = []
+        classes = []
       elif all(name in index for name in names):
-        findings[fields[0]] = [index[name] for name in names]
+        classes = sorted(index[name] for name in names)
       else:
         raise parse_error(
           path,
@@ -77,6 +78,11 @@ def read_findings(path: str) -> dict[str, list[int]]:
           ",".join(fields),
           f"an image name and findings from {CLASS_NAMES} joined by '|' or {NO_FINDING!r}",
         )
+      if findings.get(fields[0], classes) != classes:
+        raise parse_error(
+          path, line_number, ",".join(fields), f"one row per image ({fields[0]!r} is listed twice)"
+        )
+      findings[fields[0]] = classes
   return findings
 
 
@@ -111,6 +117,8 @@ def chestxray14_source(
   folder_of = {}
   for folder in reversed(image_folders(root)):
     folder_of.update(dict.fromkeys(os.listdir(folder), folder))
+  unique = first_of_each_id(names, [findings[n] for n in names], names, list_path)
+  names = [names[k] for k in unique]
   if drop_no_finding:
     names = [name for name in names if findings[name]]
   if not 0 < fraction <= 1:

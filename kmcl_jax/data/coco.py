@@ -46,7 +46,19 @@ def read_instances(path: str) -> tuple[list[str], list[int], list[str], list[lis
       data = json.load(f)
     categories = sorted(data["categories"], key=lambda c: c["id"])
     index_of_category = {c["id"]: i for i, c in enumerate(categories)}
-    file_names = {image["id"]: image["file_name"] for image in data["images"]}
+    file_names = {}
+    for image in data["images"]:
+      if file_names.setdefault(image["id"], image["file_name"]) != image["file_name"]:
+        raise ValueError(
+          f"{path}: image id {image['id']} is listed twice, as {file_names[image['id']]!r} "
+          f"and {image['file_name']!r}; keep one of its entries."
+        )
+    if len(file_names) < len(data["images"]):
+      logging.warning(
+        "%s: %d repeated image entries merged (same labels).",
+        path,
+        len(data["images"]) - len(file_names),
+      )
     classes_of_image: dict[int, set[int]] = {}
     for annotation in data["annotations"]:
       classes_of_image.setdefault(annotation["image_id"], set()).add(

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 
@@ -156,6 +157,16 @@ class ImageFileSource:
   def __post_init__(self):
     if len(self.paths) == 0:
       raise ValueError(f"{self.name}: the split has no images.")
+    by_case = {}
+    for name in self.class_names:
+      by_case.setdefault(name.casefold(), []).append(name)
+    for names in (n for n in by_case.values() if len(n) > 1):
+      logging.warning(
+        "%s: the classes %s differ only in case and are learnt as separate classes; "
+        "if they are one, spell them alike in the annotations.",
+        self.name,
+        " and ".join(map(repr, names)),
+      )
     n, k = self.labels.shape
     if not (
       len(self.paths) == len(self.ids) == n
@@ -181,6 +192,29 @@ class ImageFileSource:
   def annotations(self, index: int) -> dict:
     """The record without its image (no file is read)."""
     return {"labels": self.labels[index], "ignore": self.ignore[index], "id": self.ids[index]}
+
+
+def first_of_each_id(
+  ids: Sequence[str], labels: np.ndarray, paths: Sequence[str], where: str
+) -> list[int]:
+  """The index of the first record of each id, in order. An id listed again with the same
+  labels and file is dropped with a warning; with other labels (or another file) it is
+  a ValueError naming `where` (the annotation file) and the id."""
+  first, repeats = {}, 0
+  for index, image_id in enumerate(ids):
+    if image_id not in first:
+      first[image_id] = index
+      continue
+    seen = first[image_id]
+    if paths[seen] != paths[index] or not np.array_equal(labels[seen], labels[index]):
+      raise ValueError(
+        f"{where}: image {image_id!r} is listed twice with different labels or files; "
+        "keep one of its entries."
+      )
+    repeats += 1
+  if repeats:
+    logging.warning("%s: %d repeated image entries merged (same labels).", where, repeats)
+  return list(first.values())
 
 
 def multi_hot(label_lists: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:

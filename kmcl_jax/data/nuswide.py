@@ -17,6 +17,7 @@ import numpy as np
 
 from kmcl_jax.data.image_files import (
   ImageFileSource,
+  first_of_each_id,
   multi_hot,
   parse_error,
   require_directory,
@@ -58,6 +59,9 @@ def nuswide_source(split: str, root: str) -> ImageFileSource:
   index = {name: i for i, name in enumerate(class_names)}
   rows = [row for row in rows if row[2] == split]
   labels = multi_hot([[index[name] for name in names] for _, names, _ in rows], len(class_names))
+  images = [image for image, _, _ in rows]
+  keep = first_of_each_id(images, labels, images, path)
+  rows, labels = [rows[k] for k in keep], labels[keep]
   return ImageFileSource(
     paths=[os.path.join(root, image) for image, _, _ in rows],
     labels=labels,

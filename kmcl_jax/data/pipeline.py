@@ -405,6 +405,33 @@ def check_image_headers(source, *, skip_corrupt: bool, threads: int) -> list[str
   return problems
 
 
+def check_image_files(source, *, skip_corrupt: bool, threads: int) -> list[str]:
+  """The image files of `source` that do not exist (a stat each, nothing read); raises
+  FileNotFoundError naming the first unless `skip_corrupt`, which leaves them out of
+  training (each is then skipped as undecodable when its turn comes)."""
+  if not isinstance(source, ImageFileSource):
+    return []
+  paths = list(source.paths)
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    exists = list(pool.map(os.path.isfile, paths))
+  missing = [path for path, found in zip(paths, exists, strict=True) if not found]
+  if missing and not skip_corrupt:
+    raise FileNotFoundError(
+      f"{missing[0]}: no such image file ({len(missing)} of the {len(paths)} images of "
+      f"{source.name} are missing, found before training; data.skip_corrupt=True trains "
+      "without them)."
+    )
+  if missing:
+    logging.warning(
+      "%d of the %d images of %s are missing and are skipped (data.skip_corrupt), such as %s",
+      len(missing),
+      len(paths),
+      source.name,
+      missing[0],
+    )
+  return missing
+
+
 def create_eval_dataset(config, process_index: int | None = None, process_count: int | None = None):
   """(eval dataset, its source) of config.data.eval_split; see `create_datasets`.
 
@@ -444,6 +471,7 @@ def create_datasets(
   _check_batch(config, "batch_size", process_count)
   evaluation, eval_source = create_eval_dataset(config, process_index, process_count)
   train_source = get_source(data.name, data.train_split, data.root, **source_options(data, True))
+  check_image_files(train_source, skip_corrupt=data.skip_corrupt, threads=data.read_threads)
   if tuple(train_source.class_names) != tuple(eval_source.class_names):
     raise ValueError(
       f"data: splits {data.train_split!r} and {data.eval_split!r} of "

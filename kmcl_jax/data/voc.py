@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from absl import logging
 
 from kmcl_jax.data.image_files import (
   ImageFileSource,
@@ -66,8 +67,10 @@ def find_voc2007(root: str) -> str:
 
 
 def read_class_file(path: str) -> dict[str, int]:
-  """{image id: raw label in {1, 0, -1}} of one ImageSets/Main/<class>_<split>.txt file."""
-  raw = {}
+  """{image id: raw label in {1, 0, -1}} of one ImageSets/Main/<class>_<split>.txt file.
+  An id listed again with the same label is merged (with a warning), with another one
+  refused."""
+  raw, line_of, repeats = {}, {}, 0
   with open(path) as f:
     for line_number, line in enumerate(f, 1):
       fields = line.split()
@@ -75,7 +78,19 @@ def read_class_file(path: str) -> dict[str, int]:
         continue
       if len(fields) != 2 or fields[1] not in ("1", "0", "-1"):
         raise parse_error(path, line_number, line, "'<image id> <1|0|-1>'")
-      raw[fields[0]] = int(fields[1])
+      image_id, label = fields[0], int(fields[1])
+      if image_id in raw and raw[image_id] != label:
+        raise parse_error(
+          path,
+          line_number,
+          line,
+          f"one label per image (image {image_id!r} has {raw[image_id]} on line "
+          f"{line_of[image_id]})",
+        )
+      repeats += image_id in raw
+      raw[image_id], line_of[image_id] = label, line_of.get(image_id, line_number)
+  if repeats:
+    logging.warning("%s: %d repeated image lines merged (same labels).", path, repeats)
   return raw
 
 

@@ -188,6 +188,34 @@ class TResNet(nn.Module):
   def num_features(self) -> int:
     return self.planes * 8 * (4 if self.bottleneck_stages[-1] else 1)
 
+  def stored_activations(self, image_size: int) -> int:
+    """A lower bound on the values per image of `image_size` px that training keeps for
+    the backward pass: every convolution's output (the batch norm after it needs it),
+    or with remat only every block's output (the next block's input, from which it is
+    recomputed). Counted for sides divisible by 32, as `__call__` computes them."""
+    side = image_size // 4
+    stored = side * side * self.planes  # the stem's convolution
+    in_channels = self.planes
+    for stage, (blocks, bottleneck) in enumerate(
+      zip(self.layers, self.bottleneck_stages, strict=True)
+    ):
+      planes = self.planes * 2**stage
+      out_channels = planes * (4 if bottleneck else 1)
+      for index in range(blocks):
+        stride = 2 if stage and index == 0 else 1
+        side_in, side = side, side // stride
+        if self.remat:
+          stored += side * side * out_channels
+          continue
+        if index == 0 and (stride != 1 or in_channels != out_channels):
+          stored += side * side * out_channels  # the shortcut's 1x1 convolution
+        if bottleneck:  # 1x1, 3x3 (strided after its convolution), 1x1
+          stored += side_in * side_in * 2 * planes + side * side * out_channels
+        else:  # 3x3 (strided after its convolution), 3x3
+          stored += side_in * side_in * planes + side * side * planes
+        in_channels = out_channels
+    return stored
+
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     x = space_to_depth(images.astype(self.dtype))
