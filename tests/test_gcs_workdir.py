@@ -65,3 +65,72 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_parameters_of_an_uninterrupted_
   for plot in ("loss.png", "map.png", "per_class_ap.png"):
     assert f"plots/{plot}" in names
   assert any(name.startswith("tensorboard/events.out.tfevents") for name in names)
+
+
+def test_eval_and_predict_read_a_gcs_workdir(sigtermed_and_resumed, reference_run, tmp_path):
+  from PIL import Image
+
+  from kmcl_jax.data.demo import DigitGridSource
+
+  workdir, _ = sigtermed_and_resumed
+  result = subprocess.run(
+    main_command(workdir, "--mode=eval"), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  scored, trained = read_json(f"{workdir}/eval.json"), read_json(reference_run / "summary.json")
+  for key in ("map", "map_model", "map_ema", "OF1", "CF1"):
+    assert scored[key] == trained[key], key
+  source = DigitGridSource("test")
+  for index in range(3):
+    Image.fromarray(source[index]["image"]).save(tmp_path / f"{index}.png")
+  output = tmp_path / "predictions.json"
+  result = subprocess.run(
+    main_command(workdir, "--mode=predict", f"--inputs={tmp_path}", f"--output={output}"),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(output.read_text())
+  assert [row["path"].rsplit("/", 1)[1] for row in rows] == ["0.png", "1.png", "2.png"]
+  for row in rows:
+    probabilities = row["probabilities"]
+    assert sorted(probabilities) == list("0123456789")
+    assert all(0 < p < 1 for p in probabilities.values())
+    assert row["labels"] == [name for name, p in probabilities.items() if p >= 0.8]
+  assert f"3 images scored with the {trained['best_of']} of {workdir}" in result.stderr
+
+
+def test_a_damaged_newest_checkpoint_in_a_gcs_workdir_falls_back_and_training_continues(
+  gcs, sigtermed_and_resumed, reference_run
+):
+  """Bytes flipped in the newest checkpoint's array data: the run resumes from the one
+  before and retrains the lost steps to the same digits."""
+  finished, _ = sigtermed_and_resumed
+  workdir = gcs.workdir("damaged")
+  for name in gcs.names(finished):
+    if name != "summary.json":
+      gcs.bucket.copy_blob(gcs.blob(finished, name), gcs.bucket, gcs.blob(workdir, name).name)
+  data = max(
+    (
+      gcs.bucket.get_blob(gcs.blob(workdir, name).name)
+      for name in gcs.names(workdir)
+      if name.startswith("checkpoints/6/state/") and "/d/" in name
+    ),
+    key=lambda blob: blob.size,
+  )
+  content = bytearray(data.download_as_bytes())
+  content[len(content) // 2] ^= 0x08
+  data.upload_from_string(bytes(content))
+  result = subprocess.run(
+    main_command(workdir), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "checkpoints/6 cannot be restored: checksum mismatch" in result.stderr
+  assert "checkpoints/4 instead" in result.stderr
+  assert_trees_close(checkpoint_state(workdir, 6), checkpoint_state(reference_run, 6), atol=0)
+  assert [r["step"] for r in read_metrics(workdir) if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+  assert (
+    read_json(f"{workdir}/summary.json")["map"] == read_json(reference_run / "summary.json")["map"]
+  )
