@@ -230,8 +230,7 @@ def _gcs_lease(workdir: str) -> Iterator[None]:
         expires = time.strftime("%H:%M:%S UTC", time.gmtime(lease["expires"]))
         raise WorkdirError(
           f"{workdir} is in use by another run ({lease['holder']}); wait for it to end "
-          f"(a run that died releases its lease {where} at {expires}) or use another "
-          "--workdir."
+          f"(if it died, its lease {where} expires at {expires}) or use another --workdir."
         ) from None
       logging.warning(
         "Taking over the expired lease %s of %s: that run has stopped renewing it.",
