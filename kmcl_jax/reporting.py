@@ -84,7 +84,7 @@ def read_metrics(workdir: str) -> list[dict]:
   # A part is named for its record's index in the log: those below len(records) were
   # merged by a start or close that stopped before deleting them.
   parts = [p for p in sorted(folder.glob("*.jsonl")) if int(p.stem) >= len(records)]
-  with ThreadPoolExecutor(16) as pool:  # an object store answers each read in ~50 ms
+  with ThreadPoolExecutor(16) as pool:  # an object store takes tens of ms a read
     for part, text in zip(parts, pool.map(epath.Path.read_text, parts), strict=True):
       records.extend(parse_metrics(text, os.fspath(part)))
   return records
