@@ -5,6 +5,8 @@ WORKDIR may be a local folder or a bucket (gs://...: needs the `gcs` extra).
   WORKDIR/metrics.jsonl   one JSON object per report: {"step", "epoch", "split":
                           "train"|"eval", ...metrics}; strict JSON (a non-finite
                           number is null)
+  WORKDIR/metrics.parts/  an object store's records not yet merged into metrics.jsonl
+                          (one object each; merged at the end and at the next start)
   WORKDIR/tensorboard/    the same numbers as TensorBoard scalars (train/..., eval/...)
   WORKDIR/plots/          PNGs at the end: loss terms, mAP over evaluations, per-class AP
   WORKDIR/summary.json    written once, at the end
@@ -23,6 +25,7 @@ import math
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from absl import logging
@@ -33,6 +36,7 @@ from kmcl_jax.files import replace_file
 
 PROGRESS_BAR_WIDTH = 20
 METRICS_FILE = "metrics.jsonl"
+METRICS_PARTS = "metrics.parts"
 SUMMARY_FILE = "summary.json"
 PLOT_FILES = ("loss.png", "map.png", "per_class_ap.png")  # in WORKDIR/plots/
 
@@ -75,30 +79,47 @@ def parse_metrics(text: str, name: str) -> list[dict]:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """The records of WORKDIR/metrics.jsonl, in order ([] if there is none)."""
+  """The records of WORKDIR/metrics.jsonl, then those of WORKDIR/metrics.parts/ not
+  merged into it yet, in order ([] if there is none)."""
   path = epath.Path(workdir) / METRICS_FILE
-  return parse_metrics(path.read_text(), os.fspath(path)) if path.exists() else []
+  records = parse_metrics(path.read_text(), os.fspath(path)) if path.exists() else []
+  folder = epath.Path(workdir) / METRICS_PARTS
+  # A part is named for its record's index in the log: those below len(records) were
+  # merged by a start or close that stopped before deleting them.
+  parts = [p for p in sorted(folder.glob("*.jsonl")) if int(p.stem) >= len(records)]
+  with ThreadPoolExecutor(16) as pool:  # an object store takes tens of ms a read
+    for part, text in zip(parts, pool.map(epath.Path.read_text, parts), strict=True):
+      records.extend(parse_metrics(text, os.fspath(part)))
+  return records
 
 
 class MetricsLog:
   """WORKDIR/metrics.jsonl, opened to continue after `step`.
 
-  Records of later steps are dropped first (the file is rewritten whole, through a
-  temporary file, so a failure leaves the old one). Then records are appended one
-  line at a time, so a failed write can cut off at most the line being written. An
-  object store (gs://) cannot append: there every record rewrites the object, which
-  is replaced whole or not at all.
+  Records of later steps are dropped first (the log is rewritten whole, locally through
+  a temporary file, so a failure leaves the old one). Then each record is written as it
+  comes. Locally it is appended as one line, so a failed write can cut off at most that
+  line. An object store (gs://) cannot append, so there it is one object of its own,
+  WORKDIR/metrics.parts/<its index>.jsonl: a record costs one small write however long
+  the log. The parts are merged into metrics.jsonl and deleted at `close` and, after a
+  run that could not close, at the next start; `read_metrics` reads them meanwhile.
   """
 
   def __init__(self, workdir: str, step: int):
     self.path = epath.Path(workdir) / METRICS_FILE
+    self._parts = epath.Path(workdir) / METRICS_PARTS
     self._local = "://" not in workdir
     records = read_metrics(workdir)
     self.records = [r for r in records if r.get("step", 0) <= step]
     self._lines = [to_json(r) for r in self.records]
-    if self.path.exists() and (len(self.records) != len(records) or self._torn()):
-      self._guard(self._rewrite)
-    self._file = self._guard(lambda: open(self.path, "a")) if self._local else None
+    self._file = None
+    if self._local:
+      if self.path.exists() and (len(self.records) != len(records) or self._torn()):
+        self._guard(self._rewrite)
+      self._file = self._guard(lambda: open(self.path, "a"))
+    elif len(self.records) != len(records) or self._parts.exists():
+      self._guard(self._merge)
+    self._unmerged = False
 
   def _torn(self) -> bool:
     text = self.path.read_text()
@@ -106,6 +127,12 @@ class MetricsLog:
 
   def _rewrite(self) -> None:
     replace_file(self.path, "".join(line + "\n" for line in self._lines).encode())
+
+  def _merge(self) -> None:
+    """metrics.jsonl holds every record, and the parts are deleted (an object store)."""
+    self._rewrite()
+    if self._parts.exists():
+      self._parts.rmtree()
 
   def _guard(self, write):
     try:
@@ -119,6 +146,7 @@ class MetricsLog:
 
   def append(self, record: Mapping) -> None:
     line = to_json(record)
+    index = len(self.records)
     self.records.append(json.loads(line))
     self._lines.append(line)
     if self._local:
@@ -127,14 +155,21 @@ class MetricsLog:
         self._file.write(line + "\n")
         self._file.flush()
 
-      self._guard(write)
     else:
-      self._guard(self._rewrite)
+      self._unmerged = True
+
+      def write():
+        (self._parts / f"{index:09d}.jsonl").write_text(line + "\n")
+
+    self._guard(write)
 
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
       self._file = None
+    if self._unmerged:
+      self._guard(self._merge)
+      self._unmerged = False
 
 
 class Reporter:

@@ -118,3 +118,34 @@ def test_an_evaluation_already_logged_is_not_logged_again(tmp_path):
     reporter.close()
   evaluations = [r for r in read_metrics(str(tmp_path)) if r["split"] == "eval"]
   assert [(r["step"], r["variant"]) for r in evaluations] == [(4, "model"), (4, "ema")]
+
+
+@pytest.mark.slow
+def test_on_an_object_store_a_record_is_one_write_of_its_own_merged_at_close_and_on_resume(gcs):
+  workdir = gcs.workdir("metrics")
+  log = MetricsLog(workdir, step=0)
+  log.append({"step": 1, "split": "train", "loss": 1.0})
+  log.close()
+  merged = gcs.bucket.get_blob(gcs.blob(workdir, "metrics.jsonl").name).generation
+  log = MetricsLog(workdir, step=1)
+  for step in (2, 3, 4):
+    log.append({"step": step, "split": "train", "loss": float(step)})
+  # Each record is an object of its own; metrics.jsonl is not rewritten.
+  assert gcs.names(workdir) == ["metrics.jsonl"] + [
+    f"metrics.parts/00000000{index}.jsonl" for index in (1, 2, 3)
+  ]
+  assert json.loads(gcs.blob(workdir, "metrics.parts/000000002.jsonl").download_as_text()) == {
+    "step": 3,
+    "split": "train",
+    "loss": 3.0,
+  }
+  assert gcs.bucket.get_blob(gcs.blob(workdir, "metrics.jsonl").name).generation == merged
+  assert [r["step"] for r in read_metrics(workdir)] == [1, 2, 3, 4]
+  # A run killed here never closes its log: the next one, resuming from step 2, drops
+  # the later records and merges the rest.
+  resumed = MetricsLog(workdir, step=2)
+  assert gcs.names(workdir) == ["metrics.jsonl"]
+  resumed.append({"step": 3, "split": "train", "loss": 30.0})
+  resumed.close()
+  assert gcs.names(workdir) == ["metrics.jsonl"]
+  assert [(r["step"], r["loss"]) for r in read_metrics(workdir)] == [(1, 1.0), (2, 2.0), (3, 30.0)]

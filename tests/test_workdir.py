@@ -4,8 +4,10 @@ import json
 import logging
 import os
 import platform
+import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -170,3 +172,52 @@ def test_each_start_and_resume_records_its_versions_and_a_change_is_logged(tmp_p
   run = workdir.read_run(str(tmp_path))
   assert [r["step"] for r in run["resumes"]] == [4, 8]
   assert run["resumes"][-1]["versions"] == versions
+
+
+def lease_of(gcs, gcs_workdir):
+  """(the JSON of gs:// `gcs_workdir`'s lease object, its generation), or None."""
+  blob = gcs.blob(gcs_workdir, ".lock")
+  if not blob.exists():
+    return None
+  return json.loads(blob.download_as_text()), blob.generation
+
+
+@pytest.mark.slow
+def test_a_second_run_in_a_gcs_workdir_is_refused_naming_the_holder_until_the_first_ends(gcs):
+  gcs_workdir = gcs.workdir("lease")
+  with workdir.exclusive(gcs_workdir):
+    (lease, _) = lease_of(gcs, gcs_workdir)
+    assert lease["holder"] == f"pid {os.getpid()} on {socket.gethostname()}"
+    assert time.time() < lease["expires"] <= time.time() + workdir.LEASE_SECONDS
+    with pytest.raises(WorkdirError) as error:
+      with workdir.exclusive(gcs_workdir):
+        pass
+    message = str(error.value)
+    assert f"{gcs_workdir} is in use by another run (pid {os.getpid()} on " in message
+    assert "use another --workdir." in message and "\n" not in message
+  assert lease_of(gcs, gcs_workdir) is None  # released at the end
+  with workdir.exclusive(gcs_workdir):
+    pass
+
+
+@pytest.mark.slow
+def test_a_gcs_lease_is_renewed_while_held_and_taken_over_once_expired(gcs, monkeypatch):
+  monkeypatch.setattr(workdir, "LEASE_SECONDS", 0.8)
+  gcs_workdir = gcs.workdir("lease")
+  with workdir.exclusive(gcs_workdir):
+    first, generation = lease_of(gcs, gcs_workdir)
+    time.sleep(0.5)  # past a renewal (every 0.2 s)
+    renewed, renewed_generation = lease_of(gcs, gcs_workdir)
+    assert renewed_generation != generation and renewed["expires"] > first["expires"]
+  # A run that died holding the lease: it is taken over once expired, not before.
+  dead = {"holder": "pid 1 on a-host-that-died", "expires": time.time() + 60}
+  blob = gcs.blob(gcs_workdir, ".lock")
+  blob.upload_from_string(json.dumps(dead))
+  with pytest.raises(WorkdirError, match="pid 1 on a-host-that-died"):
+    with workdir.exclusive(gcs_workdir):
+      pass
+  blob.upload_from_string(json.dumps({**dead, "expires": time.time() - 1}))
+  with workdir.exclusive(gcs_workdir):
+    lease, _ = lease_of(gcs, gcs_workdir)
+    assert lease["holder"] == f"pid {os.getpid()} on {socket.gethostname()}"
+  assert lease_of(gcs, gcs_workdir) is None
