@@ -278,14 +278,28 @@ class Reporter:
       self._log = None
 
 
-def write_plots(workdir: str, summary: Mapping) -> list[str]:
-  """PNGs in WORKDIR/plots/ from metrics.jsonl and the summary's per-class AP; returns
-  their paths."""
+def pyplot():
+  """matplotlib's pyplot drawing to files only (the Agg backend: no display needed)."""
   import matplotlib
 
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
 
+  return plt
+
+
+def save_figure(figure, path) -> None:
+  """Writes `figure` to `path` (local or gs://) as a PNG and closes it."""
+  figure.tight_layout()
+  with epath.Path(path).open("wb") as f:
+    figure.savefig(f, format="png", dpi=110)
+  pyplot().close(figure)
+
+
+def write_plots(workdir: str, summary: Mapping) -> list[str]:
+  """PNGs in WORKDIR/plots/ from metrics.jsonl and the summary's per-class AP; returns
+  their paths."""
+  plt = pyplot()
   records = read_metrics(workdir)
   train = [r for r in records if r["split"] == "train"]
   folder = epath.Path(workdir) / "plots"
@@ -293,11 +307,8 @@ def write_plots(workdir: str, summary: Mapping) -> list[str]:
   paths = []
 
   def save(figure, name):
-    figure.tight_layout()
     paths.append(str(folder / name))
-    with (folder / name).open("wb") as f:
-      figure.savefig(f, format="png", dpi=110)
-    plt.close(figure)
+    save_figure(figure, folder / name)
 
   figure, axes = plt.subplots(1, 2, figsize=(11, 4))
   steps = [r["step"] for r in train]
