@@ -49,6 +49,7 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from kmcl_jax import config as config_lib
 from kmcl_jax import losses, optim
@@ -125,7 +126,10 @@ def agreement(
   """The verdict of the module docstring's two checks on a run's records; without
   `check_losses` (runs in the training precision) the mAP check alone."""
   compared = steps[:first_steps]
-  first = max(relative_difference(s["ours"]["loss"], s["theirs"]["loss"]) for s in compared)
+  # np.max keeps a NaN (Python's max can drop it).
+  first = float(
+    np.max([relative_difference(s["ours"]["loss"], s["theirs"]["loss"]) for s in compared])
+  )
   final = {run: max(evals[-1][run]["map"], evals[-1][run]["map_ema"]) for run in RUNS}
   final_diff = abs(final["ours"] - final["theirs"])
   spread = abs(final["ours"] - final["seed_b"])
@@ -176,7 +180,8 @@ def compare_runs(
   """Trains ours, theirs and ours with the next seed side by side (module docstring) and
   returns {"config", "precision", "steps": [{"step", "ours": {"loss", *terms}, "theirs",
   "seed_b"}], "evals": [{"step", "ours": {"map", "map_ema"}, "theirs", "seed_b",
-  "seconds"}], "wall_seconds": {"ours", "theirs", "seed_b"}, "agreement", "time_to_map"}.
+  "seconds"}], "wall_seconds": {"ours", "theirs", "seed_b"}, "first_step_seconds" (the
+  same, of the first step alone: ours compiles there), "agreement", "time_to_map"}.
   Losses are each step's (terms as they enter the total before their weights); seconds
   are each run's steps and evaluations (the shared input pipeline not included; ours
   include compilation). `log` receives a line per epoch and per evaluation."""
@@ -245,6 +250,8 @@ def compare_runs(
             record[run] = _host_losses(metrics)
             ours.seconds += time.perf_counter() - start
         steps.append(record)
+        if step == 1:  # ours: compilation
+          first_step_seconds = {"theirs": their_seconds} | {r: runs[r].seconds for r in runs}
         if step % steps_per_epoch == 0 or step == total_steps:
           log(
             f"epoch {step / steps_per_epoch:.2f} step {step}/{total_steps}  loss ours "
@@ -293,6 +300,7 @@ def compare_runs(
     "steps": steps,
     "evals": evals,
     "wall_seconds": evals[-1]["seconds"],
+    "first_step_seconds": first_step_seconds,
     "agreement": agreement(
       steps, evals, first_steps, loss_rtol, map_floor, check_losses=precision == "float32"
     ),

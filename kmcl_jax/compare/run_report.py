@@ -43,6 +43,7 @@ def table(record: dict) -> str:
     ("final mAP, EMA", lambda run: f"{final_eval[run]['map_ema']:.2f}"),
     (f"loss at step {final_step['step']}", lambda run: f"{final_step[run]['loss']:.4f}"),
     ("seconds (steps + evaluations)", lambda run: f"{record['wall_seconds'][run]:.0f}"),
+    ("  of which the first step", lambda run: f"{record['first_step_seconds'][run]:.0f}"),
   ]
   width = 32
   lines = [f"{'':<{width}}" + "".join(f"{LABELS[run]:>18}" for run in RUNS)]
@@ -66,7 +67,9 @@ def write_plot(record: dict, path: str) -> None:
     for run in RUNS:
       values = np.array([np.nan if s[run][key] is None else s[run][key] for s in record["steps"]])
       axis.plot(steps, values, label=LABELS[run], **STYLES[run])
-    axis.set(title=f"{key} (per step)", xlabel="step", yscale="log")
+    # A term left out (weight 0, ASL-only) is 0 throughout: no log scale for it.
+    positive = any((s[run][key] or 0) > 0 for s in record["steps"] for run in RUNS)
+    axis.set(title=f"{key} (per step)", xlabel="step", yscale="log" if positive else "linear")
   eval_steps = [e["step"] for e in record["evals"]]
   for axis, key, title in ((axes[1, 1], "map", "model"), (axes[1, 2], "map_ema", "EMA")):
     for run in RUNS:
