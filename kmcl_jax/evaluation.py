@@ -23,6 +23,13 @@ def evaluate(
   outputs = [
     jax.device_get(eval_step(state, to_global_batch(batch, mesh))) for batch in eval_batches
   ]
+  return score(outputs, threshold)
+
+
+def score(outputs: Sequence[dict], threshold: float) -> dict[str, dict]:
+  """`evaluate`'s result from the outputs of every evaluation batch, each {"model", "ema"}
+  class probabilities (b, K) with the batch's "labels", "ignore", "mask" and "index"
+  (what the eval step returns)."""
   merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
   keep = merged["mask"]
   if keep.sum() == 0:

@@ -327,14 +327,30 @@ def missing_plots(workdir: str) -> list[str]:
   return [name for name in PLOT_FILES if not (epath.Path(workdir) / "plots" / name).exists()]
 
 
-def write_plots(workdir: str, summary: Mapping) -> list[str]:
-  """PNGs in WORKDIR/plots/ from metrics.jsonl and the summary's per-class AP; returns
-  their paths."""
+def pyplot():
+  """matplotlib's pyplot drawing to files only (the Agg backend: no display needed)."""
   import matplotlib
 
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
 
+  return plt
+
+
+def save_figure(figure, path) -> None:
+  """Writes `figure` to `path` (local or gs://) as a PNG, whole (`replace_file`: an
+  interrupted write leaves the previous file), and closes it."""
+  figure.tight_layout()
+  png = io.BytesIO()
+  figure.savefig(png, format="png", dpi=110)
+  replace_file(epath.Path(path), png.getvalue())
+  pyplot().close(figure)
+
+
+def write_plots(workdir: str, summary: Mapping) -> list[str]:
+  """PNGs in WORKDIR/plots/ from metrics.jsonl and the summary's per-class AP; returns
+  their paths."""
+  plt = pyplot()
   records = read_metrics(workdir)
   train = [r for r in records if r["split"] == "train"]
   folder = epath.Path(workdir) / "plots"
@@ -342,12 +358,8 @@ def write_plots(workdir: str, summary: Mapping) -> list[str]:
   paths = []
 
   def save(figure, name):
-    figure.tight_layout()
     paths.append(str(folder / name))
-    png = io.BytesIO()
-    figure.savefig(png, format="png", dpi=110)
-    replace_file(folder / name, png.getvalue())
-    plt.close(figure)
+    save_figure(figure, folder / name)
 
   figure, axes = plt.subplots(1, 2, figsize=(11, 4))
   steps = [r["step"] for r in train]

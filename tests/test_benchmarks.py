@@ -333,8 +333,8 @@ def test_their_step_runs_in_each_precision_and_says_when_it_skipped(tmp_path, mo
   timm = pytest.importorskip("timm")
   import os
 
-  from kmcl_jax import compare
   from kmcl_jax import config as config_lib
+  from kmcl_jax.compare import theirs
 
   write_fake_baseline(tmp_path)
   (tmp_path / "Kmcl_Class.py").write_text(textwrap.dedent(STAND_IN_MODEL))
@@ -371,9 +371,10 @@ def test_their_step_runs_in_each_precision_and_says_when_it_skipped(tmp_path, mo
     ("float16", torch.float16),
     ("bfloat16", torch.bfloat16),
   ):
-    model, step = compare.their_training(
+    training = theirs.their_training(
       str(tmp_path), config, 3, 20, on_gpu=False, precision=precision
     )
+    model, step = training.model, training.step
     before = [p.detach().clone() for p in model.parameters()]
     losses, skipped = step(images, labels)
     moved = any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
@@ -385,11 +386,11 @@ def test_their_step_runs_in_each_precision_and_says_when_it_skipped(tmp_path, mo
   # is skipped; without a scaler every step updates.
   assert skipped_by_precision == {"float32": False, "float16": True, "bfloat16": False}
   with pytest.raises(ValueError, match="precision='float8': expected one of"):
-    compare.their_training(str(tmp_path), config, 3, 20, on_gpu=False, precision="float8")
+    theirs.their_training(str(tmp_path), config, 3, 20, on_gpu=False, precision="float8")
 
 
 def test_their_step_timing_counts_the_steps_each_form_skipped():
-  from kmcl_jax import compare
+  from kmcl_jax.compare import loss_step
 
   def fake_step(skips):
     flags = iter(skips)
@@ -401,13 +402,13 @@ def test_their_step_timing_counts_the_steps_each_form_skipped():
     return step
 
   # Warm-up until a step is not skipped (3 steps), one untimed call, then 3 timed steps.
-  timing = compare.time_their_step(
+  timing = loss_step.time_their_step(
     fake_step([True, True, False, True, True, False, False]), repeats=3, max_warmup=50
   )
   assert (timing["warmup_steps"], timing["skipped_warmup_steps"]) == (3, 2)
   assert (timing["timed_steps"], timing["skipped_timed_steps"]) == (3, 1)
   assert timing["nonfinite_timed_losses"] == 1 and timing["ms"] > 0
   # A scaler that never stops skipping: warm-up ends at max_warmup.
-  timing = compare.time_their_step(fake_step([True] * 6), repeats=2, max_warmup=3)
+  timing = loss_step.time_their_step(fake_step([True] * 6), repeats=2, max_warmup=3)
   assert (timing["warmup_steps"], timing["skipped_warmup_steps"]) == (3, 3)
   assert (timing["timed_steps"], timing["skipped_timed_steps"]) == (2, 2)
