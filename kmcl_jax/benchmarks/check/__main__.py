@@ -51,6 +51,7 @@ from absl import app, flags
 from kmcl_jax.benchmarks.check import goals as goals_lib
 from kmcl_jax.benchmarks.check import parts as check_parts
 from kmcl_jax.benchmarks.check.report import render
+from kmcl_jax.files import replace_file
 
 PARTS = ("step", "program", "compare", "demo", "input", "profile")
 # Seconds each part may run on an accelerator. Together they exceed BUDGET, the 8 minutes
@@ -90,11 +91,9 @@ def _part_file(output: str, part: str) -> str:
 
 
 def _write_json(path: str, value) -> None:
-  """Writes `value` as JSON to `path` in one rename, so a reader sees all or nothing."""
+  """Writes `value` as JSON to `path` whole, so a reader sees all or nothing."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=2)
-  os.replace(path + ".tmp", path)
+  replace_file(path, json.dumps(value, indent=2).encode())
 
 
 def _settings() -> check_parts.Settings:
