@@ -91,13 +91,6 @@ def test_eval_and_predict_read_a_gcs_workdir(sigtermed_and_resumed, reference_ru
     assert row["labels"] == [name for name, p in probabilities.items() if p >= 0.8]
 
 
-@pytest.mark.xfail(
-  strict=True,
-  raises=FileNotFoundError,
-  reason="checkpointing.Checkpoints._move_aside renames the damaged checkpoint into "
-  "WORKDIR/damaged/, and a rename of a gs:// folder fails (FileNotFoundError: folder "
-  ".../damaged does not exist); the restore-safety change records and deletes it instead",
-)
 def test_a_damaged_newest_checkpoint_in_a_gcs_workdir_falls_back_and_training_continues(
   gcs, sigtermed_and_resumed, reference_run, caplog
 ):
@@ -120,8 +113,11 @@ def test_a_damaged_newest_checkpoint_in_a_gcs_workdir_falls_back_and_training_co
   content[len(content) // 2] ^= 0x08
   data.upload_from_string(bytes(content))
   train.train_and_evaluate(run_config(), workdir)
-  assert "checkpoints/6 cannot be restored: checksum mismatch" in caplog.text
+  assert "checkpoints/6 is damaged: checksum mismatch" in caplog.text
   assert "checkpoints/4 instead" in caplog.text
+  # No rename on an object store: the damaged checkpoint is recorded, then deleted.
+  (record,) = json.loads(gcs.blob(workdir, "damaged.json").download_as_text())
+  assert record["checkpoint"].endswith("checkpoints/6") and record["deleted"] is True
   assert_trees_close(checkpoint_state(workdir, 6), checkpoint_state(reference_run, 6), atol=0)
   assert [r["step"] for r in read_metrics(workdir) if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
   summary = read_json(f"{workdir}/summary.json")
