@@ -85,15 +85,15 @@ def write_stand_in(directory, asl_weight=1.0):
   return directory
 
 
-# Six steps of 8 images at 32 px (configs/demo.py:smoke), evaluated once at the end.
+# Six steps at 32 px (configs/demo.py:smoke), evaluated once at the end.
 SMOKE = ["--config=configs/demo.py:smoke", "--config.data.worker_count=0"]
+ASL_ONLY = ["--config.model.mode=asl_only"]  # what the stand-in computes
 
 
 def tiny_voc_flags(root):
-  """The smoke run on a VOC layout of 4 training and 3 test images (data_fixtures), batch 4,
-  in ASL-only mode (what the stand-in computes): a whole comparison in seconds."""
+  """The smoke run on a VOC layout of 4 training and 3 test images (data_fixtures), batch 4:
+  little besides compilation."""
   return [
-    "--config.model.mode=asl_only",
     "--config.data.name=voc2007",
     f"--config.data.root={make_voc(str(root))}",
     "--config.data.train_split=trainval",
@@ -129,7 +129,9 @@ def compare_run(baseline_dir, json_path, *flags):
 def test_a_whole_run_agrees_with_a_stand_in_that_computes_the_same(tmp_path):
   pytest.importorskip("timm")
   baseline = write_stand_in(tmp_path / "baseline")
-  result, record = compare_run(baseline, tmp_path / "run.json", *tiny_voc_flags(tmp_path / "voc"))
+  result, record = compare_run(
+    baseline, tmp_path / "run.json", *tiny_voc_flags(tmp_path / "voc"), *ASL_ONLY
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   agreement = record["agreement"]
   assert agreement["agree"] and agreement["first_steps_agree"] and agreement["final_map_agree"]
@@ -161,17 +163,20 @@ def test_a_whole_run_agrees_with_a_stand_in_that_computes_the_same(tmp_path):
 
 @pytest.mark.slow
 def test_a_changed_loss_weight_on_their_side_fails_the_first_steps_check(tmp_path):
-  """Their total 2% larger: the losses differ from the first step, the check says so and
-  the program exits non-zero."""
+  """Their total with L_asl weighted 1.5 instead of 1: the losses differ from the first
+  step, the first-steps check says so and the program exits non-zero."""
   pytest.importorskip("timm")
-  baseline = write_stand_in(tmp_path / "baseline", asl_weight=1.02)
-  result, record = compare_run(baseline, tmp_path / "run.json", *tiny_voc_flags(tmp_path / "voc"))
+  baseline = write_stand_in(tmp_path / "baseline", asl_weight=1.5)
+  result, record = compare_run(
+    baseline, tmp_path / "run.json", *tiny_voc_flags(tmp_path / "voc"), *ASL_ONLY
+  )
   assert result.returncode == 1, result.stderr[-3000:]
   agreement = record["agreement"]
   assert not agreement["agree"] and not agreement["first_steps_agree"]
+  # The ASL sum enters ours balanced x16 (64 / 4 images); theirs as 1.5 + 15 times it.
   first = record["steps"][0]
-  assert first["theirs"]["loss"] == pytest.approx(1.02 * first["ours"]["loss"], rel=1e-5)
-  assert agreement["first_steps_max_rel_diff"] >= 0.019
+  assert first["theirs"]["loss"] == pytest.approx(16.5 / 16 * first["ours"]["loss"], rel=1e-5)
+  assert agreement["first_steps_max_rel_diff"] >= 0.5 / 16.5 * 0.99
   assert "DISAGREE:" in result.stdout and "EXCEEDED" in result.stdout
 
 
@@ -236,7 +241,9 @@ def test_the_verdict_needs_both_checks():
 @needs_real_baseline
 @pytest.mark.slow
 def test_their_code_agrees_on_the_first_steps(tmp_path):
-  result, record = compare_run(REAL_BASELINE, tmp_path / "run.json")
+  result, record = compare_run(
+    REAL_BASELINE, tmp_path / "run.json", *tiny_voc_flags(tmp_path / "voc")
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert record["agreement"]["first_steps_agree"]
   assert record["agreement"]["first_steps_max_rel_diff"] < 1e-4
@@ -255,6 +262,6 @@ def test_their_code_with_a_changed_loss_weight_disagrees(tmp_path):
   (changed / "src" / "loss_functions" / "losses.py").write_text(
     source.replace(total, "loss = ASLLoss + NLLLoss + 1.5 * BDLoss\n")
   )
-  result, record = compare_run(changed, tmp_path / "run.json")
+  result, record = compare_run(changed, tmp_path / "run.json", *tiny_voc_flags(tmp_path / "voc"))
   assert result.returncode == 1, result.stderr[-3000:]
   assert not record["agreement"]["agree"] and not record["agreement"]["first_steps_agree"]

@@ -17,8 +17,9 @@ Loss: on the same random head outputs (B = --loss_batch, K = --classes, D = 128)
 gradient with respect to features, pi (the logits), mu and var, and the time of the total's
 forward + backward (median of --repeats).
 
-Step: timm's TResNet with their `KMCL` head (`Kmcl_Class.py`), their loss and torch Adam
-with the reference's parameter groups and OneCycleLR, against our jitted train step
+Step: timm's TResNet with their `KMCL` head (`Kmcl_Class.py`), their loss, torch Adam
+with the reference's parameter groups, OneCycleLR and their EMA (`theirs.py`: their
+train.py's step), against our jitted train step
 (`steps.make_train_step`, EMA included) started from the same weights (converted with
 `convert.convert_state_dict`), on the same batch. First the loss of each of --steps
 steps with both in float32 (TF32 off): the same weights, then the same updates. Then
@@ -40,13 +41,14 @@ bfloat16 step on a GPU, float32 on the CPU) and, per form of their step ("float1
 
 --run: ours, theirs and ours with the next seed trained side by side from one
 initialisation on the same batches, with the config's whole recipe, all evaluated on the
-test split at every evaluation; the agreement criterion, its tolerances and why, are in
-`run.py`'s docstring. Prints a line per epoch and per evaluation, then a table and the
-verdict; writes --json (the records of every step and evaluation, wall seconds, the
-agreement) and the curves as PNG (--plot, default: the JSON's path with .png). Exits 1
-when the runs disagree. --precision=float32 (the agreement check) or training (each
-side's training precision: ours bfloat16, theirs float16 autocast with a GradScaler on
-a GPU; time to the same mAP).
+test split at every evaluation. They agree when, both in float32, the total loss of the
+first 10 steps agrees to 1e-3 relative and |final mAP ours - theirs| <= max(2 |ours -
+seed B|, 0.5 points); `run.py`'s docstring says why. Prints a line per epoch and per
+evaluation, then a table and the verdict; writes --json (the records of every step and
+evaluation, wall seconds, the agreement) and the curves as PNG (--plot, default: the
+JSON's path with .png). Exits 1 when the runs disagree. --precision=float32 (the
+agreement check) or training (each side's training precision: ours bfloat16, theirs
+float16 autocast with a GradScaler on a GPU; time to the same mAP).
 """
 
 from __future__ import annotations
