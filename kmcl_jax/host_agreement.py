@@ -23,7 +23,9 @@ def as_on_process_0(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
   if jax.process_count() == 1:
     return pairs
   longest = int(np.max(multihost_utils.process_allgather(np.int32(len(pairs)))))
+  if longest == 0:  # no process found any (a new run)
+    return []
   table = np.full((longest, 2), -1, np.int32)
-  table[: len(pairs)] = pairs
+  table[: len(pairs)] = np.asarray(pairs, np.int32).reshape(-1, 2)
   table = np.asarray(multihost_utils.broadcast_one_to_all(table))
   return [(int(kind), int(step)) for kind, step in table if kind >= 0]

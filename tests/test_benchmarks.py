@@ -233,6 +233,8 @@ def test_step_benchmark_programs_report_consistent_numbers(tmp_path):
   from kmcl_jax.data import pipeline
 
   backbone = step_programs.measure_backbone("tresnet_tiny", "float32", 2, 32, repeats=2)
+  # XLA's CPU cost analysis counts the convolutions too (and some elementwise work).
+  assert backbone.dense_flops == pytest.approx(backbone.flops, rel=0.3)
   steps = {
     layout: step_programs.measure_train_step(
       step_programs.step_config("tresnet_tiny", 32, "float32", 2, layout), repeats=2
@@ -252,8 +254,9 @@ def test_step_benchmark_programs_report_consistent_numbers(tmp_path):
     assert row.peak_fraction("NVIDIA H200") == pytest.approx(
       row.dense_flops / row.timing.seconds / 989e12
     )
-    # XLA's CPU count has the convolutions and products too, and the elementwise work.
-    assert 0.5 * row.flops < row.dense_flops < row.flops
+    # The head's products come on top of the backbone's convolutions.
+    if row is not backbone:
+      assert row.dense_flops > backbone.dense_flops
     # The step is the backbone's pass plus the head, the loss and the update.
     if row is not backbone:
       assert row.flops > backbone.flops and row.compiled_bytes > backbone.compiled_bytes

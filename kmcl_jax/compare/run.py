@@ -195,7 +195,8 @@ def compare_runs(
   config_b = config.copy_and_resolve_references()
   config_b.seed = config.seed + 1
   datasets = create_datasets(config)
-  batches_b = create_datasets(config_b).train
+  batches_a = datasets.train_from(0)
+  batches_b = create_datasets(config_b).train_from(0)
   total_steps = config.train_steps or config.num_epochs * datasets.steps_per_epoch
   steps_per_epoch = datasets.steps_per_epoch
   eval_every = config.eval_every_epochs * steps_per_epoch
@@ -212,7 +213,7 @@ def compare_runs(
       )
       runs = {}
       for run, run_config, batches, their_weights in (
-        ("ours", config, datasets.train, theirs.model),
+        ("ours", config, batches_a, theirs.model),
         (
           "seed_b",
           config_b,
@@ -292,7 +293,7 @@ def compare_runs(
             )
           )
   finally:
-    datasets.train.close()
+    batches_a.close()
     batches_b.close()
   return {
     "config": config.to_dict(),
