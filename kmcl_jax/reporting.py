@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -39,6 +39,45 @@ METRICS_FILE = "metrics.jsonl"
 METRICS_PARTS = "metrics.parts"
 SUMMARY_FILE = "summary.json"
 PLOT_FILES = ("loss.png", "map.png", "per_class_ap.png")  # in WORKDIR/plots/
+
+
+def bar(done: int, total: int) -> str:
+  """`[####....]  40%`: a fixed-width bar of done out of total (total > 0)."""
+  filled = round(PROGRESS_BAR_WIDTH * done / total)
+  return f"[{'#' * filled}{'.' * (PROGRESS_BAR_WIDTH - filled)}] {100 * done // total:3d}%"
+
+
+def progress(
+  items: Iterable, total: int, what: str, unit: str = "images", lines: int = 10
+) -> Iterator:
+  """Yields `items`, logging `what [bar] done/total unit  rate unit/s  ETA` about `lines` times.
+
+  For long passes outside training (evaluation of a split, a dataset check, an export);
+  `total` is the number of items expected (the bar saturates if more come). Logs through
+  absl, so lines go where the run's other lines go, once per process.
+  """
+  every = max(1, math.ceil(total / lines)) if total > 0 else 1
+  start = time.perf_counter()
+  done = 0
+  for item in items:
+    yield item
+    done += 1
+    if done % every == 0 or done == total:
+      seconds = time.perf_counter() - start
+      rate = done / seconds if seconds > 0 else math.nan
+      left = max(total - done, 0) / rate if rate > 0 else math.nan
+      eta = datetime.timedelta(seconds=round(left)) if math.isfinite(left) else "?"
+      logging.info(
+        "%s %s %d/%d %s  %.1f %s/s  ETA %s",
+        what,
+        bar(min(done, total), max(total, 1)),
+        done,
+        total,
+        unit,
+        rate,
+        unit,
+        eta,
+      )
 
 
 def _plain(value):
@@ -225,14 +264,11 @@ class Reporter:
       eta = datetime.timedelta(seconds=round(seconds_per_step * (self.total_steps - step)))
     else:  # no timed step yet (the first step of a run includes compilation)
       images_per_s, eta = math.nan, "?"
-    done = round(PROGRESS_BAR_WIDTH * step / self.total_steps)
     logging.info(
-      "[%s%s] %3d%% epoch %.2f/%d step %d/%d  loss %.4f [asl %.4f rec %.4f con %.4f]"
+      "%s epoch %.2f/%d step %d/%d  loss %.4f [asl %.4f rec %.4f con %.4f]"
       "  BC same-class %.3g other %.3g  var %.3g+-%.3g  lr %.2e beta1 %.4f  skipped %d"
       "  %.1f img/s  ETA %s",
-      "#" * done,
-      "." * (PROGRESS_BAR_WIDTH - done),
-      100 * step // self.total_steps,
+      bar(step, self.total_steps),
       self.epoch(step),
       math.ceil(self.total_steps / self.steps_per_epoch),
       step,

@@ -3,6 +3,7 @@ a cut-off last line, a full disk."""
 
 import errno
 import json
+import logging
 import math
 
 import numpy as np
@@ -149,3 +150,15 @@ def test_on_an_object_store_a_record_is_one_write_of_its_own_merged_at_close_and
   resumed.close()
   assert gcs.names(workdir) == ["metrics.jsonl"]
   assert [(r["step"], r["loss"]) for r in read_metrics(workdir)] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+def test_progress_yields_every_item_and_logs_counts_rate_and_the_full_bar_at_the_end(caplog):
+  caplog.set_level(logging.INFO)
+  items = list(reporting.progress(iter(range(25)), total=25, what="checking", lines=5))
+  assert items == list(range(25))
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("checking")]
+  assert [line.split()[3] for line in lines] == ["5/25", "10/25", "15/25", "20/25", "25/25"]
+  assert lines[0].startswith("checking [####................]  20% 5/25 images")
+  assert lines[-1].startswith("checking [####################] 100% 25/25 images")
+  assert lines[-1].endswith("ETA 0:00:00")
+  assert reporting.bar(1, 3) == "[#######.............]  33%"
