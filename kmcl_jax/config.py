@@ -48,6 +48,10 @@ RESUMABLE_FIELDS = (
   "model.remat",
   "loss.block_size",
   "data.root",
+  # Where the label files are, like data.root; their classes are checked on resume.
+  "data.train_labels",
+  "data.eval_labels",
+  "data.class_list",
   # The resumed input stream starts at the restored step (batch b is a function of the
   # seed and b), so any worker or thread count, like any number of hosts, continues it.
   "data.worker_count",
@@ -161,6 +165,17 @@ def defaults() -> ml_collections.ConfigDict:
       drop_no_finding=False,  # chestxray14: drop "No Finding" images (both splits)
       train_fraction=1.0,  # chestxray14: first fraction of the train list (reference: 0.1)
       eval_fraction=1.0,  # chestxray14: first fraction of the test list (reference: 0.1)
+      # name="labels", your own images and label files (kmcl_jax/data/label_files):
+      train_labels="",  # the training label file (or the one file of every split)
+      eval_labels="",  # the evaluation label file; "": a split column, or a holdout
+      labels_format="auto",  # auto, delimited, columns, long, jsonl, coco
+      class_list="",  # class names one per line, in label order; "": sorted labels
+      image_extension="",  # added to image names without one (".jpg")
+      image_column="",  # "": the first column (JSON lines: "image")
+      label_column="",  # "": found from the header (JSON lines: "labels")
+      split_column="split",  # when a file has it: rows of train_split / eval_split
+      holdout_fraction=0.1,  # no eval file nor split column: share of images evaluated on
+      split_seed=0,  # the seed of that draw
     )
   )
   return config

@@ -27,6 +27,7 @@ from kmcl_jax import optim
 from kmcl_jax.checkpointing import Checkpoints
 from kmcl_jax.data import create_eval_dataset, get_source, transforms
 from kmcl_jax.data.image_files import CorruptImageError, decode_image
+from kmcl_jax.data.pipeline import source_options
 from kmcl_jax.errors import RunStopped
 from kmcl_jax.evaluation import evaluate, result_record
 from kmcl_jax.files import replace_file
@@ -52,7 +53,10 @@ def _class_names(config, workdir: str) -> list[str]:
   run = read_run(workdir)
   if run is not None:
     return run["class_names"]
-  return list(get_source(config.data.name, config.data.eval_split, config.data.root).class_names)
+  data = config.data
+  return list(
+    get_source(data.name, data.eval_split, data.root, **source_options(data, False)).class_names
+  )
 
 
 def load_state(

@@ -10,12 +10,14 @@ A record is a dict:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from absl import logging
+from etils import epath
 from PIL import Image
 
 
@@ -36,11 +38,28 @@ _END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND"}
 _SCALABLE_FORMATS = ("JPEG", "MPO")  # decoders that honour Image.draft
 
 
+@contextlib.contextmanager
+def open_image(path: str) -> Iterator[Image.Image]:
+  """The image file `path`, local or on an object store (gs://), opened by PIL (not yet
+  decoded)."""
+  if "://" not in path:
+    with Image.open(path) as image:
+      yield image
+    return
+  with epath.Path(path).open("rb") as f, Image.open(f) as image:
+    yield image
+
+
+def file_exists(path: str) -> bool:
+  """Whether the file `path` (local or gs://) exists."""
+  return epath.Path(path).is_file() if "://" in path else os.path.isfile(path)
+
+
 def read_rgb(path: str) -> Image.Image:
   """Reads an image file into a decoded RGB PIL image (at most MAX_DECODED_PIXELS);
   raises CorruptImageError naming `path`."""
   try:
-    with Image.open(path) as image:
+    with open_image(path) as image:
       bound_decoded_size(image, path)
       return to_rgb(image)
   except CorruptImageError:
@@ -99,7 +118,7 @@ def header_problem(path: str) -> str | None:
   decode it). Damage inside the compressed data is found only by decoding.
   """
   try:
-    with Image.open(path) as image:
+    with open_image(path) as image:
       width, height = image.size
       if width * height > MAX_DECODED_PIXELS and image.format not in _SCALABLE_FORMATS:
         return (
@@ -108,7 +127,8 @@ def header_problem(path: str) -> str | None:
         )
       marker = _END_MARKERS.get(image.format)
       if marker:
-        image.fp.seek(-min(_TAIL_BYTES, os.path.getsize(path)), os.SEEK_END)
+        size = image.fp.seek(0, os.SEEK_END)
+        image.fp.seek(-min(_TAIL_BYTES, size), os.SEEK_END)
         if marker not in image.fp.read(_TAIL_BYTES):
           return f"{path}: the {image.format} file is cut short (no end marker)"
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:

@@ -48,11 +48,18 @@ import jax
 import numpy as np
 from absl import logging
 
-from kmcl_jax.data import transforms, workers
-from kmcl_jax.data.image_files import CorruptImageError, ImageFileSource, header_problem
+from kmcl_jax.data import label_files, sources, transforms, workers
+from kmcl_jax.data.image_files import (
+  CorruptImageError,
+  ImageFileSource,
+  file_exists,
+  header_problem,
+)
 from kmcl_jax.data.sources import get_source
 
 AUGMENT_ON = ("host", "device")
+# config.data fields of the label-file source that name something (empty elsewhere).
+LABEL_FILE_FIELDS = ("train_labels", "eval_labels", "class_list", "image_extension")
 
 TRAIN_FIELDS = ("image", "labels", "ignore", "skipped")
 EVAL_FIELDS = TRAIN_FIELDS + ("mask", "index")
@@ -360,6 +367,22 @@ def check_data_config(data) -> None:
     raise ValueError(
       f"config.data.subset_ids applies to the coco2014 train split only, not {data.name!r}."
     )
+  if data.name == label_files.NAME and data.labels_format not in ("auto", *label_files.FORMATS):
+    raise ValueError(
+      f"config.data.labels_format={data.labels_format!r}: expected 'auto' or one of "
+      f"{label_files.FORMATS}."
+    )
+  if not 0 < data.holdout_fraction < 1:
+    raise ValueError(
+      f"config.data.holdout_fraction={data.holdout_fraction!r}: expected a fraction in (0, 1)."
+    )
+  if data.name != label_files.NAME:
+    for field in LABEL_FILE_FIELDS:
+      if data[field]:
+        raise ValueError(
+          f"config.data.{field} applies to data.name={label_files.NAME!r} (your own label "
+          f"files, configs/custom.py) only, not {data.name!r}."
+        )
 
 
 def source_options(data, training: bool) -> dict:
@@ -370,6 +393,9 @@ def source_options(data, training: bool) -> dict:
     options["fraction"] = data.train_fraction if training else data.eval_fraction
   if data.name == "coco2014" and training and data.subset_ids:
     options["subset_ids"] = data.subset_ids
+  if data.name == label_files.NAME:
+    options = {field: data[field] for field in sources.OPTIONS[label_files.NAME] if field in data}
+    options["role"] = "train" if training else "eval"
   return options
 
 
@@ -413,7 +439,7 @@ def check_image_files(source, *, skip_corrupt: bool, threads: int) -> list[str]:
     return []
   paths = list(source.paths)
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    exists = list(pool.map(os.path.isfile, paths))
+    exists = list(pool.map(file_exists, paths))
   missing = [path for path, found in zip(paths, exists, strict=True) if not found]
   if missing and not skip_corrupt:
     raise FileNotFoundError(

@@ -6,6 +6,8 @@ from kmcl_jax.data.adp import adp_source
 from kmcl_jax.data.chestxray14 import chestxray14_source
 from kmcl_jax.data.coco import coco2014_source
 from kmcl_jax.data.demo import DigitGridSource
+from kmcl_jax.data.label_files import NAME as LABEL_FILES
+from kmcl_jax.data.label_files import labels_source
 from kmcl_jax.data.nuswide import nuswide_source
 from kmcl_jax.data.tfds_source import tfds_source
 from kmcl_jax.data.voc import voc2007_source
@@ -18,8 +20,25 @@ LOCAL_SOURCES = {
   "adp": adp_source,
 }
 TFDS_PREFIX = "tfds:"
-NAMES = tuple(LOCAL_SOURCES) + ("demo", "tfds:voc/2007", "tfds:coco/2014")
-OPTIONS = {"coco2014": ("subset_ids",), "chestxray14": ("drop_no_finding", "fraction")}
+NAMES = tuple(LOCAL_SOURCES) + ("demo", LABEL_FILES, "tfds:voc/2007", "tfds:coco/2014")
+OPTIONS = {
+  "coco2014": ("subset_ids",),
+  "chestxray14": ("drop_no_finding", "fraction"),
+  LABEL_FILES: (
+    "train_labels",
+    "eval_labels",
+    "labels_format",
+    "class_list",
+    "image_extension",
+    "image_column",
+    "label_column",
+    "split_column",
+    "holdout_fraction",
+    "split_seed",
+    "role",
+    "skip_corrupt",
+  ),
+}
 
 
 def get_source(name: str, split: str, root: str | None = None, **options):
@@ -32,9 +51,11 @@ def get_source(name: str, split: str, root: str | None = None, **options):
   Args:
     name: one of NAMES.
     split: the dataset's own split name (VOC `trainval`/`test`, COCO `train`/`val`, ...).
-    root: the dataset folder (the TFDS data_dir for `tfds:` names); unused by `demo`.
+    root: the dataset folder (the TFDS data_dir for `tfds:` names); unused by `demo`;
+      for `labels`, the folder image names are relative to ("": the label file's).
     **options: the dataset's own options, OPTIONS[name]: `coco2014` subset_ids (a CSV of
-      image ids the split is restricted to), `chestxray14` drop_no_finding and fraction.
+      image ids the split is restricted to), `chestxray14` drop_no_finding and fraction,
+      `labels` the label files and how to read them (`label_files.labels_source`).
   """
   unknown = sorted(set(options) - set(OPTIONS.get(name, ())))
   if unknown:
@@ -44,6 +65,8 @@ def get_source(name: str, split: str, root: str | None = None, **options):
     )
   if name == "demo":
     return DigitGridSource(split)
+  if name == LABEL_FILES:
+    return labels_source(split, root or "", **options)
   if name.startswith(TFDS_PREFIX):
     return tfds_source(name[len(TFDS_PREFIX) :], split, root)
   if name not in LOCAL_SOURCES:
