@@ -3,6 +3,7 @@ the splits, every bad input in one sentence naming file, row and value, a gs:// 
 one tiny training on generated sets in three formats that evaluates and predicts with the
 files' class names."""
 
+import csv
 import json
 import logging
 import os
@@ -12,7 +13,12 @@ import pytest
 from data_fixtures import write_image
 
 from kmcl_jax.data import get_source
+from kmcl_jax.data.image_files import decode_image, header_problem
 from kmcl_jax.data.label_files import LabelFileError
+from kmcl_jax.errors import raised_on_purpose
+from kmcl_jax.workdir import read_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The generated set: image name -> labels, in the names the files use.
 IMAGES = {
@@ -191,6 +197,24 @@ def test_the_holdout_is_a_seeded_draw(tmp_path):
   assert train | held_out(3) == {f"{n}.jpg" for n in names} and not train & held_out(3)
 
 
+def test_label_files_and_images_on_gs(gcs, tmp_path):
+  write_images(str(tmp_path), ["a", "b"])
+  folder = gcs.workdir("labels")
+  for name in ("a.jpg", "b.jpg"):
+    gcs.blob(folder, f"images/{name}").upload_from_filename(str(tmp_path / name))
+  gcs.blob(folder, "l.csv").upload_from_string("\ufeffimage,labels\r\na,x y\r\nb,y\r\n")
+  labels = f"{folder}/l.csv"
+  remote = source(labels, f"{folder}/images", eval_labels=labels, image_extension=".jpg")
+  assert remote.paths == [f"{folder}/images/a.jpg", f"{folder}/images/b.jpg"]
+  assert labels_of(remote) == {"a": ["x", "y"], "b": ["y"]}
+  np.testing.assert_array_equal(remote[1]["image"], decode_image(str(tmp_path / "b.jpg")))
+  assert header_problem(remote.paths[0]) is None
+  with pytest.raises(
+    LabelFileError, match=f"{labels}, line 2: image 'a' is not at '{folder}/a.jpg'"
+  ):
+    source(labels, folder, eval_labels=labels, image_extension=".jpg")
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -274,3 +298,139 @@ def test_an_unreadable_or_empty_file_is_one_sentence(tmp_path, content, message)
 def test_the_config_names_what_is_missing(tmp_path):
   with pytest.raises(LabelFileError, match="config.data.train_labels is empty"):
     get_source("labels", "train", str(tmp_path), role="train", train_labels="")
+
+
+def test_a_label_file_error_ends_the_program_with_its_sentence(tmp_path):
+  with pytest.raises(LabelFileError) as error:
+    source(tmp_path / "no_such.csv", tmp_path)
+  assert raised_on_purpose(error.value)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+# 16 generated images: 12 to train on (batch 8 of configs/custom.py:smoke), 4 to evaluate.
+SET = {
+  f"photo_{k:02d}": (CLASSES[k % 3],) + ((CLASSES[(k + 1) % 3],) if k % 4 == 0 else ())
+  for k in range(16)
+}
+TRAIN, VAL = list(SET)[:12], list(SET)[12:]
+LISTED = ("dog", "cat", "bird")  # the class list of the COCO set: not sorted
+
+
+def delimited_set(folder):
+  """(a): train.csv and val.csv, "image_name,tags" with names joined by spaces, ids
+  without extension."""
+  for name, images in (("train.csv", TRAIN), ("val.csv", VAL)):
+    write(folder / name, "image_name,tags\n" + "".join(f"{i},{' '.join(SET[i])}\n" for i in images))
+  return {
+    "train_labels": str(folder / "train.csv"),
+    "eval_labels": str(folder / "val.csv"),
+    "image_extension": ".jpg",
+  }
+
+
+def columns_set(folder):
+  """(b): one file, a 0/1 column per class and a split column."""
+  rows = "".join(
+    f"{i}.jpg,{'train' if i in TRAIN else 'val'},"
+    + ",".join("1" if c in SET[i] else "0" for c in CLASSES)
+    + "\n"
+    for i in SET
+  )
+  write(folder / "labels.csv", "Image Index,split," + ",".join(CLASSES) + "\n" + rows)
+  return {"train_labels": str(folder / "labels.csv")}
+
+
+def coco_set(folder):
+  """(e): a COCO export per split and a class list."""
+  categories = [{"id": 10 + k, "name": c} for k, c in enumerate(CLASSES)]
+  for name, images in (("train.json", TRAIN), ("val.json", VAL)):
+    coco_file(
+      folder / name,
+      [{"id": 100 + k, "file_name": f"{i}.jpg"} for k, i in enumerate(images)],
+      categories,
+      [
+        {"id": k, "image_id": 100 + n, "category_id": 10 + CLASSES.index(c)}
+        for n, i in enumerate(images)
+        for k, c in enumerate(SET[i])
+      ],
+    )
+  write(folder / "classes.txt", "\n".join(LISTED) + "\n")
+  return {
+    "train_labels": str(folder / "train.json"),
+    "eval_labels": str(folder / "val.json"),
+    "class_list": str(folder / "classes.txt"),
+  }
+
+
+@pytest.fixture(scope="module")
+def trained_on_each_format(tmp_path_factory):
+  """{format: (workdir, config, eval.json, predictions)} of a tiny training on the same
+  16 images described in formats (a), (b) and (e)."""
+  from absl import flags
+
+  from kmcl_jax import config as config_lib
+  from kmcl_jax.inference import evaluate_checkpoint, predict
+  from kmcl_jax.train import train_and_evaluate
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # grain reads an absl flag (see test_pipeline.py)
+  images = tmp_path_factory.mktemp("images")
+  write_images(str(images), SET)
+  runs = {}
+  for name, make in (("delimited", delimited_set), ("columns", columns_set), ("coco", coco_set)):
+    folder = tmp_path_factory.mktemp(name)
+    config = config_lib.load(os.path.join(ROOT, "configs", "custom.py:smoke"))
+    config.data.root = str(images)
+    config.data.update(make(folder))
+    workdir = str(folder / "run")
+    train_and_evaluate(config, workdir)
+    report = evaluate_checkpoint(config, workdir)
+    output = str(folder / "predictions.csv")
+    # As README's second command: no label file, the classes come from the run.
+    bare = config_lib.load(os.path.join(ROOT, "configs", "custom.py:smoke"))
+    predict(bare, workdir, os.path.join(str(images), "photo_1*.jpg"), output)
+    with open(output) as f:
+      runs[name] = (workdir, report, list(csv.reader(f)))
+  return runs
+
+
+def test_the_three_generated_sets_hold_the_same_labels(tmp_path):
+  write_images(str(tmp_path), SET)
+  for make in (delimited_set, columns_set, coco_set):
+    options = make(tmp_path)
+    train = get_source("labels", "train", str(tmp_path), role="train", **options)
+    val = get_source("labels", "val", str(tmp_path), role="eval", **options)
+    assert {i.removesuffix(".jpg"): v for i, v in (labels_of(train) | labels_of(val)).items()} == {
+      i: sorted(v) for i, v in SET.items()
+    }
+    assert [i.removesuffix(".jpg") for i in val.ids] == VAL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "name, classes", [("delimited", CLASSES), ("columns", CLASSES), ("coco", LISTED)]
+)
+def test_each_format_trains_evaluates_and_predicts_with_the_files_classes(
+  trained_on_each_format, name, classes
+):
+  workdir, report, predictions = trained_on_each_format[name]
+  assert read_run(workdir)["class_names"] == list(classes)
+  assert list(report["ap"]) == list(classes) and report["images"] == len(VAL)
+  assert predictions[0] == ["path", *classes, "labels"]
+  assert [os.path.basename(row[0]) for row in predictions[1:]] == [
+    f"photo_1{k}.jpg" for k in range(6)
+  ]
+  for row in predictions[1:]:
+    probabilities = np.array(row[1:-1], float)
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+    assert [c for c, p in zip(classes, probabilities, strict=True) if p >= 0.8] == [
+      c for c in row[-1].split("|") if c
+    ]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    assert max(r["step"] for r in map(json.loads, f) if r["split"] == "train") == 6
+
+
+@pytest.mark.slow
+def test_the_same_images_and_labels_in_two_formats_train_the_same_model(trained_on_each_format):
+  assert trained_on_each_format["delimited"][1]["ap"] == trained_on_each_format["columns"][1]["ap"]
