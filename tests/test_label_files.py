@@ -10,8 +10,10 @@ import os
 
 import numpy as np
 import pytest
-from data_fixtures import write_image
+from data_fixtures import voc_config, write_image
+from runs import run_config
 
+from kmcl_jax import config as config_lib
 from kmcl_jax.data import get_source
 from kmcl_jax.data.image_files import decode_image, header_problem
 from kmcl_jax.data.label_files import LabelFileError
@@ -295,9 +297,19 @@ def test_an_unreadable_or_empty_file_is_one_sentence(tmp_path, content, message)
   assert str(error.value).count(". ") == 0 and str(error.value).endswith(".")
 
 
-def test_the_config_names_what_is_missing(tmp_path):
+def test_the_config_names_what_is_missing_or_misplaced(tmp_path):
   with pytest.raises(LabelFileError, match="config.data.train_labels is empty"):
     get_source("labels", "train", str(tmp_path), role="train", train_labels="")
+  labels = write(tmp_path / "l.csv", "image,labels\na.jpg,x\nb.jpg,y\n")
+  with pytest.raises(LabelFileError, match=r"labels_format='tsv': expected 'auto' or one of"):
+    source(labels, labels_format="tsv")
+  with pytest.raises(
+    LabelFileError, match=r"holdout_fraction=1.0: expected a fraction in \(0, 1\)"
+  ):
+    source(labels, holdout_fraction=1.0)
+  voc = voc_config(str(tmp_path), train_labels=labels, image_size=32)
+  with pytest.raises(ValueError, match=r"config.data.train_labels applies to data.name='labels'"):
+    config_lib.validate(voc)
 
 
 def test_a_label_file_error_ends_the_program_with_its_sentence(tmp_path):
@@ -308,13 +320,16 @@ def test_a_label_file_error_ends_the_program_with_its_sentence(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
-# 16 generated images: 12 to train on (batch 8 of configs/custom.py:smoke), 4 to evaluate.
+# 16 generated images of 10 classes: 12 to train on, 4 to evaluate. The runs are the
+# reference demo run's (tests/runs.py: 10 classes, 8 images of 32 px a step, 6 steps) on
+# them, so they find its compiled programs in the session's compilation cache.
+KINDS = ("airplane", "bird", "boat", "car", "cat", "dog", "frog", "horse", "ship", "truck")
 SET = {
-  f"photo_{k:02d}": (CLASSES[k % 3],) + ((CLASSES[(k + 1) % 3],) if k % 4 == 0 else ())
+  f"photo_{k:02d}": (KINDS[k % 10],) + ((KINDS[(k + 3) % 10],) if k % 4 == 0 else ())
   for k in range(16)
 }
 TRAIN, VAL = list(SET)[:12], list(SET)[12:]
-LISTED = ("dog", "cat", "bird")  # the class list of the COCO set: not sorted
+LISTED = KINDS[::-1]  # the class list of the COCO set: not sorted
 
 
 def delimited_set(folder):
@@ -333,24 +348,24 @@ def columns_set(folder):
   """(b): one file, a 0/1 column per class and a split column."""
   rows = "".join(
     f"{i}.jpg,{'train' if i in TRAIN else 'val'},"
-    + ",".join("1" if c in SET[i] else "0" for c in CLASSES)
+    + ",".join("1" if c in SET[i] else "0" for c in KINDS)
     + "\n"
     for i in SET
   )
-  write(folder / "labels.csv", "Image Index,split," + ",".join(CLASSES) + "\n" + rows)
+  write(folder / "labels.csv", "Image Index,split," + ",".join(KINDS) + "\n" + rows)
   return {"train_labels": str(folder / "labels.csv")}
 
 
 def coco_set(folder):
   """(e): a COCO export per split and a class list."""
-  categories = [{"id": 10 + k, "name": c} for k, c in enumerate(CLASSES)]
+  categories = [{"id": 10 + k, "name": c} for k, c in enumerate(KINDS)]
   for name, images in (("train.json", TRAIN), ("val.json", VAL)):
     coco_file(
       folder / name,
       [{"id": 100 + k, "file_name": f"{i}.jpg"} for k, i in enumerate(images)],
       categories,
       [
-        {"id": k, "image_id": 100 + n, "category_id": 10 + CLASSES.index(c)}
+        {"id": k, "image_id": 100 + n, "category_id": 10 + KINDS.index(c)}
         for n, i in enumerate(images)
         for k, c in enumerate(SET[i])
       ],
@@ -364,12 +379,12 @@ def coco_set(folder):
 
 
 @pytest.fixture(scope="module")
-def trained_on_each_format(tmp_path_factory):
-  """{format: (workdir, config, eval.json, predictions)} of a tiny training on the same
-  16 images described in formats (a), (b) and (e)."""
+def trained_on_each_format(tmp_path_factory, reference_run):
+  """{format: (workdir, eval.json, predictions)} of the reference run's training (after
+  it, for its compiled programs) on the same 16 images described in formats (a), (b)
+  and (e)."""
   from absl import flags
 
-  from kmcl_jax import config as config_lib
   from kmcl_jax.inference import evaluate_checkpoint, predict
   from kmcl_jax.train import train_and_evaluate
 
@@ -380,15 +395,17 @@ def trained_on_each_format(tmp_path_factory):
   runs = {}
   for name, make in (("delimited", delimited_set), ("columns", columns_set), ("coco", coco_set)):
     folder = tmp_path_factory.mktemp(name)
-    config = config_lib.load(os.path.join(ROOT, "configs", "custom.py:smoke"))
-    config.data.root = str(images)
+    config = run_config()
+    config.data.update(name="labels", root=str(images), train_split="train", eval_split="val")
     config.data.update(make(folder))
+    config.checkpoint_every_steps = 6  # one save: what eval and predict restore
     workdir = str(folder / "run")
     train_and_evaluate(config, workdir)
     report = evaluate_checkpoint(config, workdir)
     output = str(folder / "predictions.csv")
     # As README's second command: no label file, the classes come from the run.
-    bare = config_lib.load(os.path.join(ROOT, "configs", "custom.py:smoke"))
+    bare = run_config()
+    bare.data.name = "labels"
     predict(bare, workdir, os.path.join(str(images), "photo_1*.jpg"), output)
     with open(output) as f:
       runs[name] = (workdir, report, list(csv.reader(f)))
@@ -409,7 +426,7 @@ def test_the_three_generated_sets_hold_the_same_labels(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-  "name, classes", [("delimited", CLASSES), ("columns", CLASSES), ("coco", LISTED)]
+  "name, classes", [("delimited", KINDS), ("columns", KINDS), ("coco", LISTED)]
 )
 def test_each_format_trains_evaluates_and_predicts_with_the_files_classes(
   trained_on_each_format, name, classes

@@ -59,7 +59,14 @@ from kmcl_jax.data.sources import get_source
 
 AUGMENT_ON = ("host", "device")
 # config.data fields of the label-file source that name something (empty elsewhere).
-LABEL_FILE_FIELDS = ("train_labels", "eval_labels", "class_list", "image_extension")
+LABEL_FILE_FIELDS = (
+  "train_labels",
+  "eval_labels",
+  "class_list",
+  "image_extension",
+  "image_column",
+  "label_column",
+)
 
 TRAIN_FIELDS = ("image", "labels", "ignore", "skipped")
 EVAL_FIELDS = TRAIN_FIELDS + ("mask", "index")
@@ -366,15 +373,6 @@ def check_data_config(data) -> None:
   if data.subset_ids and data.name != "coco2014":
     raise ValueError(
       f"config.data.subset_ids applies to the coco2014 train split only, not {data.name!r}."
-    )
-  if data.name == label_files.NAME and data.labels_format not in ("auto", *label_files.FORMATS):
-    raise ValueError(
-      f"config.data.labels_format={data.labels_format!r}: expected 'auto' or one of "
-      f"{label_files.FORMATS}."
-    )
-  if not 0 < data.holdout_fraction < 1:
-    raise ValueError(
-      f"config.data.holdout_fraction={data.holdout_fraction!r}: expected a fraction in (0, 1)."
     )
   if data.name != label_files.NAME:
     for field in LABEL_FILE_FIELDS:
