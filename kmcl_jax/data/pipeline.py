@@ -356,6 +356,10 @@ def check_data_config(data) -> None:
       )
   if data.drop_no_finding and data.name != "chestxray14":
     raise ValueError(f"config.data.drop_no_finding applies to chestxray14 only, not {data.name!r}.")
+  if data.tfds_labels_key and not data.name.startswith("tfds:"):
+    raise ValueError(
+      f"config.data.tfds_labels_key applies to tfds: datasets only, not {data.name!r}."
+    )
   if data.subset_ids and data.name != "coco2014":
     raise ValueError(
       f"config.data.subset_ids applies to the coco2014 train split only, not {data.name!r}."
@@ -370,6 +374,8 @@ def source_options(data, training: bool) -> dict:
     options["fraction"] = data.train_fraction if training else data.eval_fraction
   if data.name == "coco2014" and training and data.subset_ids:
     options["subset_ids"] = data.subset_ids
+  if data.tfds_labels_key:
+    options["labels_key"] = data.tfds_labels_key
   return options
 
 
@@ -464,7 +470,7 @@ def create_datasets(
   Reads config.seed, config.batch_size and config.eval_batch_size (global, all hosts),
   and config.data: name, root, train_split, eval_split, image_size, augment, cutout,
   worker_count, read_threads, skip_corrupt, augment_on, subset_ids, drop_no_finding,
-  train_fraction, eval_fraction. The process index and count default to JAX's.
+  train_fraction, eval_fraction, tfds_labels_key. The process index and count default to JAX's.
   """
   data = config.data
   process_index, process_count = _process(process_index, process_count)
