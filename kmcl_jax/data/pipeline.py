@@ -48,7 +48,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from kmcl_jax.data import transforms, workers
+from kmcl_jax.data import split_checks, transforms, workers
 from kmcl_jax.data.image_files import CorruptImageError, ImageFileSource, header_problem
 from kmcl_jax.data.sources import get_source
 
@@ -449,6 +449,7 @@ def create_eval_dataset(config, process_index: int | None = None, process_count:
   check_data_config(data)
   _check_batch(config, "eval_batch_size", process_count)
   source = get_source(data.name, data.eval_split, data.root, **source_options(data, False))
+  split_checks.require_images(source)
   check_image_headers(source, skip_corrupt=data.skip_corrupt, threads=data.read_threads)
   return eval_dataset(
     source,
@@ -477,6 +478,7 @@ def create_datasets(
   _check_batch(config, "batch_size", process_count)
   evaluation, eval_source = create_eval_dataset(config, process_index, process_count)
   train_source = get_source(data.name, data.train_split, data.root, **source_options(data, True))
+  split_checks.check_training_splits(train_source, eval_source)
   check_image_files(train_source, skip_corrupt=data.skip_corrupt, threads=data.read_threads)
   if tuple(train_source.class_names) != tuple(eval_source.class_names):
     raise ValueError(

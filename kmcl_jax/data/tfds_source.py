@@ -239,7 +239,7 @@ def tfds_source(dataset: str, split: str, root: str | None, labels_key: str = ""
   images = image_key(dataset, features)
   tfds_split = SPLIT_ALIASES.get(dataset, {}).get(split, split)
   try:
-    data = builder.as_data_source(split=tfds_split)
+    examples = builder.info.splits[tfds_split].num_examples
   except ValueError as error:
     raise ValueError(
       f"tfds:{dataset}: no split {split!r}; its splits are {sorted(builder.info.splits)} "
@@ -247,13 +247,15 @@ def tfds_source(dataset: str, split: str, root: str | None, labels_key: str = ""
     ) from error
   top, _, field = key.partition("/")
   label_feature = features[top].feature[field] if field else features[top].feature
+  # An empty split is left to the split checks (`split_checks`), as for every source.
+  data = builder.as_data_source(split=tfds_split) if examples else []
   split_labels = read_split_labels(
-    builder.as_data_source(split=tfds_split, decoders={images: tfds.decode.SkipDecoding()}),
+    builder.as_data_source(split=tfds_split, decoders={images: tfds.decode.SkipDecoding()})
+    if examples
+    else [],
     key,
     label_feature.num_classes,
     f"tfds:{dataset} {split}",
     difficult=not field and key + DIFFICULT_SUFFIX in features,
   )
-  if not split_labels.rows:
-    raise ValueError(f"tfds:{dataset}: split {split!r} ({tfds_split}) has no images.")
   return TfdsSource(dataset, split, data, split_labels, tuple(label_feature.names), images)
