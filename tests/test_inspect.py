@@ -23,6 +23,7 @@ from PIL import Image
 from runs import ROOT
 from tfds_fixtures import TAGS, TAGS_SPLITS
 
+from kmcl_jax import errors
 from kmcl_jax.data import create_datasets, get_source, split_checks
 from kmcl_jax.data.inspect import images, inspect_splits, report
 from kmcl_jax.data.voc import CLASS_NAMES as VOC_CLASSES
@@ -163,8 +164,11 @@ def test_the_trainer_warns_of_a_class_without_positives_and_refuses_an_empty_spl
     "tfds:tiny_tags train: no positive image of 1 class ('fish'), so the model cannot "
     "learn them and their AP is undefined as a measure of what it learnt."
   ]
-  with pytest.raises(ValueError, match=r"^tfds:tiny_tags train\[:0\]: the split has no images"):
+  with pytest.raises(
+    ValueError, match=r"^tfds:tiny_tags train\[:0\]: the split has no images"
+  ) as empty:
     create_datasets(tags_config(tfds_data_dir, train_split="train[:0]"))
+  assert errors.raised_on_purpose(empty.value)  # the program prints it as one sentence
 
 
 def test_absent_classes_are_listed_with_a_count_beyond_ten():

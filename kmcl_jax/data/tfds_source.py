@@ -36,7 +36,9 @@ SPLIT_ALIASES = {
   "coco/2014": {"val": "validation"},
 }
 DEFAULT_LABELS_KEYS = {"voc/2007": "labels", "coco/2014": "objects/label"}
-ID_KEYS = ("image/filename", "image/id", "image_id", "id", "filename", "file_name")
+# A record's id: the first of these features it has (COCO's numeric id before its file
+# name), else its row in the TFDS split.
+ID_KEYS = ("image/id", "image/filename", "image_id", "id", "filename", "file_name")
 DIFFICULT_SUFFIX = "_no_difficult"
 
 
