@@ -162,7 +162,7 @@ def test_the_trainer_warns_of_a_class_without_positives_and_refuses_an_empty_spl
   warnings = [r.getMessage() for r in caplog.records if "no positive image" in r.getMessage()]
   assert warnings == [
     "tfds:tiny_tags train: no positive image of 1 class ('fish'), so the model cannot "
-    "learn them and their AP is undefined as a measure of what it learnt."
+    "learn it and its AP is undefined as a measure of what it learnt."
   ]
   with pytest.raises(
     ValueError, match=r"^tfds:tiny_tags train\[:0\]: the split has no images"
@@ -179,4 +179,4 @@ def test_absent_classes_are_listed_with_a_count_beyond_ten():
   )
   line = split_checks.absent_class_warning(counted, training=False)
   assert line.startswith("x test: no positive image of 12 classes ('c0', 'c1',")
-  assert "'c9' and 2 more), so their AP is undefined (scored 0" in line
+  assert "'c9' and 2 more), so their APs are undefined (scored 0" in line

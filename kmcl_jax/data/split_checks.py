@@ -86,13 +86,15 @@ def absent_class_warning(statistics: SplitStatistics, training: bool) -> str | N
   """One line naming the classes of a split without a positive image, or None."""
   if not statistics.absent:
     return None
+  one = len(statistics.absent) == 1
+  them, ap = ("it", "its AP is") if one else ("them", "their APs are")
   if training:
     return (
       f"{statistics.name}: no positive image of {_listed(statistics.absent)}, so the model "
-      "cannot learn them and their AP is undefined as a measure of what it learnt."
+      f"cannot learn {them} and {ap} undefined as a measure of what it learnt."
     )
   return (
-    f"{statistics.name}: no positive image of {_listed(statistics.absent)}, so their AP is "
+    f"{statistics.name}: no positive image of {_listed(statistics.absent)}, so {ap} "
     "undefined (scored 0, which lowers mAP)."
   )
 
