@@ -176,6 +176,7 @@ def defaults() -> ml_collections.ConfigDict:
       split_column="split",  # when a file has it: rows of train_split / eval_split
       holdout_fraction=0.1,  # no eval file nor split column: share of images evaluated on
       split_seed=0,  # the seed of that draw
+      tfds_labels_key="",  # tfds:NAME: its multilabel feature (KEY or KEY/FIELD); "" = the only one
     )
   )
   return config
