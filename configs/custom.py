@@ -15,8 +15,8 @@ name per line). See kmcl_jax/data/label_files and README.md ("Your own data").
 
 Variants: `:tresnet_l` (TResNet-L, 448 px, batch 128, lr 4e-4, 80 epochs), `:tresnet_l_v2`
 (the same on TResNet-L-v2, the authors' multi-GPU default) and `:smoke` (`tresnet_tiny`
-at 32 px from random weights, 6 steps: reads your files and trains in a minute on a CPU,
-to check them before a real run).
+at 32 px from random weights, 6 steps: reads your files and trains in a minute or two on
+a CPU, to check them before a real run).
 """
 
 from kmcl_jax.config import apply_variants, defaults
