@@ -31,6 +31,7 @@ from ml_collections import config_flags
 from kmcl_jax import config as config_lib
 from kmcl_jax import distributed
 from kmcl_jax.errors import run_program
+from kmcl_jax.state import VARIANT_CHOICES
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file (path[:variant]).", lock_config=True
@@ -49,7 +50,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "predict: the .csv or .json file t
 _VARIANT = flags.DEFINE_enum(
   "variant",
   "auto",
-  ["auto", "model", "ema"],
+  VARIANT_CHOICES,
   "predict: which weights; auto = the better in the best checkpoint.",
 )
 _DISTRIBUTED = flags.DEFINE_enum(
