@@ -107,7 +107,7 @@ def load_weights(
   (the model, for a converted model).
   """
   if variant not in VARIANT_CHOICES:
-    raise ValueError(f"--variant={variant!r}: expected one of {', '.join(VARIANT_CHOICES)}.")
+    raise ValueError(f"variant={variant!r}: expected one of {', '.join(VARIANT_CHOICES)}.")
   _, state, origin, best_variant, folder = load_state(
     config, workdir, class_names, create_mesh(), step
   )

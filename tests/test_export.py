@@ -70,11 +70,12 @@ def test_program_api_and_predict_mode_give_the_same_probabilities(exports, refer
     run_config(), str(reference_run), str(tmp_path), str(tmp_path / "p.json")
   )
   by_mode = np.array([[r["probabilities"][n] for n in CLASS_NAMES] for r in rows])
-  from_workdir = Classifier.load(reference_run).predict(paths, batch_size=4, on_error="skip")
+  from_workdir = Classifier.load(reference_run).predict(paths, batch_size=6, on_error="skip")
   assert from_workdir.kept == [0, 1, 2, 3, 4]
   assert from_workdir.skipped[0][0] == 5 and "9_broken.jpg" in from_workdir.skipped[0][1]
   exported = Classifier.load(folder / "f32")
-  from_export = exported.predict(images)
+  # Batches of 6 everywhere: one compiled program (the persistent cache) for all three.
+  from_export = exported.predict(paths, batch_size=6, on_error="skip")
   np.testing.assert_allclose(from_workdir.probabilities, by_mode, rtol=0, atol=1e-6)
   np.testing.assert_allclose(from_export.probabilities, by_mode, rtol=0, atol=1e-6)
   assert from_export.labels == [r["labels"] for r in rows]
