@@ -31,6 +31,7 @@ from kmcl_jax.data import transforms
 from kmcl_jax.data.image_files import CorruptImageError, read_rgb, to_rgb
 from kmcl_jax.export import artifact
 from kmcl_jax.inference import load_weights, run_class_names
+from kmcl_jax.mesh import create_mesh, replicated
 from kmcl_jax.reporting import progress
 from kmcl_jax.state import create_model
 from kmcl_jax.steps import class_probabilities, eval_outputs
@@ -119,7 +120,9 @@ class Classifier:
     self.image_size = int(config.data.image_size)
     self.variant, self.origin, self.source = variant, origin, source
     self.model = model = create_model(config, len(self.class_names))
-    self.weights = jax.device_put(weights)
+    # Replicated over the mesh, as a checkpoint is restored: weights from a workdir and
+    # from an export run the same compiled program.
+    self.weights = jax.device_put(weights, replicated(create_mesh()))
     self._probabilities = jax.jit(
       lambda weights, images: {"probabilities": class_probabilities(config, model, weights, images)}
     )

@@ -66,6 +66,8 @@ def test_program_api_and_predict_mode_give_the_same_probabilities(exports, refer
   (tmp_path / "9_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
   paths = sorted(str(p) for p in tmp_path.iterdir())
 
+  # Batches of 6 throughout (--mode=predict pads to its 6 files): one compiled program,
+  # from the session's persistent compilation cache after the first.
   rows = inference.predict(
     run_config(), str(reference_run), str(tmp_path), str(tmp_path / "p.json")
   )
@@ -74,7 +76,6 @@ def test_program_api_and_predict_mode_give_the_same_probabilities(exports, refer
   assert from_workdir.kept == [0, 1, 2, 3, 4]
   assert from_workdir.skipped[0][0] == 5 and "9_broken.jpg" in from_workdir.skipped[0][1]
   exported = Classifier.load(folder / "f32")
-  # Batches of 6 everywhere: one compiled program (the persistent cache) for all three.
   from_export = exported.predict(paths, batch_size=6, on_error="skip")
   np.testing.assert_allclose(from_workdir.probabilities, by_mode, rtol=0, atol=1e-6)
   np.testing.assert_allclose(from_export.probabilities, by_mode, rtol=0, atol=1e-6)
@@ -120,11 +121,11 @@ def test_bfloat16_export_is_smaller_and_its_program_matches_its_weights(exports)
   sizes = {name: os.path.getsize(folder / name / artifact.WEIGHTS_FILE) for name in ("f32", "bf16")}
   assert sizes["bf16"] < 0.51 * sizes["f32"]
   assert bfloat16["export_bytes"] < 0.6 * float32["export_bytes"]
-  images = demo_images(3)
+  images = demo_images(6)
   rounded = Classifier.load(folder / "bf16")
   assert jax.tree.leaves(rounded.weights)[0].dtype == np.float32
-  probabilities = rounded.predict(images).probabilities
-  full = Classifier.load(folder / "f32").predict(images).probabilities
+  probabilities = rounded.predict(images, batch_size=6).probabilities
+  full = Classifier.load(folder / "f32").predict(images, batch_size=6).probabilities
   assert 0 < np.abs(probabilities - full).max() < 2e-2
   with open(folder / "bf16" / artifact.PROGRAM_FILE, "rb") as f:
     program = jax.export.deserialize(bytearray(f.read()))
