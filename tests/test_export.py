@@ -121,7 +121,9 @@ def test_bfloat16_export_is_smaller_and_its_program_matches_its_weights(exports)
   sizes = {name: os.path.getsize(folder / name / artifact.WEIGHTS_FILE) for name in ("f32", "bf16")}
   assert sizes["bf16"] < 0.51 * sizes["f32"]
   assert bfloat16["export_bytes"] < 0.6 * float32["export_bytes"]
-  images = demo_images(6)
+  images = demo_images(6)  # a batch of mixed sizes and kinds, resized as evaluation does
+  images[1] = Image.fromarray(images[1]).resize((70, 45))
+  images[2] = np.asarray(Image.fromarray(images[2]).resize((40, 52)))
   rounded = Classifier.load(folder / "bf16")
   assert jax.tree.leaves(rounded.weights)[0].dtype == np.float32
   probabilities = rounded.predict(images, batch_size=6).probabilities

@@ -11,7 +11,8 @@
                            weights' dtype and where they came from; written last, so a
                            folder without it is not (yet) an export
 
-Reading needs NumPy and safetensors only; the program needs JAX only.
+Outside kmcl_jax, the weights read with safetensors and NumPy (bfloat16 through ml_dtypes),
+the program runs with JAX alone (and flatbuffers, which its deserialization imports).
 """
 
 from __future__ import annotations
