@@ -209,3 +209,14 @@ def test_the_export_command_stops_with_one_sentence(tmp_path):
   assert "Traceback" not in result.stderr
   assert "is neither an export" in result.stderr.strip().splitlines()[-1]
   assert not os.path.exists(tmp_path / "x")
+
+
+def test_importing_kmcl_jax_stays_light_until_the_classifier_is_used():
+  import kmcl_jax.classifier
+
+  command = "import sys, kmcl_jax; print(sorted({'jax', 'flax', 'PIL'} & set(sys.modules)))"
+  result = subprocess.run(
+    [sys.executable, "-c", command], cwd=ROOT, capture_output=True, text=True, check=True
+  )
+  assert result.stdout.strip() == "[]"
+  assert Classifier is kmcl_jax.classifier.Classifier  # imported on first use
