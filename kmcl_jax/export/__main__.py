@@ -11,9 +11,9 @@ checkpoint's sizes in bytes. Exit status 1 with one sentence on a bad input.
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
-from kmcl_jax.errors import run_program
+from kmcl_jax.errors import quiet_orbax, run_program
 from kmcl_jax.export import DEFAULT_PLATFORMS, export_model
 from kmcl_jax.reporting import to_json
 from kmcl_jax.state import VARIANT_CHOICES
@@ -34,6 +34,7 @@ flags.mark_flags_as_required(["workdir", "output"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(quiet_orbax)
   run_program(export)
 
 
