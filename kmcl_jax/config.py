@@ -161,6 +161,7 @@ def defaults() -> ml_collections.ConfigDict:
       drop_no_finding=False,  # chestxray14: drop "No Finding" images (both splits)
       train_fraction=1.0,  # chestxray14: first fraction of the train list (reference: 0.1)
       eval_fraction=1.0,  # chestxray14: first fraction of the test list (reference: 0.1)
+      tfds_labels_key="",  # tfds:NAME: its multilabel feature (KEY or KEY/FIELD); "" = the only one
     )
   )
   return config

@@ -48,7 +48,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from kmcl_jax.data import transforms, workers
+from kmcl_jax.data import split_checks, transforms, workers
 from kmcl_jax.data.image_files import CorruptImageError, ImageFileSource, header_problem
 from kmcl_jax.data.sources import get_source
 
@@ -356,6 +356,10 @@ def check_data_config(data) -> None:
       )
   if data.drop_no_finding and data.name != "chestxray14":
     raise ValueError(f"config.data.drop_no_finding applies to chestxray14 only, not {data.name!r}.")
+  if data.tfds_labels_key and not data.name.startswith("tfds:"):
+    raise ValueError(
+      f"config.data.tfds_labels_key applies to tfds: datasets only, not {data.name!r}."
+    )
   if data.subset_ids and data.name != "coco2014":
     raise ValueError(
       f"config.data.subset_ids applies to the coco2014 train split only, not {data.name!r}."
@@ -370,6 +374,8 @@ def source_options(data, training: bool) -> dict:
     options["fraction"] = data.train_fraction if training else data.eval_fraction
   if data.name == "coco2014" and training and data.subset_ids:
     options["subset_ids"] = data.subset_ids
+  if data.tfds_labels_key:
+    options["labels_key"] = data.tfds_labels_key
   return options
 
 
@@ -443,6 +449,7 @@ def create_eval_dataset(config, process_index: int | None = None, process_count:
   check_data_config(data)
   _check_batch(config, "eval_batch_size", process_count)
   source = get_source(data.name, data.eval_split, data.root, **source_options(data, False))
+  split_checks.require_images(source)
   check_image_headers(source, skip_corrupt=data.skip_corrupt, threads=data.read_threads)
   return eval_dataset(
     source,
@@ -464,13 +471,14 @@ def create_datasets(
   Reads config.seed, config.batch_size and config.eval_batch_size (global, all hosts),
   and config.data: name, root, train_split, eval_split, image_size, augment, cutout,
   worker_count, read_threads, skip_corrupt, augment_on, subset_ids, drop_no_finding,
-  train_fraction, eval_fraction. The process index and count default to JAX's.
+  train_fraction, eval_fraction, tfds_labels_key. The process index and count default to JAX's.
   """
   data = config.data
   process_index, process_count = _process(process_index, process_count)
   _check_batch(config, "batch_size", process_count)
   evaluation, eval_source = create_eval_dataset(config, process_index, process_count)
   train_source = get_source(data.name, data.train_split, data.root, **source_options(data, True))
+  split_checks.check_training_splits(train_source, eval_source)
   check_image_files(train_source, skip_corrupt=data.skip_corrupt, threads=data.read_threads)
   if tuple(train_source.class_names) != tuple(eval_source.class_names):
     raise ValueError(

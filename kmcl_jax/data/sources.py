@@ -18,8 +18,12 @@ LOCAL_SOURCES = {
   "adp": adp_source,
 }
 TFDS_PREFIX = "tfds:"
-NAMES = tuple(LOCAL_SOURCES) + ("demo", "tfds:voc/2007", "tfds:coco/2014")
-OPTIONS = {"coco2014": ("subset_ids",), "chestxray14": ("drop_no_finding", "fraction")}
+NAMES = tuple(LOCAL_SOURCES) + ("demo", "tfds:voc/2007", "tfds:coco/2014", "tfds:NAME")
+OPTIONS = {
+  "coco2014": ("subset_ids",),
+  "chestxray14": ("drop_no_finding", "fraction"),
+  TFDS_PREFIX: ("labels_key",),
+}
 
 
 def get_source(name: str, split: str, root: str | None = None, **options):
@@ -30,22 +34,24 @@ def get_source(name: str, split: str, root: str | None = None, **options):
   `annotations(index)` (the record without decoding its image).
 
   Args:
-    name: one of NAMES.
-    split: the dataset's own split name (VOC `trainval`/`test`, COCO `train`/`val`, ...).
+    name: one of NAMES (`tfds:NAME`: any prepared TFDS dataset with a multilabel feature).
+    split: the dataset's own split name (VOC `trainval`/`test`, COCO `train`/`val`, a
+      TFDS split expression, ...).
     root: the dataset folder (the TFDS data_dir for `tfds:` names); unused by `demo`.
     **options: the dataset's own options, OPTIONS[name]: `coco2014` subset_ids (a CSV of
-      image ids the split is restricted to), `chestxray14` drop_no_finding and fraction.
+      image ids the split is restricted to), `chestxray14` drop_no_finding and fraction,
+      `tfds:` labels_key (the multilabel feature; see `tfds_source`).
   """
-  unknown = sorted(set(options) - set(OPTIONS.get(name, ())))
+  allowed = OPTIONS.get(TFDS_PREFIX if name.startswith(TFDS_PREFIX) else name, ())
+  unknown = sorted(set(options) - set(allowed))
   if unknown:
     raise ValueError(
-      f"data: dataset {name!r} has no option {unknown[0]!r}; its options are "
-      f"{OPTIONS.get(name, ())}."
+      f"data: dataset {name!r} has no option {unknown[0]!r}; its options are {allowed}."
     )
   if name == "demo":
     return DigitGridSource(split)
   if name.startswith(TFDS_PREFIX):
-    return tfds_source(name[len(TFDS_PREFIX) :], split, root)
+    return tfds_source(name[len(TFDS_PREFIX) :], split, root, **options)
   if name not in LOCAL_SOURCES:
     raise ValueError(f"data.name: unknown dataset {name!r}; expected one of {NAMES}.")
   if not root:
