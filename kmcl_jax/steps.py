@@ -122,15 +122,22 @@ def make_train_step(
   return train_step
 
 
-def class_probabilities(
+def eval_outputs(
   config: ml_collections.ConfigDict, model: KMCLModel, weights: dict, images: jax.Array
-) -> jax.Array:
-  """uint8 images (B, S, S, 3) -> sigmoid class probabilities (B, K), float32.
+) -> dict[str, jax.Array | None]:
+  """uint8 images (B, S, S, 3) -> the model's outputs in evaluation mode, `KMCLModel`'s
+  {"features", "pi", "mu", "var"}.
 
   `weights` is {"params", "batch_stats"} (`TrainState.weights`)."""
   images = transforms.normalize(images, tuple(config.data.mean), tuple(config.data.std))
-  out = model.apply(weights, images, train=False)
-  return jax.nn.sigmoid(out["pi"].astype(jnp.float32))
+  return model.apply(weights, images, train=False)
+
+
+def class_probabilities(
+  config: ml_collections.ConfigDict, model: KMCLModel, weights: dict, images: jax.Array
+) -> jax.Array:
+  """uint8 images (B, S, S, 3) -> sigmoid class probabilities (B, K), float32."""
+  return jax.nn.sigmoid(eval_outputs(config, model, weights, images)["pi"].astype(jnp.float32))
 
 
 def make_eval_step(config: ml_collections.ConfigDict, model: KMCLModel):
