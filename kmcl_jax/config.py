@@ -21,7 +21,7 @@ import ml_collections
 from etils import epath
 
 from kmcl_jax import losses, optim, profiling
-from kmcl_jax.data import pipeline, transforms
+from kmcl_jax.data import data_config, transforms
 from kmcl_jax.models.kmm import VARIANCES
 from kmcl_jax.models.tresnet import ARCHITECTURES, create_backbone
 from kmcl_jax.state import compute_dtype
@@ -374,7 +374,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(config.data.worker_count >= 0, "data.worker_count", "a non-negative integer")
   require(config.data.read_threads >= 1, "data.read_threads", "a positive integer")
   require(bool(config.data.name), "data.name", "a dataset name (see kmcl_jax.data)")
-  pipeline.check_data_config(config.data)
+  data_config.check_data_config(config.data)
   profiling.parse_steps(config.profile_steps)
   if initial_weights(config):
     require(

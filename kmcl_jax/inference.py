@@ -24,8 +24,8 @@ from kmcl_jax import config as config_lib
 from kmcl_jax import metrics as metrics_lib
 from kmcl_jax import optim
 from kmcl_jax.checkpointing import BEST, LATEST, Checkpoints
-from kmcl_jax.data import create_eval_dataset, get_source
-from kmcl_jax.data.pipeline import source_options
+from kmcl_jax.data import create_eval_dataset
+from kmcl_jax.data.data_config import split_source
 from kmcl_jax.errors import RunStopped
 from kmcl_jax.evaluation import evaluate, result_record
 from kmcl_jax.files import replace_file
@@ -53,9 +53,7 @@ def run_class_names(config, workdir: str) -> list[str]:
   if run is not None:
     return run["class_names"]
   data = config.data
-  return list(
-    get_source(data.name, data.eval_split, data.root, **source_options(data, False)).class_names
-  )
+  return list(split_source(data, data.eval_split, training=False).class_names)
 
 
 def load_state(

@@ -10,9 +10,11 @@ A record is a dict:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -248,3 +250,62 @@ def multi_hot(label_lists: Sequence[Sequence[int]], num_classes: int) -> np.ndar
 def parse_error(path: str, line_number: int, line: str, expected: str) -> ValueError:
   """The error for a malformed annotation line: file, 1-based line number, what was expected."""
   return ValueError(f"{path}, line {line_number}: expected {expected}, got {line.rstrip()!r}.")
+
+
+def check_image_headers(source, *, skip_corrupt: bool, threads: int) -> list[str]:
+  """Reads the header and last KiB of every image file of `source` (no decoding) and
+  returns what is wrong with each bad one; raises CorruptImageError naming the first
+  unless `skip_corrupt`. Sources that are not files have nothing to check: the demo set
+  renders its images and TFDS checked its records when it prepared them."""
+  if not isinstance(source, ImageFileSource):
+    return []
+  start = time.perf_counter()
+  paths = list(source.paths)
+  chunks = [paths[i::threads] for i in range(threads)]
+  # Threads overlap the file reads; the header parsing itself holds the GIL.
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    problems = sorted(
+      p for chunk in pool.map(lambda c: [header_problem(x) for x in c], chunks) for p in chunk if p
+    )
+  logging.info(
+    "Checked the headers of the %d images of %s in %.1f s: %d unreadable.",
+    len(paths),
+    source.name,
+    time.perf_counter() - start,
+    len(problems),
+  )
+  if problems and not skip_corrupt:
+    raise CorruptImageError(
+      f"{problems[0]} ({len(problems)} unreadable image(s) in {source.name}, found "
+      "before training; data.skip_corrupt=True leaves them out of the evaluation)."
+    )
+  for problem in problems:
+    logging.warning("Unreadable evaluation image (skipped, data.skip_corrupt): %s", problem)
+  return problems
+
+
+def check_image_files(source, *, skip_corrupt: bool, threads: int) -> list[str]:
+  """The image files of `source` that do not exist (a stat each, nothing read); raises
+  FileNotFoundError naming the first unless `skip_corrupt`, which leaves them out of
+  training (each is then skipped as undecodable when its turn comes)."""
+  if not isinstance(source, ImageFileSource):
+    return []
+  paths = list(source.paths)
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    exists = list(pool.map(file_exists, paths))
+  missing = [path for path, found in zip(paths, exists, strict=True) if not found]
+  if missing and not skip_corrupt:
+    raise FileNotFoundError(
+      f"{missing[0]}: no such image file ({len(missing)} of the {len(paths)} images of "
+      f"{source.name} are missing, found before training; data.skip_corrupt=True trains "
+      "without them)."
+    )
+  if missing:
+    logging.warning(
+      "%d of the %d images of %s are missing and are skipped (data.skip_corrupt), such as %s",
+      len(missing),
+      len(paths),
+      source.name,
+      missing[0],
+    )
+  return missing

@@ -7,9 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kmcl_jax.data import split_checks
+from kmcl_jax.data.data_config import split_source
 from kmcl_jax.data.inspect import images, report
-from kmcl_jax.data.pipeline import source_options
-from kmcl_jax.data.sources import get_source
 
 
 def inspect_splits(
@@ -26,7 +25,7 @@ def inspect_splits(
   records, statistics, classes = {}, {}, None
   for split in splits:
     training = split == data.train_split
-    source = get_source(data.name, split, data.root, **source_options(data, training))
+    source = split_source(data, split, training)
     counted = split_checks.split_statistics(source)
     problems = images.image_problems(source, decode=decode, threads=threads)
     warning = split_checks.absent_class_warning(counted, training)
