@@ -1,5 +1,6 @@
 """Session-wide test settings."""
 
+import fcntl
 import os
 import subprocess
 import tempfile
@@ -13,16 +14,41 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="kmcl
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
+def pytest_xdist_auto_num_workers(config):
+  """Workers for `-n auto` (setup.cfg's addopts): one per core this process may use, at
+  most 4, since many tests start training processes of their own (2 GB and several
+  threads each)."""
+  return min(4, len(os.sched_getaffinity(0)))
+
+
+def shared_by_workers(tmp_path_factory):
+  """The session's temporary folder common to all pytest-xdist workers (each worker's own
+  folder lies in it), or the session's folder when the tests run in one process."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory):
   """The uninterrupted single-device demo run (tests/runs.py) other runs are compared
-  with, trained once per session."""
-  workdir = tmp_path_factory.mktemp("reference")
-  finish(
-    subprocess.Popen(
-      main_command(workdir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-  )
+  with, trained once per session: the first worker to need it trains it while the others
+  wait on the lock. Tests read it and copy it; none writes into it."""
+  shared = shared_by_workers(tmp_path_factory)
+  workdir, done = shared / "reference", shared / "reference.done"
+  with open(shared / "reference.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      workdir.mkdir(exist_ok=True)
+      finish(
+        subprocess.Popen(
+          main_command(workdir),
+          cwd=ROOT,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+        )
+      )
+      done.touch()
   return workdir
 
 

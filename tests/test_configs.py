@@ -95,8 +95,18 @@ def _flatten(tree, prefix=""):
       yield f"{prefix}{key}", value
 
 
+# One variant per program: temperature_0.5 and embedding_256 differ from their siblings by
+# one number, and coco_subset's model and loss are the recipe's (its data fields are
+# checked above, and the demo data stands in for COCO here).
+TRAINED_ABLATIONS = tuple(
+  v
+  for v in config_module("ablations").VARIANTS
+  if v not in ("temperature_0.5", "embedding_256") and not v.startswith("coco_subset")
+)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", config_module("ablations").VARIANTS)
+@pytest.mark.parametrize("variant", TRAINED_ABLATIONS)
 def test_every_ablation_trains_two_steps_on_the_demo_data(variant):
   import jax
   import numpy as np

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -13,13 +14,15 @@ from runs import ROOT, main_command
 pytestmark = [pytest.mark.slow, pytest.mark.core]
 
 
-def test_eval_mode_reproduces_the_trained_map(reference_run):
+def test_eval_mode_reproduces_the_trained_map(tmp_path, reference_run):
+  workdir = tmp_path / "run"  # eval writes into its workdir; the reference run stays as trained
+  shutil.copytree(reference_run, workdir, ignore=shutil.ignore_patterns(".lock"))
   result = subprocess.run(
-    main_command(reference_run, "--mode=eval"), cwd=ROOT, capture_output=True, text=True
+    main_command(workdir, "--mode=eval"), cwd=ROOT, capture_output=True, text=True
   )
   assert result.returncode == 0, result.stderr[-3000:]
   trained = json.loads((reference_run / "summary.json").read_text())
-  scored = json.loads((reference_run / "eval.json").read_text())
+  scored = json.loads((workdir / "eval.json").read_text())
   for key in ("map", "map_model", "map_ema", "OF1", "CF1"):
     assert scored[key] == trained[key], key
   assert scored["images"] == 1000 and len(scored["ap"]) == 10
