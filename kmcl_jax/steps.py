@@ -122,14 +122,22 @@ def make_train_step(
   return train_step
 
 
-def class_probabilities(
+def model_outputs(
   config: ml_collections.ConfigDict, model: KMCLModel, weights: dict, images: jax.Array
-) -> jax.Array:
-  """uint8 images (B, S, S, 3) -> sigmoid class probabilities (B, K), float32.
+) -> dict[str, jax.Array | None]:
+  """uint8 images (B, S, S, 3) -> the model's outputs in inference mode ({"features",
+  "pi", "mu", "var"}, `KMCLModel`'s).
 
   `weights` is {"params", "batch_stats"} (`TrainState.weights`)."""
   images = transforms.normalize(images, tuple(config.data.mean), tuple(config.data.std))
-  out = model.apply(weights, images, train=False)
+  return model.apply(weights, images, train=False)
+
+
+def class_probabilities(
+  config: ml_collections.ConfigDict, model: KMCLModel, weights: dict, images: jax.Array
+) -> jax.Array:
+  """uint8 images (B, S, S, 3) -> sigmoid class probabilities (B, K), float32."""
+  out = model_outputs(config, model, weights, images)
   return jax.nn.sigmoid(out["pi"].astype(jnp.float32))
 
 

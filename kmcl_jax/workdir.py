@@ -166,6 +166,17 @@ def read_run(workdir: str) -> dict | None:
     ) from error
 
 
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config WORKDIR/run.json records, the one the run was started with."""
+  run = read_run(workdir)
+  if run is None:
+    raise WorkdirError(
+      f"{epath.Path(workdir) / RUN_FILE} does not exist: {workdir} is not the folder of a "
+      "training run (a run writes it when it starts)."
+    )
+  return ml_collections.ConfigDict(run["config"])
+
+
 def saved_step(run: dict) -> int:
   """The newest step a run recorded in its run.json as saved or resumed from (0: none)."""
   return max([run.get("saved_step") or 0, *(r["step"] for r in run.get("resumes", []))])

@@ -18,7 +18,8 @@ LOCAL_SOURCES = {
   "adp": adp_source,
 }
 TFDS_PREFIX = "tfds:"
-NAMES = tuple(LOCAL_SOURCES) + ("demo", "tfds:voc/2007", "tfds:coco/2014")
+DEMO_NAMES = ("demo", "demo_correlated")
+NAMES = tuple(LOCAL_SOURCES) + DEMO_NAMES + ("tfds:voc/2007", "tfds:coco/2014")
 OPTIONS = {"coco2014": ("subset_ids",), "chestxray14": ("drop_no_finding", "fraction")}
 
 
@@ -32,7 +33,7 @@ def get_source(name: str, split: str, root: str | None = None, **options):
   Args:
     name: one of NAMES.
     split: the dataset's own split name (VOC `trainval`/`test`, COCO `train`/`val`, ...).
-    root: the dataset folder (the TFDS data_dir for `tfds:` names); unused by `demo`.
+    root: the dataset folder (the TFDS data_dir for `tfds:` names); unused by the demo sets.
     **options: the dataset's own options, OPTIONS[name]: `coco2014` subset_ids (a CSV of
       image ids the split is restricted to), `chestxray14` drop_no_finding and fraction.
   """
@@ -42,8 +43,8 @@ def get_source(name: str, split: str, root: str | None = None, **options):
       f"data: dataset {name!r} has no option {unknown[0]!r}; its options are "
       f"{OPTIONS.get(name, ())}."
     )
-  if name == "demo":
-    return DigitGridSource(split)
+  if name in DEMO_NAMES:
+    return DigitGridSource(split, correlated=name == "demo_correlated")
   if name.startswith(TFDS_PREFIX):
     return tfds_source(name[len(TFDS_PREFIX) :], split, root)
   if name not in LOCAL_SOURCES:
