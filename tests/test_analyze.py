@@ -119,9 +119,17 @@ def test_an_asl_only_head_is_analysed_through_its_logits():
   record, _ = analysis.analyse_variant(
     {"logits": logits}, positives, np.zeros_like(positives), data, ["a", "b", "c"], 8, classifier
   )
-  assert record["uncertainty"] is None and list(record["affinity"]) == ["logit_correlation"]
+  assert record["uncertainty"] is None
+  assert list(record["affinity"]) == ["logit_correlation", "classifier_cosine"]
   np.testing.assert_allclose(
     record["affinity"]["logit_correlation"]["matrix"], np.corrcoef(logits.T), atol=1e-12
+  )
+  cosine = record["affinity"]["classifier_cosine"]["matrix"]
+  assert cosine[0, 2] == pytest.approx(
+    classifier[:, 0]
+    @ classifier[:, 2]
+    / np.linalg.norm(classifier[:, 0])
+    / np.linalg.norm(classifier[:, 2])
   )
   assert "classifier" in record["class_map"]["what"]
   assert record["map"] > 90  # logits that follow the labels
@@ -151,6 +159,7 @@ def test_the_analysis_of_the_reference_run(reference_run, tmp_path):
       "kernel_prototype",
       "prototype_means",
       "logit_correlation",
+      "classifier_cosine",
     }
     pair = np.array(affinity["kernel_pair"]["matrix"], float)
     np.testing.assert_allclose(pair, pair.T, rtol=1e-5)

@@ -12,8 +12,11 @@ affinity's top pairs):
   prototype_means   minus the Euclidean distance between the prototypes' means (what
                     the class map shows; BD also weighs the classes' variances, which
                     differ from class to class)
-  logit_correlation the correlation of the two classes' logits over the split: any head,
-                    the only one an ASL-only run has
+  logit_correlation the correlation of the two classes' logits over the split (any head;
+                    a classifier that is always right reaches the labels' own correlation)
+  classifier_cosine the cosine similarity of the two classes' weight vectors in the logit
+                    layer (any head; the learned parameters alone, no image)
+An ASL-only run has the last two.
 """
 
 from __future__ import annotations
@@ -79,7 +82,11 @@ def analyse_variant(
   kernel (the class map of a head without kernels)."""
   scores = 1.0 / (1.0 + np.exp(-outputs["logits"].astype(np.float64)))
   ap = 100 * metrics_lib.average_precision(scores, positives.astype(np.float32), ignore)
-  affinities = {"logit_correlation": logit_correlation(outputs["logits"])}
+  unit_weights = classifier / np.linalg.norm(classifier, axis=0, keepdims=True)
+  affinities = {
+    "logit_correlation": logit_correlation(outputs["logits"]),
+    "classifier_cosine": unit_weights.T @ unit_weights,
+  }
   record = {"map": float(ap.mean()), "ap": _as_dict(class_names, ap)}
   plotted = {"ap": ap, "affinities": affinities}
   if "class_variance" in outputs:

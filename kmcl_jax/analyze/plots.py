@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +16,7 @@ AFFINITY_TITLES = {
   "kernel_prototype": "learned: -BD of the class prototypes",
   "prototype_means": "learned: -distance of the prototypes' means",
   "logit_correlation": "learned: correlation of the logits",
+  "classifier_cosine": "learned: cosine of the classifier weights",
 }
 
 
@@ -55,9 +57,14 @@ def write_plots(
     save_figure(figure, folder / name)
 
   affinities = plotted["affinities"]
-  figure, axes = plt.subplots(1, 1 + len(affinities), figsize=(5.2 * (1 + len(affinities)), 4.6))
+  panels = 1 + len(affinities)
+  rows, columns = math.ceil(panels / 3), min(panels, 3)
+  figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.6 * rows), squeeze=False)
+  axes = axes.ravel()
   _heatmap(figure, axes[0], data["conditional"], class_names, "data: P(column | row)")
-  for axis, (name, matrix) in zip(axes[1:], affinities.items(), strict=True):
+  for axis in axes[panels:]:
+    axis.set_axis_off()
+  for axis, (name, matrix) in zip(axes[1:panels], affinities.items(), strict=True):
     agreement = record["affinity"][name]
     recovered = agreement["recovered"]
     _heatmap(
