@@ -38,7 +38,8 @@ def _as_dict(class_names: Sequence[str], values: np.ndarray) -> dict[str, float]
 def kernel_affinities(
   outputs: dict, counts: np.ndarray, dim: int
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-  """({"kernel_pair", "kernel_prototype"} (K, K) affinities, prototype means (K, D),
+  """({"kernel_pair", "kernel_prototype", "prototype_means"} (K, K) affinities (the
+  module docstring's), prototype means (K, D),
   prototype variances (K, D)) from a variant's collected sums; `counts` (K, K) images
   positive for both classes, `dim` the head's feature dimension."""
   both = np.where(counts > 0, counts, np.nan)
