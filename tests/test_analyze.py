@@ -53,9 +53,12 @@ def test_pair_agreement_and_the_class_map():
   affinity[2, 3] = affinity[3, 2] = 1.9
   agreement = statistics.pair_agreement(pmi, affinity)
   assert agreement["recovered"] == 1.0 and agreement["pairs"] == 6
+  assert agreement["nearest_partner"] == 1.0
   assert agreement["rank_correlation"] == pytest.approx(1 - 6 * 2 / (6 * 35))
   affinity[0, 2] = affinity[2, 0] = 5.0  # now a weak pair is the top one
-  assert statistics.pair_agreement(pmi, affinity)["recovered"] == 0.5
+  agreement = statistics.pair_agreement(pmi, affinity)
+  # Classes 0 and 2 are each other's nearest; 1 and 3 still have their partners.
+  assert agreement["recovered"] == 0.5 and agreement["nearest_partner"] == 0.5
   # Points on a line in 3-D: one axis explains everything.
   points = np.outer([0.0, 1, 2, 5], [1.0, 2, -1])
   coordinates, explained = statistics.principal_map(points)

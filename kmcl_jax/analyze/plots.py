@@ -73,7 +73,12 @@ def write_plots(
       matrix,
       class_names,
       f"{AFFINITY_TITLES[name]}\nrank corr. with PMI {agreement['rank_correlation']:.2f}"
-      + ("" if recovered is None else f", strong pairs found {recovered:.0%}"),
+      + (
+        ""
+        if recovered is None
+        else f"\nstrong pairs on top {recovered:.0%}, partner nearest "
+        f"{agreement['nearest_partner']:.0%}"
+      ),
     )
   figure.suptitle(f"Label co-occurrence and learned class affinity ({variant})")
   save(figure, f"affinity_{variant}.png")

@@ -93,15 +93,25 @@ def top_pairs(affinity: np.ndarray, count: int) -> list[tuple[int, int]]:
 def pair_agreement(pmi: np.ndarray, affinity: np.ndarray) -> dict:
   """How a learned (K, K) affinity (higher: closer) follows the data's PMI:
   {"rank_correlation" over the pairs both define, "pairs" that count, "recovered" the
-  share of the data's `strong_pairs` among as many top pairs of the affinity (None
-  without strong pairs)}."""
+  share of the data's `strong_pairs` among as many top pairs of the affinity,
+  "nearest_partner" the share of the classes in a strong pair whose highest-affinity
+  other class is a strong partner (per class, so blind to a class-wide scale of the
+  affinity; both None without strong pairs)}."""
   data_pairs, learned = upper_pairs(pmi), upper_pairs(affinity)
   strong = strong_pairs(pmi)
   found = set(top_pairs(affinity, len(strong)))
+  partners = {i: set() for pair in strong for i in pair}
+  for i, j in strong:
+    partners[i].add(j)
+    partners[j].add(i)
+  others = np.nan_to_num(affinity, nan=-np.inf)
+  np.fill_diagonal(others, -np.inf)
+  nearest = [int(np.argmax(others[i])) in partners[i] for i in partners]
   return {
     "rank_correlation": rank_correlation(data_pairs, learned),
     "pairs": int((np.isfinite(data_pairs) & np.isfinite(learned)).sum()),
     "recovered": len(found & set(strong)) / len(strong) if strong else None,
+    "nearest_partner": float(np.mean(nearest)) if strong else None,
   }
 
 
