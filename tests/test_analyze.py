@@ -119,11 +119,21 @@ def test_an_asl_only_head_is_analysed_through_its_logits():
   logits = np.where(positives, 2.0, -2.0) + rng.normal(size=(40, 3))
   data = statistics.cooccurrence(positives)
   classifier = rng.normal(size=(8, 3))
+  features = rng.normal(size=(40, 8))
+  outputs = {"logits": logits, "feature_sum": features.T @ positives}
   record, _ = analysis.analyse_variant(
-    {"logits": logits}, positives, np.zeros_like(positives), data, ["a", "b", "c"], 8, classifier
+    outputs, positives, np.zeros_like(positives), data, ["a", "b", "c"], 8, classifier
   )
   assert record["uncertainty"] is None
-  assert list(record["affinity"]) == ["logit_correlation", "classifier_cosine"]
+  assert list(record["affinity"]) == [
+    "logit_correlation",
+    "classifier_cosine",
+    "feature_prototypes",
+  ]
+  means = [features[positives[:, k]].mean(0) for k in range(3)]
+  assert record["affinity"]["feature_prototypes"]["matrix"][1, 2] == pytest.approx(
+    -np.linalg.norm(means[1] - means[2])
+  )
   np.testing.assert_allclose(
     record["affinity"]["logit_correlation"]["matrix"], np.corrcoef(logits.T), atol=1e-12
   )
@@ -163,6 +173,7 @@ def test_the_analysis_of_the_reference_run(reference_run, tmp_path):
       "prototype_means",
       "logit_correlation",
       "classifier_cosine",
+      "feature_prototypes",
     }
     pair = np.array(affinity["kernel_pair"]["matrix"], float)
     np.testing.assert_allclose(pair, pair.T, rtol=1e-5)

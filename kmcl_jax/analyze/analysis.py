@@ -16,7 +16,11 @@ affinity's top pairs):
                     a classifier that is always right reaches the labels' own correlation)
   classifier_cosine the cosine similarity of the two classes' weight vectors in the logit
                     layer (any head; the learned parameters alone, no image)
-An ASL-only run has the last two.
+  feature_prototypes minus the Euclidean distance between the classes' mean features f
+                    over their positive images (any head): the control for the
+                    prototypes, since two classes that share most of their images have
+                    close means of anything computed from the images
+An ASL-only run has the last three.
 """
 
 from __future__ import annotations
@@ -84,9 +88,13 @@ def analyse_variant(
   scores = 1.0 / (1.0 + np.exp(-outputs["logits"].astype(np.float64)))
   ap = 100 * metrics_lib.average_precision(scores, positives.astype(np.float32), ignore)
   unit_weights = classifier / np.linalg.norm(classifier, axis=0, keepdims=True)
+  feature_prototypes = (outputs["feature_sum"] / positives.sum(0)).T
   affinities = {
     "logit_correlation": logit_correlation(outputs["logits"]),
     "classifier_cosine": unit_weights.T @ unit_weights,
+    "feature_prototypes": -np.linalg.norm(
+      feature_prototypes[:, None] - feature_prototypes[None], axis=-1
+    ),
   }
   record = {"map": float(ap.mean()), "ap": _as_dict(class_names, ap)}
   plotted = {"ap": ap, "affinities": affinities}

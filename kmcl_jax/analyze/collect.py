@@ -25,7 +25,8 @@ _sum_over_positives = functools.partial(jnp.einsum, precision=jax.lax.Precision.
 
 def make_analysis_step(config, model: KMCLModel, variants: Sequence[str]):
   """(state, batch) -> {"positives", "ignore" (B, K) bool, "mask" (B,), and per variant
-  {"logits" (B, K)} and, with a kernel head, "class_variance" (B, K) (the mean over
+  {"logits" (B, K), "feature_sum" (D, K) (the features f summed over each class's
+  positive images)} and, with a kernel head, "class_variance" (B, K) (the mean over
   dimensions of each component's variance), "pair_distance_sum" (K, K) (the class-pair
   BD of `losses.class_pair_distances` summed over the images positive for both),
   "mean_sum" and "variance_sum" (D, K) (each class's component summed over its
@@ -39,7 +40,10 @@ def make_analysis_step(config, model: KMCLModel, variants: Sequence[str]):
     result = {"positives": positives, "ignore": batch["ignore"], "mask": batch["mask"]}
     for variant in variants:
       out = model_outputs(config, model, state.weights(variant), batch["image"])
-      outputs = {"logits": out["pi"].astype(jnp.float32)}
+      outputs = {
+        "logits": out["pi"].astype(jnp.float32),
+        "feature_sum": _sum_over_positives("bk,bd->dk", y, out["features"]),
+      }
       if out["mu"] is not None:
         distances = losses.class_pair_distances(
           out["mu"], out["var"], kernel=kernel, feature_dim=out["features"].shape[-1]

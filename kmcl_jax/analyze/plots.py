@@ -17,6 +17,7 @@ AFFINITY_TITLES = {
   "prototype_means": "learned: -distance of the prototypes' means",
   "logit_correlation": "learned: correlation of the logits",
   "classifier_cosine": "learned: cosine of the classifier weights",
+  "feature_prototypes": "control: -distance of the mean features",
 }
 
 
