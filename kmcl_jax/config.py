@@ -21,7 +21,7 @@ import ml_collections
 from etils import epath
 
 from kmcl_jax import losses, optim, profiling
-from kmcl_jax.data import pipeline, transforms
+from kmcl_jax.data import data_config, transforms
 from kmcl_jax.models.kmm import VARIANCES
 from kmcl_jax.models.tresnet import ARCHITECTURES, create_backbone
 from kmcl_jax.state import compute_dtype
@@ -48,6 +48,10 @@ RESUMABLE_FIELDS = (
   "model.remat",
   "loss.block_size",
   "data.root",
+  # Where the label files are, like data.root; their classes are checked on resume.
+  "data.train_labels",
+  "data.eval_labels",
+  "data.class_list",
   # The resumed input stream starts at the restored step (batch b is a function of the
   # seed and b), so any worker or thread count, like any number of hosts, continues it.
   "data.worker_count",
@@ -161,6 +165,18 @@ def defaults() -> ml_collections.ConfigDict:
       drop_no_finding=False,  # chestxray14: drop "No Finding" images (both splits)
       train_fraction=1.0,  # chestxray14: first fraction of the train list (reference: 0.1)
       eval_fraction=1.0,  # chestxray14: first fraction of the test list (reference: 0.1)
+      # name="labels", your own images and label files (kmcl_jax/data/label_files):
+      train_labels="",  # the training label file (or the one file of every split)
+      eval_labels="",  # the evaluation label file; "": a split column, or a holdout
+      labels_format="auto",  # auto, delimited, columns, long, jsonl, coco
+      class_list="",  # class names one per line, in label order; "": sorted labels
+      image_extension="",  # added to image names without one (".jpg")
+      image_column="",  # "": the first column (JSON lines: "image")
+      label_column="",  # "": found from the header (JSON lines: "labels")
+      split_column="split",  # when a file has it: rows of train_split / eval_split
+      holdout_fraction=0.1,  # no eval file nor split column: share of images evaluated on
+      split_seed=0,  # the seed of that draw
+      tfds_labels_key="",  # tfds:NAME: its multilabel feature (KEY or KEY/FIELD); "" = the only one
     )
   )
   return config
@@ -358,7 +374,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(config.data.worker_count >= 0, "data.worker_count", "a non-negative integer")
   require(config.data.read_threads >= 1, "data.read_threads", "a positive integer")
   require(bool(config.data.name), "data.name", "a dataset name (see kmcl_jax.data)")
-  pipeline.check_data_config(config.data)
+  data_config.check_data_config(config.data)
   profiling.parse_steps(config.profile_steps)
   if initial_weights(config):
     require(

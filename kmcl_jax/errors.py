@@ -58,3 +58,21 @@ def run_program(work: Callable[[], None]) -> None:
       raise
     (logging.warning if isinstance(error, Preempted) else logging.error)("%s", error)
     sys.exit(error.exit_code if isinstance(error, RunStopped) else 1)
+
+
+def quiet_orbax(record) -> bool:
+  """Keeps orbax's per-save INFO chatter (dozens of lines a checkpoint) out of the log,
+  and the tracebacks with which its background threads and their asyncio tasks repeat
+  one failure (a full disk) a few hundred lines at a time: the run reports it in one
+  sentence. --verbosity=1 keeps everything. A filter for absl's log handler, which the
+  programs that read or write checkpoints install."""
+  if logging.get_verbosity() >= 1:
+    return True
+  if f"{os.sep}orbax{os.sep}" in record.pathname:
+    if record.levelno >= logging.converter.STANDARD_ERROR:
+      record.exc_info, record.exc_text = None, None
+    return record.levelno >= logging.converter.STANDARD_WARNING
+  if record.name == "asyncio" and record.exc_info:
+    frames = traceback.extract_tb(record.exc_info[2])
+    return not any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
+  return True

@@ -16,7 +16,6 @@ import io
 import os
 
 import jax
-import numpy as np
 from absl import logging
 from etils import epath
 from jax.sharding import Mesh
@@ -24,9 +23,9 @@ from jax.sharding import Mesh
 from kmcl_jax import config as config_lib
 from kmcl_jax import metrics as metrics_lib
 from kmcl_jax import optim
-from kmcl_jax.checkpointing import Checkpoints
-from kmcl_jax.data import create_eval_dataset, get_source, transforms
-from kmcl_jax.data.image_files import CorruptImageError, decode_image
+from kmcl_jax.checkpointing import BEST, LATEST, Checkpoints
+from kmcl_jax.data import create_eval_dataset
+from kmcl_jax.data.data_config import split_source
 from kmcl_jax.errors import RunStopped
 from kmcl_jax.evaluation import evaluate, result_record
 from kmcl_jax.files import replace_file
@@ -34,33 +33,36 @@ from kmcl_jax.mesh import create_mesh, replicated
 from kmcl_jax.models import KMCLModel
 from kmcl_jax.reporting import to_json
 from kmcl_jax.state import (
+  VARIANT_CHOICES,
   TrainState,
   abstract_state,
   create_model,
   initial_state,
   load_initial_weights,
 )
-from kmcl_jax.steps import class_probabilities, make_eval_step
+from kmcl_jax.steps import make_eval_step
 from kmcl_jax.workdir import check_scoring, read_run
 
 EVAL_FILE = "eval.json"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def _class_names(config, workdir: str) -> list[str]:
+def run_class_names(config, workdir: str) -> list[str]:
   """From WORKDIR/run.json (written by training), else from the dataset's eval split."""
   run = read_run(workdir)
   if run is not None:
     return run["class_names"]
-  return list(get_source(config.data.name, config.data.eval_split, config.data.root).class_names)
+  data = config.data
+  return list(split_source(data, data.eval_split, training=False).class_names)
 
 
 def load_state(
   config, workdir: str, class_names, mesh: Mesh, step: int | None = None
-) -> tuple[KMCLModel, TrainState, str, str]:
-  """(model, state, where the weights came from, the variant that scored best) for
-  inference: WORKDIR's checkpoint when it has one (checked against its run.json), else
-  config.init_from's converted model (whose model and "EMA" are the same weights)."""
+) -> tuple[KMCLModel, TrainState, str, str, str]:
+  """(model, state, where the weights came from, the variant that scored best, the
+  folder they were read from) for inference: WORKDIR's checkpoint when it has one
+  (checked against its run.json), else config.init_from's converted model (whose model
+  and "EMA" are the same weights)."""
   model = create_model(config, len(class_names))
   # Only the optimiser state's structure matters here, not its schedule's length.
   optimizer = optim.create_optimizer(config.optim, total_steps=100)
@@ -81,17 +83,38 @@ def load_state(
       if restored is not None:  # None: a trainer deleted every one while they were read
         state, restored_step = restored
         origin = f"{workdir} step {restored_step}"
-        return model, state, origin, checkpoints.best_variant() or "model"
+        kind = BEST if restored_step in checkpoints.best.all_steps() else LATEST
+        folder = os.fspath(checkpoints.root / kind / str(restored_step))
+        return model, state, origin, checkpoints.best_variant() or "model", folder
   finally:
     checkpoints.close()
   if config_lib.initial_weights(config):
     state = initial_state(config, model, optimizer, replicated(mesh))
     weights = load_initial_weights(state, config.init_from, config, len(class_names))
-    return model, weights, config.init_from, "model"
+    return model, weights, config.init_from, "model", config.init_from
   raise FileNotFoundError(
     f"--workdir={workdir!r} has no checkpoint (best/ or checkpoints/); "
     "train first or set --config.init_from to a converted model."
   )
+
+
+def load_weights(
+  config, workdir: str, class_names, step: int | None = None, variant: str = "auto"
+) -> tuple[dict, str, str, str]:
+  """({"params", "batch_stats"} of one variant, where they came from, that variant, the
+  folder they were read from), found as `load_state` finds them: the one choice of
+  weights for --mode=predict, `kmcl_jax.Classifier` and `kmcl_jax.export`.
+
+  `variant` is "model", "ema" or "auto": the one that scored the best checkpoint's mAP
+  (the model, for a converted model).
+  """
+  if variant not in VARIANT_CHOICES:
+    raise ValueError(f"variant={variant!r}: expected one of {', '.join(VARIANT_CHOICES)}.")
+  _, state, origin, best_variant, folder = load_state(
+    config, workdir, class_names, create_mesh(), step
+  )
+  chosen = best_variant if variant == "auto" else variant
+  return state.weights(chosen), origin, chosen, folder
 
 
 def _writable(workdir: str) -> bool:
@@ -118,7 +141,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   mesh = create_mesh()
   eval_batches, source = create_eval_dataset(config)
   class_names = list(source.class_names)
-  model, state, origin, _ = load_state(config, workdir, class_names, mesh, step)
+  model, state, origin, _, _ = load_state(config, workdir, class_names, mesh, step)
   eval_step = jax.jit(make_eval_step(config, model), out_shardings=replicated(mesh))
   results = evaluate(eval_step, state, eval_batches, mesh, config.threshold)
   report = {
@@ -174,52 +197,35 @@ def predict(
   config, workdir: str, inputs: str, output: str, step: int | None = None, variant: str = "auto"
 ) -> list[dict]:
   """Class probabilities and predicted label sets (score >= config.threshold) for every
-  readable image of `inputs`, written to `output` (.csv or .json). Unreadable images
-  are logged and skipped. Returns the rows."""
+  readable image of `inputs`, written to `output` (.csv or .json) by
+  `kmcl_jax.Classifier`. Unreadable images are logged and skipped. Returns the rows."""
+  # classifier.py loads its weights through this module.
+  from kmcl_jax.classifier import Classifier
+
   if jax.process_count() > 1:
     raise ValueError("--mode=predict runs as a single process.")
   if not output.endswith((".csv", ".json")):
     raise ValueError(f"--output={output!r}: expected a .csv or .json file name.")
   config_lib.validate(config)
   paths = find_images(inputs)
-  class_names = _class_names(config, workdir)
-  mesh = create_mesh()
-  model, state, origin, best_variant = load_state(config, workdir, class_names, mesh, step)
-  if variant == "auto":  # the one that scored the best checkpoint's mAP
-    variant = best_variant
-  weights = state.weights(variant)
-  probabilities = jax.jit(lambda images: class_probabilities(config, model, weights, images))
-
-  readable, unreadable, scores = [], [], []
-  batch = config.eval_batch_size
-  for start in range(0, len(paths), batch):
-    images = []
-    for path in paths[start : start + batch]:
-      try:
-        images.append(transforms.eval_image(decode_image(path), config.data.image_size))
-        readable.append(path)
-      except CorruptImageError as error:
-        logging.warning("Skipping %s", error)
-        unreadable.append(path)
-    if images:
-      padded = np.zeros((batch, *images[0].shape), np.uint8)
-      padded[: len(images)] = np.stack(images)
-      scores.append(np.asarray(probabilities(padded))[: len(images)])
-  scores = np.concatenate(scores) if scores else np.zeros((0, len(class_names)))
+  classifier = Classifier.load(workdir, config=config, step=step, variant=variant)
+  scored = classifier.predict(paths, batch_size=config.eval_batch_size, on_error="skip")
+  class_names = classifier.class_names
   rows = [
     {
-      "path": path,
+      "path": paths[index],
       "probabilities": dict(zip(class_names, map(float, row), strict=True)),
-      "labels": [n for n, p in zip(class_names, row, strict=True) if p >= config.threshold],
+      "labels": labels,
     }
-    for path, row in zip(readable, scores, strict=True)
+    for index, row, labels in zip(scored.kept, scored.probabilities, scored.labels, strict=True)
   ]
   write_predictions(rows, class_names, output)
+  unreadable = [paths[index] for index, _ in scored.skipped]
   logging.info(
     "%d images scored with the %s of %s -> %s; %d unreadable%s",
     len(rows),
-    variant,
-    origin,
+    classifier.variant,
+    classifier.origin,
     output,
     len(unreadable),
     f": {unreadable}" if unreadable else "",

@@ -20,9 +20,7 @@ traceback is printed with --verbosity=1, and always for an unexpected error (a b
 
 from __future__ import annotations
 
-import os
 import sys
-import traceback
 
 import jax
 from absl import app, flags, logging
@@ -30,7 +28,8 @@ from ml_collections import config_flags
 
 from kmcl_jax import config as config_lib
 from kmcl_jax import distributed
-from kmcl_jax.errors import run_program
+from kmcl_jax.errors import quiet_orbax, run_program
+from kmcl_jax.state import VARIANT_CHOICES
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file (path[:variant]).", lock_config=True
@@ -49,7 +48,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "predict: the .csv or .json file t
 _VARIANT = flags.DEFINE_enum(
   "variant",
   "auto",
-  ["auto", "model", "ema"],
+  VARIANT_CHOICES,
   "predict: which weights; auto = the better in the best checkpoint.",
 )
 _DISTRIBUTED = flags.DEFINE_enum(
@@ -68,23 +67,6 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in that run.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _quiet_orbax(record) -> bool:
-  """Keeps orbax's per-save INFO chatter (dozens of lines a checkpoint) out of the log,
-  and the tracebacks with which its background threads and their asyncio tasks repeat
-  one failure (a full disk) a few hundred lines at a time: the run reports it in one
-  sentence. --verbosity=1 keeps everything."""
-  if logging.get_verbosity() >= 1:
-    return True
-  if f"{os.sep}orbax{os.sep}" in record.pathname:
-    if record.levelno >= logging.converter.STANDARD_ERROR:
-      record.exc_info, record.exc_text = None, None
-    return record.levelno >= logging.converter.STANDARD_WARNING
-  if record.name == "asyncio" and record.exc_info:
-    frames = traceback.extract_tb(record.exc_info[2])
-    return not any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
-  return True
 
 
 def _is_failed_save_noise(error: BaseException, where: object = None) -> bool:
@@ -139,7 +121,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  logging.get_absl_handler().addFilter(quiet_orbax)
   sys.excepthook, sys.unraisablehook = _excepthook, _unraisablehook
   run_program(_run)
 

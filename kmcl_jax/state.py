@@ -20,6 +20,8 @@ from jax.sharding import NamedSharding
 from kmcl_jax.models import KMCLModel
 
 VARIANTS = ("model", "ema")  # the two sets of weights a state holds
+# What scoring may ask for: a variant, or "auto", the one that scored the best checkpoint.
+VARIANT_CHOICES = ("auto", *VARIANTS)
 
 
 @flax.struct.dataclass

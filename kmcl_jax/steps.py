@@ -122,11 +122,11 @@ def make_train_step(
   return train_step
 
 
-def model_outputs(
+def eval_outputs(
   config: ml_collections.ConfigDict, model: KMCLModel, weights: dict, images: jax.Array
 ) -> dict[str, jax.Array | None]:
-  """uint8 images (B, S, S, 3) -> the model's outputs in inference mode ({"features",
-  "pi", "mu", "var"}, `KMCLModel`'s).
+  """uint8 images (B, S, S, 3) -> the model's outputs in evaluation mode, `KMCLModel`'s
+  {"features", "pi", "mu", "var"}.
 
   `weights` is {"params", "batch_stats"} (`TrainState.weights`)."""
   images = transforms.normalize(images, tuple(config.data.mean), tuple(config.data.std))
@@ -137,8 +137,7 @@ def class_probabilities(
   config: ml_collections.ConfigDict, model: KMCLModel, weights: dict, images: jax.Array
 ) -> jax.Array:
   """uint8 images (B, S, S, 3) -> sigmoid class probabilities (B, K), float32."""
-  out = model_outputs(config, model, weights, images)
-  return jax.nn.sigmoid(out["pi"].astype(jnp.float32))
+  return jax.nn.sigmoid(eval_outputs(config, model, weights, images)["pi"].astype(jnp.float32))
 
 
 def make_eval_step(config: ml_collections.ConfigDict, model: KMCLModel):

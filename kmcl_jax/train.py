@@ -25,7 +25,7 @@ from absl import logging
 
 from kmcl_jax import config as config_lib
 from kmcl_jax import metrics as metrics_lib
-from kmcl_jax import optim
+from kmcl_jax import optim, workdir_lock
 from kmcl_jax import workdir as workdir_lib
 from kmcl_jax.checkpointing import Checkpoints
 from kmcl_jax.compilation import compile_ahead, enable_cache, flops
@@ -72,7 +72,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   config_lib.check_training_memory(config)
   workdir_lib.check_workdir(workdir, writable=True)
   enable_cache(config.compilation_cache, workdir)
-  with workdir_lib.exclusive(workdir):
+  with workdir_lock.exclusive(workdir):
     workdir_lib.refuse_other_run(config, workdir)
     return _train(config, workdir, start_time=time.time())
 

@@ -38,3 +38,11 @@ def gcs():
   from gcs_emulator import Emulator
 
   return Emulator()
+
+
+@pytest.fixture(scope="session")
+def tfds_data_dir(tmp_path_factory):
+  """A TFDS data_dir with tests/tfds_fixtures.py's tiny datasets prepared in it."""
+  from tfds_fixtures import prepare
+
+  return prepare(str(tmp_path_factory.mktemp("tfds")))

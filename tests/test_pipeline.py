@@ -38,7 +38,7 @@ from runs import (
   records,
 )
 
-from kmcl_jax.data import CorruptImageError, create_datasets, get_source, pipeline
+from kmcl_jax.data import CorruptImageError, create_datasets, get_source, image_files, pipeline
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -269,7 +269,7 @@ def test_a_broken_evaluation_image_fails_at_start_up_naming_it(tmp_path):
 
 def test_the_header_check_reads_no_file_of_sources_that_are_not_files():
   assert (
-    pipeline.check_image_headers(get_source("demo", "test"), skip_corrupt=False, threads=2) == []
+    image_files.check_image_headers(get_source("demo", "test"), skip_corrupt=False, threads=2) == []
   )
 
 

@@ -169,31 +169,56 @@ def test_demo_set_is_deterministic_and_its_labels_are_the_digits_drawn():
   assert not np.array_equal(train[0]["image"], test[0]["image"])
 
 
-def test_tfds_voc_through_mock_data_marks_difficult():
+def test_tfds_voc_keeps_its_labels_feature():
   import tensorflow_datasets as tfds
 
-  with tfds.testing.mock_data(num_examples=6):
-    source = get_source("tfds:voc/2007", "test")
-    assert len(source) == 6 and len(source.class_names) == 20
-    examples = tfds.data_source("voc/2007", split="test")
-    for i in range(6):
-      record, example = source[i], examples[i]
-      assert set(np.flatnonzero(record["labels"])) == set(example["labels"])
-      difficult = set(example["labels"]) - set(example["labels_no_difficult"])
-      assert set(np.flatnonzero(record["ignore"])) == difficult
-      assert record["image"].dtype == np.uint8 and record["image"].shape[-1] == 3
+  voc_features = tfds.builder("voc/2007").info.features  # its code's features, no data
+  assert tfds_source.labels_keys(voc_features) == (
+    ["labels", "labels_no_difficult"],
+    ["objects/label", "objects/pose"],
+  )
+  assert tfds_source.choose_labels_key("voc/2007", voc_features, "") == "labels"
+  with pytest.raises(ValueError, match="several multilabel features"):
+    tfds_source.choose_labels_key("voc/2007_copy", voc_features, "")
 
 
-def test_tfds_coco_records_and_the_rows_kept():
-  examples = [
-    {"objects": {"label": np.array([3, 0, 3])}, "image/id": 11},
-    {"objects": {"label": np.array([], np.int64)}, "image/id": 12},
-    {"objects": {"label": np.array([79])}, "image/id": 13},
-  ]
-  assert tfds_source.rows_with_objects(examples) == [0, 2]
-  record = tfds_source.coco_record(examples[0], 80)
-  assert sorted(np.flatnonzero(record["labels"])) == [0, 3] and record["id"] == "11"
-  assert not record["ignore"].any()
+def test_tfds_any_dataset_with_a_sequence_of_class_labels(tfds_data_dir, tmp_path):
+  from tfds_fixtures import TAGS, TAGS_SPLITS, _image
+
+  train = get_source("tfds:tiny_tags", "train", tfds_data_dir)
+  assert len(train) == 6 and tuple(train.class_names) == TAGS
+  for i in range(len(train)):
+    record = train[i]
+    k = int(record["id"].split("-")[1].split(".")[0])
+    assert sorted(np.flatnonzero(record["labels"])) == TAGS_SPLITS["train"][k]
+    np.testing.assert_array_equal(record["image"], np.asarray(_image(k)))  # PNG: lossless
+    assert not record["ignore"].any()
+    np.testing.assert_array_equal(train.annotations(i)["labels"], record["labels"])
+  assert len(get_source("tfds:tiny_tags", "train[:2]+test", tfds_data_dir)) == 5
+  with pytest.raises(ValueError, match=r"no split 'val'; its splits are \['test', 'train'\]"):
+    get_source("tfds:tiny_tags", "val", tfds_data_dir)
+  with pytest.raises(FileNotFoundError, match="not prepared|no prepared dataset.*tfds build"):
+    get_source("tfds:tiny_tags", "train", str(tmp_path))
+
+
+def test_tfds_labels_key_chooses_the_feature_difficult_and_objects(tfds_data_dir):
+  from tfds_fixtures import VOC_TRAIN
+
+  with pytest.raises(ValueError, match=r"several multilabel features \['labels', "):
+    get_source("tfds:tiny_voc", "train", tfds_data_dir)
+  with pytest.raises(ValueError, match="tfds_labels_key='boxes'.*'objects/label'"):
+    get_source("tfds:tiny_voc", "train", tfds_data_dir, labels_key="boxes")
+  by_labels = get_source("tfds:tiny_voc", "train", tfds_data_dir, labels_key="labels")
+  by_objects = get_source("tfds:tiny_voc", "train", tfds_data_dir, labels_key="objects/label")
+  assert len(by_labels) == 4 and len(by_objects) == 3  # image 3 has no object
+  for source in (by_labels, by_objects):
+    for i in range(len(source)):
+      record = source.annotations(i)
+      labels, easy, objects = VOC_TRAIN[int(record["id"][:6])]
+      wanted = labels if source is by_labels else sorted(set(objects))
+      assert sorted(np.flatnonzero(record["labels"])) == wanted
+      difficult = sorted(set(labels) - set(easy)) if source is by_labels else []
+      assert sorted(np.flatnonzero(record["ignore"])) == difficult
 
 
 # --------------------------------------------------------------------- decoding, errors

@@ -39,6 +39,7 @@ from kmcl_jax import config as config_lib
 from kmcl_jax import convert, errors, inference
 from kmcl_jax import workdir as workdir_lib
 from kmcl_jax.data import adp, create_datasets, get_source
+from kmcl_jax.data.image_files import decode_image
 from kmcl_jax.models.tresnet import create_backbone
 from kmcl_jax.train import train_and_evaluate
 from kmcl_jax.workdir import WorkdirError
@@ -107,7 +108,7 @@ def test_predictions_keep_non_utf8_file_names_and_are_strict_json(tmp_path, capl
   write_image(os.path.join(os.fsencode(tmp_path), name).decode("utf-8", "surrogateescape"))
   (path,) = inference.find_images(str(tmp_path))
   assert os.fsencode(path) == os.path.join(os.fsencode(tmp_path), name)
-  assert inference.decode_image(path).shape == (16, 20, 3)
+  assert decode_image(path).shape == (16, 20, 3)
   rows = [
     {"path": path, "probabilities": {"a": math.nan, "b": 0.5}, "labels": []},
     {"path": "plain.jpg", "probabilities": {"a": math.inf, "b": 0.25}, "labels": ["a"]},

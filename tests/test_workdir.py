@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from kmcl_jax import config as config_lib
-from kmcl_jax import workdir
+from kmcl_jax import workdir, workdir_lock
 from kmcl_jax.workdir import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,11 +100,11 @@ def test_a_damaged_run_file_is_named(tmp_path):
 
 
 def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
-  with workdir.exclusive(str(tmp_path)):
+  with workdir_lock.exclusive(str(tmp_path)):
     with pytest.raises(
       WorkdirError, match=f"{tmp_path} is in use by another run .pid {os.getpid()}"
     ):
-      with workdir.exclusive(str(tmp_path)):
+      with workdir_lock.exclusive(str(tmp_path)):
         pass
     # Through the program: the second run stops before touching anything.
     result = subprocess.run(
@@ -128,7 +128,7 @@ def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
     )
     assert "Traceback" not in result.stderr
     assert sorted(os.listdir(tmp_path)) == [".lock"]
-  with workdir.exclusive(str(tmp_path)):  # released with the block
+  with workdir_lock.exclusive(str(tmp_path)):  # released with the block
     pass
 
 
@@ -137,8 +137,8 @@ def test_the_lock_dies_with_its_process_even_on_sigkill(tmp_path):
     [
       sys.executable,
       "-c",
-      "import sys, time\nfrom kmcl_jax import workdir\n"
-      f"with workdir.exclusive({str(tmp_path)!r}):\n  print('held', flush=True)\n"
+      "import sys, time\nfrom kmcl_jax import workdir_lock\n"
+      f"with workdir_lock.exclusive({str(tmp_path)!r}):\n  print('held', flush=True)\n"
       "  time.sleep(600)",
     ],
     stdout=subprocess.PIPE,
@@ -146,11 +146,11 @@ def test_the_lock_dies_with_its_process_even_on_sigkill(tmp_path):
   )
   assert holder.stdout.readline().strip() == "held"
   with pytest.raises(WorkdirError, match=f"pid {holder.pid}"):
-    with workdir.exclusive(str(tmp_path)):
+    with workdir_lock.exclusive(str(tmp_path)):
       pass
   holder.kill()
   holder.wait()
-  with workdir.exclusive(str(tmp_path)):
+  with workdir_lock.exclusive(str(tmp_path)):
     pass
 
 
@@ -185,26 +185,26 @@ def lease_of(gcs, gcs_workdir):
 @pytest.mark.slow
 def test_a_second_run_in_a_gcs_workdir_is_refused_naming_the_holder_until_the_first_ends(gcs):
   gcs_workdir = gcs.workdir("lease")
-  with workdir.exclusive(gcs_workdir):
+  with workdir_lock.exclusive(gcs_workdir):
     (lease, _) = lease_of(gcs, gcs_workdir)
     assert lease["holder"] == f"pid {os.getpid()} on {socket.gethostname()}"
-    assert time.time() < lease["expires"] <= time.time() + workdir.LEASE_SECONDS
+    assert time.time() < lease["expires"] <= time.time() + workdir_lock.LEASE_SECONDS
     with pytest.raises(WorkdirError) as error:
-      with workdir.exclusive(gcs_workdir):
+      with workdir_lock.exclusive(gcs_workdir):
         pass
     message = str(error.value)
     assert f"{gcs_workdir} is in use by another run (pid {os.getpid()} on " in message
     assert "use another --workdir." in message and "\n" not in message
   assert lease_of(gcs, gcs_workdir) is None  # released at the end
-  with workdir.exclusive(gcs_workdir):
+  with workdir_lock.exclusive(gcs_workdir):
     pass
 
 
 @pytest.mark.slow
 def test_a_gcs_lease_is_renewed_while_held_and_taken_over_once_expired(gcs, monkeypatch):
-  monkeypatch.setattr(workdir, "LEASE_SECONDS", 0.8)
+  monkeypatch.setattr(workdir_lock, "LEASE_SECONDS", 0.8)
   gcs_workdir = gcs.workdir("lease")
-  with workdir.exclusive(gcs_workdir):
+  with workdir_lock.exclusive(gcs_workdir):
     first, generation = lease_of(gcs, gcs_workdir)
     time.sleep(0.5)  # past a renewal (every 0.2 s)
     renewed, renewed_generation = lease_of(gcs, gcs_workdir)
@@ -214,10 +214,10 @@ def test_a_gcs_lease_is_renewed_while_held_and_taken_over_once_expired(gcs, monk
   blob = gcs.blob(gcs_workdir, ".lock")
   blob.upload_from_string(json.dumps(dead))
   with pytest.raises(WorkdirError, match="pid 1 on a-host-that-died"):
-    with workdir.exclusive(gcs_workdir):
+    with workdir_lock.exclusive(gcs_workdir):
       pass
   blob.upload_from_string(json.dumps({**dead, "expires": time.time() - 1}))
-  with workdir.exclusive(gcs_workdir):
+  with workdir_lock.exclusive(gcs_workdir):
     lease, _ = lease_of(gcs, gcs_workdir)
     assert lease["holder"] == f"pid {os.getpid()} on {socket.gethostname()}"
   assert lease_of(gcs, gcs_workdir) is None

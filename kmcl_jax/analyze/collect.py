@@ -17,7 +17,7 @@ from kmcl_jax.mesh import replicated, to_global_batch
 from kmcl_jax.models import KMCLModel
 from kmcl_jax.reporting import progress
 from kmcl_jax.state import TrainState
-from kmcl_jax.steps import model_outputs
+from kmcl_jax.steps import eval_outputs
 
 # The sums over positives are float32 at full precision (see losses._dot).
 _sum_over_positives = functools.partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST)
@@ -39,7 +39,7 @@ def make_analysis_step(config, model: KMCLModel, variants: Sequence[str]):
     y = positives.astype(jnp.float32)
     result = {"positives": positives, "ignore": batch["ignore"], "mask": batch["mask"]}
     for variant in variants:
-      out = model_outputs(config, model, state.weights(variant), batch["image"])
+      out = eval_outputs(config, model, state.weights(variant), batch["image"])
       outputs = {
         "logits": out["pi"].astype(jnp.float32),
         "feature_sum": _sum_over_positives("bk,bd->dk", y, out["features"]),
@@ -66,7 +66,7 @@ def feature_dim(config, model: KMCLModel, state: TrainState) -> int:
   size = config.data.image_size
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8)
   shapes = jax.eval_shape(
-    lambda weights, x: model_outputs(config, model, weights, x), state.weights("model"), images
+    lambda weights, x: eval_outputs(config, model, weights, x), state.weights("model"), images
   )
   return int(shapes["features"].shape[-1])
 

@@ -57,7 +57,7 @@ def analyse(
   mesh = create_mesh()
   batches, source = create_eval_dataset(config)
   class_names = list(source.class_names)
-  model, state, origin, best = load_state(config, workdir, class_names, mesh)
+  model, state, origin, best, _ = load_state(config, workdir, class_names, mesh)
   variants = {"both": VARIANTS, "auto": (best,)}.get(variant, (variant,))
   total_batches = math.ceil(len(source) / config.eval_batch_size)
   collected = collect(

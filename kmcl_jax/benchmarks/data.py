@@ -37,8 +37,8 @@ from absl import app, flags
 from PIL import Image
 
 from kmcl_jax.benchmarks.inputs import write_photos
-from kmcl_jax.data import pipeline, transforms
-from kmcl_jax.data.image_files import ImageFileSource, decode_image, read_rgb
+from kmcl_jax.data import data_config, pipeline, transforms
+from kmcl_jax.data.image_files import ImageFileSource, check_image_headers, decode_image, read_rgb
 
 _IMAGES = flags.DEFINE_integer("images", 512, "JPEG files to write and read.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Images per batch.")
@@ -223,7 +223,7 @@ def print_stages(source: ImageFileSource) -> None:
     print(f"  {name:<36} {ms:7.3f} ms")
   total = sum(times.values())
   print(f"  {'sum':<36} {total:7.3f} ms = {1e3 / total:6.1f} img/s per core")
-  for augment_on in pipeline.AUGMENT_ON:
+  for augment_on in data_config.AUGMENT_ON:
     per_cpu, per_wall = whole_path_rate(source, size, augment_on)
     print(
       f"Whole path, augment_on={augment_on}, read in one thread: {per_cpu:6.1f} img/s per "
@@ -255,7 +255,7 @@ def print_header_check(folder: str, count: int) -> None:
   )
   for threads in (1, _READ_THREADS.value, 8):
     start = time.perf_counter()
-    pipeline.check_image_headers(source, skip_corrupt=False, threads=threads)
+    check_image_headers(source, skip_corrupt=False, threads=threads)
     seconds = time.perf_counter() - start
     print(
       f"Header check, {count} files (page cache warm), {threads} threads: {seconds:.2f} s = "

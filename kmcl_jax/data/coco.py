@@ -44,6 +44,18 @@ def read_instances(path: str) -> tuple[list[str], list[int], list[str], list[lis
   try:
     with open(path) as f:
       data = json.load(f)
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path}: not valid JSON ({error}).") from error
+  return instances(data, path)
+
+
+def instances(
+  data: dict, path: str, keep_unannotated: bool = False
+) -> tuple[list[str], list, list[str], list[list[int]]]:
+  """(class names in category id order, image ids, file names, class indices per image)
+  of the parsed COCO instances `data` of file `path`, sorted by image id: the images with
+  at least one annotation, or every image if `keep_unannotated`."""
+  try:
     categories = sorted(data["categories"], key=lambda c: c["id"])
     index_of_category = {c["id"]: i for i, c in enumerate(categories)}
     file_names = {}
@@ -64,14 +76,12 @@ def read_instances(path: str) -> tuple[list[str], list[int], list[str], list[lis
       classes_of_image.setdefault(annotation["image_id"], set()).add(
         index_of_category[annotation["category_id"]]
       )
-  except json.JSONDecodeError as error:
-    raise ValueError(f"{path}: not valid JSON ({error}).") from error
   except (KeyError, TypeError) as error:
     raise ValueError(
       f"{path}: expected COCO instances with 'images', 'annotations' and "
       f"'categories' (missing or unknown {error})."
     ) from error
-  image_ids = sorted(classes_of_image)
+  image_ids = sorted(set(classes_of_image) | (set(file_names) if keep_unannotated else set()))
   missing = [i for i in image_ids if i not in file_names]
   if missing:
     raise ValueError(f"{path}: annotations refer to image id {missing[0]}, which 'images' lacks.")
@@ -79,7 +89,7 @@ def read_instances(path: str) -> tuple[list[str], list[int], list[str], list[lis
     [c["name"] for c in categories],
     image_ids,
     [file_names[i] for i in image_ids],
-    [sorted(classes_of_image[i]) for i in image_ids],
+    [sorted(classes_of_image.get(i, ())) for i in image_ids],
   )
 
 

@@ -10,12 +10,16 @@ A record is a dict:
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from absl import logging
+from etils import epath
 from PIL import Image
 
 
@@ -36,11 +40,28 @@ _END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND"}
 _SCALABLE_FORMATS = ("JPEG", "MPO")  # decoders that honour Image.draft
 
 
+@contextlib.contextmanager
+def open_image(path: str) -> Iterator[Image.Image]:
+  """The image file `path`, local or on an object store (gs://), opened by PIL (not yet
+  decoded)."""
+  if "://" not in path:
+    with Image.open(path) as image:
+      yield image
+    return
+  with epath.Path(path).open("rb") as f, Image.open(f) as image:
+    yield image
+
+
+def file_exists(path: str) -> bool:
+  """Whether the file `path` (local or gs://) exists."""
+  return epath.Path(path).is_file() if "://" in path else os.path.isfile(path)
+
+
 def read_rgb(path: str) -> Image.Image:
   """Reads an image file into a decoded RGB PIL image (at most MAX_DECODED_PIXELS);
   raises CorruptImageError naming `path`."""
   try:
-    with Image.open(path) as image:
+    with open_image(path) as image:
       bound_decoded_size(image, path)
       return to_rgb(image)
   except CorruptImageError:
@@ -99,7 +120,7 @@ def header_problem(path: str) -> str | None:
   decode it). Damage inside the compressed data is found only by decoding.
   """
   try:
-    with Image.open(path) as image:
+    with open_image(path) as image:
       width, height = image.size
       if width * height > MAX_DECODED_PIXELS and image.format not in _SCALABLE_FORMATS:
         return (
@@ -108,7 +129,8 @@ def header_problem(path: str) -> str | None:
         )
       marker = _END_MARKERS.get(image.format)
       if marker:
-        image.fp.seek(-min(_TAIL_BYTES, os.path.getsize(path)), os.SEEK_END)
+        size = image.fp.seek(0, os.SEEK_END)
+        image.fp.seek(-min(_TAIL_BYTES, size), os.SEEK_END)
         if marker not in image.fp.read(_TAIL_BYTES):
           return f"{path}: the {image.format} file is cut short (no end marker)"
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -228,3 +250,62 @@ def multi_hot(label_lists: Sequence[Sequence[int]], num_classes: int) -> np.ndar
 def parse_error(path: str, line_number: int, line: str, expected: str) -> ValueError:
   """The error for a malformed annotation line: file, 1-based line number, what was expected."""
   return ValueError(f"{path}, line {line_number}: expected {expected}, got {line.rstrip()!r}.")
+
+
+def check_image_headers(source, *, skip_corrupt: bool, threads: int) -> list[str]:
+  """Reads the header and last KiB of every image file of `source` (no decoding) and
+  returns what is wrong with each bad one; raises CorruptImageError naming the first
+  unless `skip_corrupt`. Sources that are not files have nothing to check: the demo set
+  renders its images and TFDS checked its records when it prepared them."""
+  if not isinstance(source, ImageFileSource):
+    return []
+  start = time.perf_counter()
+  paths = list(source.paths)
+  chunks = [paths[i::threads] for i in range(threads)]
+  # Threads overlap the file reads; the header parsing itself holds the GIL.
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    problems = sorted(
+      p for chunk in pool.map(lambda c: [header_problem(x) for x in c], chunks) for p in chunk if p
+    )
+  logging.info(
+    "Checked the headers of the %d images of %s in %.1f s: %d unreadable.",
+    len(paths),
+    source.name,
+    time.perf_counter() - start,
+    len(problems),
+  )
+  if problems and not skip_corrupt:
+    raise CorruptImageError(
+      f"{problems[0]} ({len(problems)} unreadable image(s) in {source.name}, found "
+      "before training; data.skip_corrupt=True leaves them out of the evaluation)."
+    )
+  for problem in problems:
+    logging.warning("Unreadable evaluation image (skipped, data.skip_corrupt): %s", problem)
+  return problems
+
+
+def check_image_files(source, *, skip_corrupt: bool, threads: int) -> list[str]:
+  """The image files of `source` that do not exist (a stat each, nothing read); raises
+  FileNotFoundError naming the first unless `skip_corrupt`, which leaves them out of
+  training (each is then skipped as undecodable when its turn comes)."""
+  if not isinstance(source, ImageFileSource):
+    return []
+  paths = list(source.paths)
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    exists = list(pool.map(file_exists, paths))
+  missing = [path for path, found in zip(paths, exists, strict=True) if not found]
+  if missing and not skip_corrupt:
+    raise FileNotFoundError(
+      f"{missing[0]}: no such image file ({len(missing)} of the {len(paths)} images of "
+      f"{source.name} are missing, found before training; data.skip_corrupt=True trains "
+      "without them)."
+    )
+  if missing:
+    logging.warning(
+      "%d of the %d images of %s are missing and are skipped (data.skip_corrupt), such as %s",
+      len(missing),
+      len(paths),
+      source.name,
+      missing[0],
+    )
+  return missing

@@ -34,12 +34,10 @@ int64 (b,) (the row of the split, -1 on padding).
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,11 +46,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from kmcl_jax.data import transforms, workers
-from kmcl_jax.data.image_files import CorruptImageError, ImageFileSource, header_problem
-from kmcl_jax.data.sources import get_source
-
-AUGMENT_ON = ("host", "device")
+from kmcl_jax.data import split_checks, transforms, workers
+from kmcl_jax.data.data_config import check_data_config, split_source
+from kmcl_jax.data.image_files import (
+  CorruptImageError,
+  ImageFileSource,
+  check_image_files,
+  check_image_headers,
+)
 
 TRAIN_FIELDS = ("image", "labels", "ignore", "skipped")
 EVAL_FIELDS = TRAIN_FIELDS + ("mask", "index")
@@ -335,103 +336,6 @@ def _check_batch(config, field: str, process_count: int) -> None:
     )
 
 
-def check_data_config(data) -> None:
-  """Raises ValueError naming the first of config.data's pipeline options with a bad value
-  (the fields `create_datasets` reads beyond those the trainer checks)."""
-  augment_on = data.augment_on
-  if augment_on not in AUGMENT_ON:
-    raise ValueError(f"config.data.augment_on={augment_on!r}: expected one of {AUGMENT_ON}.")
-  if augment_on == "device" and data.augment not in ("randaugment", "none"):
-    raise ValueError(
-      f"config.data.augment_on='device' runs Cutout and RandAugment only; "
-      f"config.data.augment={data.augment!r} needs augment_on='host'."
-    )
-  for field in ("train_fraction", "eval_fraction"):
-    fraction = data[field]
-    if not 0 < fraction <= 1:
-      raise ValueError(f"config.data.{field}={fraction!r}: expected a fraction in (0, 1].")
-    if fraction != 1 and data.name != "chestxray14":
-      raise ValueError(
-        f"config.data.{field}={fraction!r} applies to chestxray14 only, not {data.name!r}."
-      )
-  if data.drop_no_finding and data.name != "chestxray14":
-    raise ValueError(f"config.data.drop_no_finding applies to chestxray14 only, not {data.name!r}.")
-  if data.subset_ids and data.name != "coco2014":
-    raise ValueError(
-      f"config.data.subset_ids applies to the coco2014 train split only, not {data.name!r}."
-    )
-
-
-def source_options(data, training: bool) -> dict:
-  """get_source's keyword options for the training or the evaluation split."""
-  options = {}
-  if data.name == "chestxray14":
-    options["drop_no_finding"] = bool(data.drop_no_finding)
-    options["fraction"] = data.train_fraction if training else data.eval_fraction
-  if data.name == "coco2014" and training and data.subset_ids:
-    options["subset_ids"] = data.subset_ids
-  return options
-
-
-def check_image_headers(source, *, skip_corrupt: bool, threads: int) -> list[str]:
-  """Reads the header and last KiB of every image file of `source` (no decoding) and
-  returns what is wrong with each bad one; raises CorruptImageError naming the first
-  unless `skip_corrupt`. Sources that are not files have nothing to check: the demo set
-  renders its images and TFDS checked its records when it prepared them."""
-  if not isinstance(source, ImageFileSource):
-    return []
-  start = time.perf_counter()
-  paths = list(source.paths)
-  chunks = [paths[i::threads] for i in range(threads)]
-  # Threads overlap the file reads; the header parsing itself holds the GIL.
-  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    problems = sorted(
-      p for chunk in pool.map(lambda c: [header_problem(x) for x in c], chunks) for p in chunk if p
-    )
-  logging.info(
-    "Checked the headers of the %d images of %s in %.1f s: %d unreadable.",
-    len(paths),
-    source.name,
-    time.perf_counter() - start,
-    len(problems),
-  )
-  if problems and not skip_corrupt:
-    raise CorruptImageError(
-      f"{problems[0]} ({len(problems)} unreadable image(s) in {source.name}, found "
-      "before training; data.skip_corrupt=True leaves them out of the evaluation)."
-    )
-  for problem in problems:
-    logging.warning("Unreadable evaluation image (skipped, data.skip_corrupt): %s", problem)
-  return problems
-
-
-def check_image_files(source, *, skip_corrupt: bool, threads: int) -> list[str]:
-  """The image files of `source` that do not exist (a stat each, nothing read); raises
-  FileNotFoundError naming the first unless `skip_corrupt`, which leaves them out of
-  training (each is then skipped as undecodable when its turn comes)."""
-  if not isinstance(source, ImageFileSource):
-    return []
-  paths = list(source.paths)
-  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    exists = list(pool.map(os.path.isfile, paths))
-  missing = [path for path, found in zip(paths, exists, strict=True) if not found]
-  if missing and not skip_corrupt:
-    raise FileNotFoundError(
-      f"{missing[0]}: no such image file ({len(missing)} of the {len(paths)} images of "
-      f"{source.name} are missing, found before training; data.skip_corrupt=True trains "
-      "without them)."
-    )
-  if missing:
-    logging.warning(
-      "%d of the %d images of %s are missing and are skipped (data.skip_corrupt), such as %s",
-      len(missing),
-      len(paths),
-      source.name,
-      missing[0],
-    )
-  return missing
-
-
 def create_eval_dataset(config, process_index: int | None = None, process_count: int | None = None):
   """(eval dataset, its source) of config.data.eval_split; see `create_datasets`.
 
@@ -442,7 +346,8 @@ def create_eval_dataset(config, process_index: int | None = None, process_count:
   process_index, process_count = _process(process_index, process_count)
   check_data_config(data)
   _check_batch(config, "eval_batch_size", process_count)
-  source = get_source(data.name, data.eval_split, data.root, **source_options(data, False))
+  source = split_source(data, data.eval_split, training=False)
+  split_checks.require_images(source)
   check_image_headers(source, skip_corrupt=data.skip_corrupt, threads=data.read_threads)
   return eval_dataset(
     source,
@@ -464,13 +369,14 @@ def create_datasets(
   Reads config.seed, config.batch_size and config.eval_batch_size (global, all hosts),
   and config.data: name, root, train_split, eval_split, image_size, augment, cutout,
   worker_count, read_threads, skip_corrupt, augment_on, subset_ids, drop_no_finding,
-  train_fraction, eval_fraction. The process index and count default to JAX's.
+  train_fraction, eval_fraction, tfds_labels_key. The process index and count default to JAX's.
   """
   data = config.data
   process_index, process_count = _process(process_index, process_count)
   _check_batch(config, "batch_size", process_count)
   evaluation, eval_source = create_eval_dataset(config, process_index, process_count)
-  train_source = get_source(data.name, data.train_split, data.root, **source_options(data, True))
+  train_source = split_source(data, data.train_split, training=True)
+  split_checks.check_training_splits(train_source, eval_source)
   check_image_files(train_source, skip_corrupt=data.skip_corrupt, threads=data.read_threads)
   if tuple(train_source.class_names) != tuple(eval_source.class_names):
     raise ValueError(
