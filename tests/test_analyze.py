@@ -160,11 +160,13 @@ def test_a_workdir_without_checkpoints_is_one_sentence(tmp_path):
 def test_the_analysis_of_the_reference_run(reference_run, tmp_path):
   from kmcl_jax.analyze.report import analyse
 
-  record = analyse(str(reference_run), output=str(tmp_path))
+  # auto: the variant that scored the best checkpoint (one pass, one set of plots).
+  record = analyse(str(reference_run), output=str(tmp_path), variant="auto")
   written = json.loads((tmp_path / "analysis.json").read_text())
   assert written["images"] == record["images"] == 1000
   summary = json.loads((reference_run / "summary.json").read_text())
-  for variant in ("model", "ema"):
+  assert list(written["variants"]) == [summary["best_of"]]
+  for variant in written["variants"]:
     assert written["variants"][variant]["map"] == pytest.approx(summary[f"map_{variant}"], abs=1e-3)
     affinity = written["variants"][variant]["affinity"]
     assert set(affinity) == {
@@ -187,6 +189,6 @@ def test_the_analysis_of_the_reference_run(reference_run, tmp_path):
   expected = statistics.cooccurrence(labels_of(get_source("demo", "test")))
   np.testing.assert_allclose(written["data"]["conditional"], expected["conditional"])
   assert sorted(p.rsplit("/", 1)[1] for p in written["plots"]) == sorted(
-    f"{kind}_{v}.png" for kind in ("affinity", "uncertainty", "class_map") for v in ("model", "ema")
+    f"{kind}_{summary['best_of']}.png" for kind in ("affinity", "uncertainty", "class_map")
   )
   assert all((tmp_path / p.rsplit("/", 1)[1]).stat().st_size > 10_000 for p in written["plots"])
