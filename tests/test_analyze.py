@@ -148,6 +148,19 @@ def test_an_asl_only_head_is_analysed_through_its_logits():
   assert record["map"] > 90  # logits that follow the labels
 
 
+def test_the_run_config_is_the_recorded_one_over_the_current_defaults(tmp_path):
+  from kmcl_jax.workdir import WorkdirError, run_config
+
+  with pytest.raises(WorkdirError, match=r"run.json does not exist: .* is not the folder of a"):
+    run_config(str(tmp_path))
+  # A run.json of an older version: no `threshold`, the mean as JSON gives it back.
+  recorded = {"model": {"mode": "asl_only"}, "data": {"name": "demo", "mean": [0.1, 0.2, 0.3]}}
+  (tmp_path / "run.json").write_text(json.dumps({"config": recorded, "class_names": ["a"]}))
+  config = run_config(str(tmp_path))
+  assert (config.model.mode, config.model.kernel) == ("asl_only", "anisotropic")
+  assert config.data.mean == (0.1, 0.2, 0.3) and config.threshold == 0.8
+
+
 @pytest.mark.slow
 def test_a_workdir_without_checkpoints_is_one_sentence(tmp_path):
   sentence, _ = stopped_with_one_sentence(
