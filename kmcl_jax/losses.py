@@ -259,6 +259,30 @@ def _anchor_loss_and_grad(distance_i, y_i, y, jaccard_i, others_i, temperature):
   return loss, grad, statistics
 
 
+def class_pair_distances(mu, var, *, kernel, feature_dim):
+  """BD between the class components of each sample: (B, K, K), symmetric, 0 diagonal.
+
+  The distance of the contrastive term (the same M = feature_dim multiplier), taken
+  between component k and component l of one sample rather than between two samples'
+  components of one class: how close the head places two classes in an image.
+
+  Args:
+    mu, var: (B, D, K) anisotropic or (B, K) isotropic means and variances (var > 0).
+    kernel: "anisotropic" or "isotropic".
+    feature_dim: the multiplier M of the distance (the feature dimension D).
+  """
+  _check_choice("kernel", kernel, KERNELS)
+  mu = mu.astype(jnp.float32)
+  sigma = _sigma(var)
+  if kernel == "isotropic":
+    mu, sigma = mu[:, None, :], sigma[:, None, :]
+
+  def one_sample(mu_b, sigma_b):  # (D, K) against every component as a (K, D, 1) batch
+    return _bd_anchor(mu_b, sigma_b, mu_b.T[:, :, None], sigma_b.T[:, :, None], float(feature_dim))
+
+  return jax.vmap(one_sample)(mu, sigma)
+
+
 def _bd_column_grads(carry, column, mu, sigma, scale):
   """Adds column j's share of the gradient of sum_ij G[i,j] BD(x_i, x_j) to the rows x_i.
 

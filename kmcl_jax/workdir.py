@@ -31,7 +31,7 @@ from absl import logging
 from etils import epath
 
 from kmcl_jax.checkpointing import BEST, LATEST
-from kmcl_jax.config import RESUMABLE_FIELDS
+from kmcl_jax.config import RESUMABLE_FIELDS, defaults
 from kmcl_jax.errors import RunStopped
 from kmcl_jax.reporting import METRICS_FILE, SUMMARY_FILE
 
@@ -157,6 +157,20 @@ def read_run(workdir: str) -> dict | None:
       f"{path} is not valid JSON ({error}); restore it from a copy (the checkpoints "
       "are untouched), or use a new --workdir to start a new run."
     ) from error
+
+
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config WORKDIR/run.json records, the one the run was started with, over the
+  current defaults: a field added to the config since the run started has its default."""
+  run = read_run(workdir)
+  if run is None:
+    raise WorkdirError(
+      f"{epath.Path(workdir) / RUN_FILE} does not exist: {workdir} is not the folder of a "
+      "training run (a run writes it when it starts)."
+    )
+  config = defaults()
+  config.update(run["config"])
+  return config
 
 
 def saved_step(run: dict) -> int:

@@ -6,6 +6,11 @@ are the digits present (10 classes). Train and test images draw their digits fro
 disjoint halves of the 1,797 scans, so test handwriting is unseen. Every image is a pure
 function of (split, index): nothing is stored or downloaded, and any worker process can
 render any record.
+
+The correlated variant (`DigitGridSource(split, correlated=True)`, dataset name
+`demo_correlated`) has label correlations by construction, a known answer for
+`python -m kmcl_jax.analyze`: each digit of PAIRS brings its partner into the next free
+cell with probability PARTNER_PROBABILITY, every other draw is independent.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ _CELL = IMAGE_SIZE // 2
 _SCALE = 3
 _TILE = 8 * _SCALE
 _SPLIT_SEED = {"train": 1, "test": 2}
+_MAX_CELLS = 4
+# The correlated variant's digit pairs (disjoint); the digits 6 to 9 are independent.
+PAIRS = ((0, 1), (2, 3), (4, 5))
+PARTNER_PROBABILITY = 0.9
+_PARTNER = {a: b for pair in PAIRS for a, b in (pair, pair[::-1])}
 
 
 @functools.cache
@@ -39,11 +49,33 @@ def digit_pools() -> dict[str, tuple[np.ndarray, np.ndarray]]:
   }
 
 
+@functools.cache
+def _scans_of_digit(split: str) -> tuple[np.ndarray, ...]:
+  """The indices into digit_pools()[split] of each digit's scans, by digit."""
+  digits = digit_pools()[split][1]
+  return tuple(np.flatnonzero(digits == d) for d in range(len(CLASS_NAMES)))
+
+
+def _correlated_digits(rng: np.random.Generator) -> list[int]:
+  """1 to 4 digits: uniform draws, each digit of PAIRS followed by its partner (while a
+  cell is free) with probability PARTNER_PROBABILITY."""
+  count = rng.integers(1, _MAX_CELLS + 1)
+  digits = []
+  while len(digits) < count:
+    digit = int(rng.integers(len(CLASS_NAMES)))
+    digits.append(digit)
+    partner = _PARTNER.get(digit)
+    if partner is not None and len(digits) < _MAX_CELLS and rng.random() < PARTNER_PROBABILITY:
+      digits.append(partner)
+  return digits
+
+
 @dataclasses.dataclass(frozen=True)
 class DigitGridSource:
   """grain random-access source of digit-grid records (see the module docstring)."""
 
   split: str
+  correlated: bool = False
   class_names: tuple[str, ...] = CLASS_NAMES
 
   def __post_init__(self):
@@ -56,7 +88,7 @@ class DigitGridSource:
 
   @property
   def name(self) -> str:
-    return f"demo {self.split}"
+    return f"demo{'_correlated' if self.correlated else ''} {self.split}"
 
   def __len__(self) -> int:
     return SPLITS[self.split]
@@ -66,8 +98,12 @@ class DigitGridSource:
     if not 0 <= index < len(self):
       raise IndexError(f"demo {self.split}: index {index} outside [0, {len(self)}).")
     rng = np.random.default_rng([_SPLIT_SEED[self.split], index])
-    count = rng.integers(1, 5)
-    cells = rng.permutation(4)[:count]
+    if self.correlated:
+      by_digit = _scans_of_digit(self.split)
+      scans = np.array([rng.choice(by_digit[d]) for d in _correlated_digits(rng)])
+      return rng, rng.permutation(_MAX_CELLS)[: len(scans)], scans
+    count = rng.integers(1, _MAX_CELLS + 1)
+    cells = rng.permutation(_MAX_CELLS)[:count]
     scans = rng.integers(0, len(digit_pools()[self.split][1]), size=count)
     return rng, cells, scans
 
@@ -78,7 +114,7 @@ class DigitGridSource:
     return {
       "labels": labels,
       "ignore": np.zeros(len(CLASS_NAMES), bool),
-      "id": f"demo-{self.split}-{index:05d}",
+      "id": f"demo{'_correlated' if self.correlated else ''}-{self.split}-{index:05d}",
     }
 
   def __getitem__(self, index: int) -> dict:

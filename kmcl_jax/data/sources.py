@@ -20,8 +20,9 @@ LOCAL_SOURCES = {
   "adp": adp_source,
 }
 TFDS_PREFIX = "tfds:"
+DEMO_NAMES = ("demo", "demo_correlated")
 NAMES = tuple(LOCAL_SOURCES) + (
-  "demo",
+  *DEMO_NAMES,
   LABEL_FILES,
   "tfds:voc/2007",
   "tfds:coco/2014",
@@ -59,7 +60,7 @@ def get_source(name: str, split: str, root: str | None = None, **options):
     name: one of NAMES (`tfds:NAME`: any prepared TFDS dataset with a multilabel feature).
     split: the dataset's own split name (VOC `trainval`/`test`, COCO `train`/`val`, a
       TFDS split expression, ...).
-    root: the dataset folder (the TFDS data_dir for `tfds:` names); unused by `demo`;
+    root: the dataset folder (the TFDS data_dir for `tfds:` names); unused by the demo sets;
       for `labels`, the folder image names are relative to ("": the label file's).
     **options: the dataset's own options, OPTIONS[name]: `coco2014` subset_ids (a CSV of
       image ids the split is restricted to), `chestxray14` drop_no_finding and fraction,
@@ -72,8 +73,8 @@ def get_source(name: str, split: str, root: str | None = None, **options):
     raise ValueError(
       f"data: dataset {name!r} has no option {unknown[0]!r}; its options are {allowed}."
     )
-  if name == "demo":
-    return DigitGridSource(split)
+  if name in DEMO_NAMES:
+    return DigitGridSource(split, correlated=name == "demo_correlated")
   if name == LABEL_FILES:
     return labels_source(split, root or "", **options)
   if name.startswith(TFDS_PREFIX):
