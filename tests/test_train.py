@@ -192,13 +192,13 @@ def test_sigterm_to_one_of_two_processes_saves_both_and_the_rerun_ends_the_same(
 ):
   """A preemption notice reaches one host of a pod: JAX's preemption sync point makes
   every host stop after the same step and save it; the launcher exits 75. The notice goes
-  to process 1 once process 0 has reported step 1, with 5 steps and the final evaluation
-  still ahead."""
+  to process 1 once step 2's checkpoint is written, read at the next line the run logs,
+  with steps and the final evaluation still ahead."""
   launcher = launch_local_processes(tmp_path, processes=2, devices_per_process=2)
   output = signal_when(
     launcher,
     launcher.stdout,
-    reports_step(1),
+    lambda line: (tmp_path / "checkpoints" / "2").is_dir(),
     signal.SIGTERM,
     target=lambda: process_of(tmp_path, 1),
   )
