@@ -13,7 +13,8 @@ slices, GKE, SLURM, Open MPI: --distributed=auto), or from --coordinator_address
 --num_processes and --process_id.
 
 Exit status: 0 when the run finished, 75 when it stopped on a preemption notice or
-SIGTERM with its current step saved (rerun the same command to resume), 1 on an error.
+SIGTERM with its current step saved (rerun the same command to resume), 130 when
+interrupted by Ctrl-C (rerun it to resume from the latest checkpoint), 1 on an error.
 A bad input or a run that cannot go on ends with one sentence that says why; the
 traceback is printed with --verbosity=1, and always for an unexpected error (a bug).
 """

@@ -33,8 +33,9 @@ def _cosine(start, end, fraction):
 
 
 def _two_phase(step, total_steps: int, pct_start: float, start, peak, end):
-  """Cosine from `start` to `peak` over phase 1, then to `end`; torch's phase arithmetic."""
-  step = jnp.asarray(step, jnp.float32)
+  """Cosine from `start` to `peak` over phase 1, then to `end`; torch's phase arithmetic,
+  in JAX's default float (float32; float64 where x64 is enabled, as the oracle tests run)."""
+  step = jnp.asarray(step, jax.dtypes.canonicalize_dtype(jnp.float64))
   warmup_end = float(pct_start * total_steps) - 1.0
   run_end = float(total_steps) - 1.0
   rising = _cosine(start, peak, step / warmup_end)

@@ -4,6 +4,7 @@ once per session)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -113,3 +114,40 @@ def stopped_with_one_sentence(command):
   assert result.returncode == 1, result.stderr[-3000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   return result.stderr.strip().splitlines()[-1], result.stderr
+
+
+# The trainer's line for a train step: "... step S/T  loss ...".
+REPORTED_STEP = re.compile(r" step (\d+)/\d+ ")
+
+
+def reports_step(step):
+  """line -> whether it is the trainer's line for a train step >= `step`."""
+
+  def reached(line):
+    reported = REPORTED_STEP.search(line)
+    return reported is not None and int(reported.group(1)) >= step
+
+  return reached
+
+
+def signal_when(process, log, reached, signum, target=None):
+  """Reads `log` (a text stream of `process`'s output) line by line until a line
+  satisfies `reached` (e.g. `reports_step(2)`), then sends `signum` to the pid `target()`
+  returns (default: the process), reads on until the process ends and returns the whole
+  log. A run that ends before such a line is not signalled (its log tells why)."""
+  lines = []
+  for line in log:
+    lines.append(line)
+    if reached(line):
+      pid = target() if target else process.pid
+      assert pid is not None, "".join(lines)[-4000:]
+      os.kill(pid, signum)
+      break
+  lines.extend(log)
+  process.wait(timeout=600)
+  return "".join(lines)
+
+
+def stopped_step(log):
+  """The step a run stopped by SIGTERM says it stopped (and saved) at."""
+  return int(log.split("Stopped at step ")[1].split(" ")[0])

@@ -1,7 +1,9 @@
-"""The oracle of `optim.update_or_skip`: the update as the train step made it before,
-the optimiser, the EMA and the skip of a non-finite step applied leaf by leaf, and a
-context in which traced train steps use it (tests/update_identity_run.py compares the
-two bit for bit; tests/update_cost_run.py what each compiles to)."""
+"""The oracle of `optim.update_or_skip`'s layouts: the update as the train step made it
+before, the optimiser, the EMA (written out here) and the skip of a non-finite step
+applied leaf by leaf, and a context in which traced train steps use it
+(tests/update_identity_run.py compares the two bit for bit; tests/update_cost_run.py what
+each compiles to). It applies the optimiser it is given: the optimiser itself is judged
+against torch in tests/test_optim_oracle.py."""
 
 import contextlib
 from unittest import mock
@@ -12,6 +14,10 @@ import optax
 
 from kmcl_jax import optim
 from kmcl_jax.state import all_finite
+
+
+def _ema(ema, new, decay):
+  return jax.tree.map(lambda e, n: decay * e + (1.0 - decay) * n, ema, new)
 
 
 def per_leaf_update(optimizer, state, grads, batch_stats, loss, ema_decay, layout=None):
@@ -25,8 +31,8 @@ def per_leaf_update(optimizer, state, grads, batch_stats, loss, ema_decay, layou
     params=params,
     batch_stats=batch_stats,
     opt_state=opt_state,
-    ema_params=optim.ema_update(state.ema_params, params, ema_decay),
-    ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats, ema_decay),
+    ema_params=_ema(state.ema_params, params, ema_decay),
+    ema_batch_stats=_ema(state.ema_batch_stats, batch_stats, ema_decay),
   )
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
   return new_state, opt_state.hyperparams, finite

@@ -1,5 +1,6 @@
-"""Cutout and RandAugment in JAX against the host's PIL operations, their draws against
-the host's, determinism, and sharding."""
+"""Cutout and RandAugment in JAX against the `randaugment` package the reference imports
+and the host's PIL operations, their draws against the host's, determinism, and
+sharding."""
 
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from ml_collections import ConfigDict
 from PIL import Image
 from scipy import stats
+from sklearn.datasets import load_sample_image
 
 from kmcl_jax.data import device_augment, transforms
 
@@ -26,42 +28,33 @@ SHEAR_OPS = ("shear_x", "shear_y")
 SHEAR_MOST_DIFFERING = 0.003
 
 
-class FixedDraws:
-  """Stands in for the NumPy Generator a host operation draws from: its sign draw
-  (integers(2)) gives `sign_bit`, its other integer draws give `values` in turn."""
-
-  def __init__(self, sign_bit, values=()):
-    self.sign_bit, self.values = sign_bit, list(values)
-
-  def integers(self, high, *args, **kwargs):
-    return self.sign_bit if high == 2 else self.values.pop(0)
-
-
 def sample_images(size):
-  """A noise image (every level, hard edges) and a smooth one (gradients, few levels)."""
+  """A noise image (every level, hard edges), a smooth one (gradients, few levels) and a
+  photograph (scikit-learn's, squished to size x size)."""
   rng = np.random.default_rng(size)
   noise = rng.integers(0, 256, (size, size, 3), np.uint8)
   ys, xs = np.mgrid[0:size, 0:size] * (64 / size)
   smooth = np.stack([xs * 3, ys * 2 + 40, (xs + ys) * 1.5], -1) + rng.normal(0, 6, (size, size, 3))
-  return [noise, np.clip(smooth, 0, 255).astype(np.uint8)]
+  photograph = Image.fromarray(load_sample_image("china.jpg")).resize((size, size))
+  return [noise, np.clip(smooth, 0, 255).astype(np.uint8), np.asarray(photograph)]
 
 
 @pytest.mark.parametrize("size", [32, 64])
-def test_every_operation_matches_pil_at_every_magnitude_and_sign(size):
+def test_every_operation_matches_the_randaugment_package_at_every_magnitude_and_sign(size):
+  """Judged by the package the reference imports (tests/randaugment_package.py)."""
+  pytest.importorskip("randaugment")
+  from randaugment_package import package_operation
+
   apply = jax.jit(device_augment.apply_op)
   centres = np.random.default_rng(0)
   for image in sample_images(size):
     for op, name in enumerate(device_augment.OP_NAMES):
-      operation, values = HOST_OPS[name]
       differing = total = 0
       for magnitude in range(1, 10):
         for negate in (False, True):
           centre = [int(c) for c in centres.integers(size, size=2)]
-          expected = np.asarray(
-            operation(
-              Image.fromarray(image), values[magnitude], FixedDraws(0 if negate else 1, centre)
-            )
-          )
+          theirs, _ = package_operation(name, magnitude, -1 if negate else 1, centre)
+          expected = np.asarray(theirs(Image.fromarray(image)))
           got = np.asarray(apply(image, op, magnitude, negate, np.array(centre)))
           message = f"{name} magnitude {magnitude} negate {negate}"
           if name in SHEAR_OPS:

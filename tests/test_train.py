@@ -19,7 +19,10 @@ from runs import (
   launch_local_processes,
   main_command,
   records,
+  reports_step,
   run_config,
+  signal_when,
+  stopped_step,
   synthetic_batch,
 )
 
@@ -188,29 +191,21 @@ def test_sigterm_to_one_of_two_processes_saves_both_and_the_rerun_ends_the_same(
   tmp_path, two_process_run
 ):
   """A preemption notice reaches one host of a pod: JAX's preemption sync point makes
-  every host stop after the same step and save it; the launcher exits 75."""
-  import threading
-
+  every host stop after the same step and save it; the launcher exits 75. The notice goes
+  to process 1 once step 2's checkpoint is written, read at the next line the run logs,
+  with steps and the final evaluation still ahead."""
   launcher = launch_local_processes(tmp_path, processes=2, devices_per_process=2)
-  lines = []  # read as it comes: a full pipe would stall the processes
-  reader = threading.Thread(target=lambda: lines.extend(launcher.stdout), daemon=True)
-  reader.start()
-  deadline = time.time() + 600
-  while not os.path.isdir(tmp_path / "checkpoints" / "2") and launcher.poll() is None:
-    assert time.time() < deadline
-    time.sleep(0.05)
-  target = process_of(tmp_path, 1)
-  assert target is not None, "".join(lines)[-4000:]
-  os.kill(target, signal.SIGTERM)
-  launcher.wait(timeout=600)
-  reader.join()
-  output = "".join(lines)
-  if launcher.returncode == 0:
-    pytest.skip("the run finished before SIGTERM arrived")
+  output = signal_when(
+    launcher,
+    launcher.stdout,
+    lambda line: (tmp_path / "checkpoints" / "2").is_dir(),
+    signal.SIGTERM,
+    target=lambda: process_of(tmp_path, 1),
+  )
   assert launcher.returncode == 75, output[-4000:]
   stops = [line for line in output.splitlines() if "Stopped at step" in line]
   assert len(stops) == 2 and "Traceback" not in output
-  stopped = {int(line.split("Stopped at step ")[1].split(" ")[0]) for line in stops}
+  stopped = {stopped_step(line) for line in stops}
   assert len(stopped) == 1  # both processes, the same step
   (step,) = stopped
   assert step < 6 and str(step) in os.listdir(tmp_path / "checkpoints")
@@ -290,29 +285,56 @@ def test_bad_config_values_fail_before_compiling(tmp_path):
   assert not os.listdir(tmp_path)
 
 
-def test_sigterm_saves_the_current_step_and_the_rerun_finishes_the_same(tmp_path, reference_run):
+# The reference run's config made too long to finish before a signal, with a checkpoint
+# every step.
+LONG_STEPS = 100_000
+LONG_RUN = (f"--config.train_steps={LONG_STEPS}", "--config.checkpoint_every_steps=1")
+
+
+def long_run(workdir, signum, after_step):
+  """The long run in `workdir`, sent `signum` once it has reported `after_step`: its log."""
   process = subprocess.Popen(
-    main_command(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    main_command(workdir, *LONG_RUN),
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
   )
-  deadline = time.time() + 600
-  while not os.path.isdir(tmp_path / "checkpoints" / "2") and process.poll() is None:
-    assert time.time() < deadline
-    time.sleep(0.05)
-  process.send_signal(signal.SIGTERM)
-  _, log = process.communicate(timeout=600)
-  if process.returncode == 0:
-    pytest.skip("the run finished before SIGTERM arrived")
-  assert process.returncode == 75, log[-3000:]  # "preempted: rerun me"
-  assert "Traceback" not in log
-  stopped = int(log.split("Stopped at step ")[1].split(" ")[0])
-  assert 2 <= stopped < 6 and str(stopped) in os.listdir(tmp_path / "checkpoints")
+  log = signal_when(process, process.stderr, reports_step(after_step), signum)
+  return process.returncode, log
+
+
+def saved_steps(workdir):
+  return sorted(int(name) for name in os.listdir(workdir / "checkpoints") if name.isdigit())
+
+
+def test_ctrl_c_exits_130_and_the_rerun_resumes_and_stops_on_sigterm_after_a_reported_step(
+  tmp_path,
+):
+  """Ctrl-C (SIGINT) after a reported step: exit 130 with one line on how to resume.
+  Rerunning the same command resumes from the newest checkpoint with the optimiser's
+  schedule where it was; SIGTERM after a reported step: exit 75 with the step it stopped
+  at saved, and no summary."""
+  status, log = long_run(tmp_path, signal.SIGINT, 2)
+  assert status == 130, log[-3000:]
+  assert "Interrupted; rerunning the same command resumes from the latest checkpoint." in log
+  assert "Traceback" not in log and not (tmp_path / "summary.json").exists()
+  newest = saved_steps(tmp_path)[-1]
+  # Step 1's save began before step 2 ran; an interrupted run still finishes its saves.
+  assert newest >= 1
+
+  status, log = long_run(tmp_path, signal.SIGTERM, newest + 2)
+  assert status == 75, log[-3000:]  # "preempted: rerun me"
+  assert f"Resumed from step {newest} of" in log and "Traceback" not in log
+  stopped = stopped_step(log)
+  assert stopped >= newest + 2 and saved_steps(tmp_path)[-1] == stopped
   assert not (tmp_path / "summary.json").exists()
-  finish(
-    subprocess.Popen(
-      main_command(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+  resumed = [r for r in records(tmp_path, "train") if r["step"] > newest]
+  assert [r["step"] for r in resumed] == list(range(newest + 1, stopped + 1))
+  lr = optim.one_cycle_lr(LONG_STEPS, run_config().optim.lr)
+  np.testing.assert_allclose(
+    [r["learning_rate"] for r in resumed], [lr(r["step"] - 1) for r in resumed], rtol=1e-6
   )
-  assert_trees_close(checkpoint_state(tmp_path, 6), checkpoint_state(reference_run, 6), atol=0)
 
 
 def test_a_diverged_run_stops_with_one_sentence_after_consecutive_skipped_steps(tmp_path):

@@ -1,4 +1,5 @@
-"""The host's image transforms: the reference's augmentations with PIL, bit for bit."""
+"""The host's image transforms: the reference's augmentations with PIL (RandAugment's
+judged by the `randaugment` package the reference imports), bit for bit."""
 
 import numpy as np
 import pytest
@@ -70,19 +71,25 @@ def test_normalize():
   )
 
 
-# The recipe as first written here and as the reference runs it (the `randaugment`
-# package's RGBA rotate, copies and conversions included): the streamlined transforms
-# must give the same pixels from the same Generator.
-
-
-def package_rotate(image, degrees, rng):
-  rotated = image.convert("RGBA").rotate(degrees)
-  return Image.composite(rotated, Image.new("RGBA", rotated.size, (128,) * 4), rotated).convert(
-    image.mode
-  )
+# The recipe as first written here and as the reference runs it, its RandAugment
+# operations the `randaugment` package's (tests/randaugment_package.py), fed the signs and
+# cutout centres drawn from the Generator in the order the host's transforms draw them:
+# the streamlined transforms must give the same pixels from the same Generator.
+SIGNED = (
+  "shear_x",
+  "shear_y",
+  "translate_x",
+  "translate_y",
+  "sharpness",
+  "contrast",
+  "color",
+  "brightness",
+)
 
 
 def recipe_train_image(image, rng, image_size, cutout_factor, augment):
+  from randaugment_package import package_operation
+
   pil = Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR)
   if cutout_factor > 0:
     width, height = pil.size
@@ -100,22 +107,22 @@ def recipe_train_image(image, rng, image_size, cutout_factor, augment):
       fill=colour,
     )
   if augment == "randaugment":
-    operations = {
-      name: (package_rotate if name == "rotate" else op, values)
-      for name, op, values in transforms.RANDAUGMENT_OPS
-    }
     names = [name for name, _, _ in transforms.RANDAUGMENT_OPS]
     choices = [(rng.integers(len(names)), rng.integers(1, 10)) for _ in range(2)]
     for op, magnitude in choices:
       if rng.random() < 0.5:
-        operation, values = operations[names[op]]
-        pil = operation(pil, values[magnitude], rng)
+        name = names[op]
+        sign = (1 if rng.integers(2) else -1) if name in SIGNED else 1
+        centre = (rng.integers(pil.size[0]), rng.integers(pil.size[1])) if name == "cutout" else ()
+        operation, _ = package_operation(name, magnitude, sign, centre)
+        pil = operation(pil)
   elif augment == "affine":
     pil = transforms.random_affine(pil, rng)
   return np.asarray(pil.convert("RGB"), np.uint8)
 
 
 def test_train_and_eval_images_equal_the_plain_pil_recipe_bit_for_bit():
+  pytest.importorskip("randaugment")
   draws = np.random.default_rng(0)
   for seed in range(400):
     height, width = draws.integers(12, 90, size=2)
@@ -139,13 +146,17 @@ def test_train_and_eval_images_equal_the_plain_pil_recipe_bit_for_bit():
 
 
 def test_rotate_fills_with_grey_exactly_as_the_packages_rgba_composite():
+  pytest.importorskip("randaugment")
+  from randaugment_package import package_operation
+
   rotate = dict((name, op) for name, op, _ in transforms.RANDAUGMENT_OPS)["rotate"]
   draws = np.random.default_rng(1)
   for size in (7, 32, 33, 224):
     image = Image.fromarray(draws.integers(0, 256, (size, size + 3, 3), np.uint8))
     filled = 0
-    for degrees in np.linspace(0, 30, 10)[1:]:
-      expected = np.asarray(package_rotate(image, degrees, None))
+    for magnitude in range(1, 10):
+      theirs, degrees = package_operation("rotate", magnitude, 1)
+      expected = np.asarray(theirs(image))
       np.testing.assert_array_equal(np.asarray(rotate(image, degrees, None)), expected)
       filled += (expected == 128).all(-1).sum()
     assert filled > size  # the corners were filled
