@@ -6,7 +6,7 @@ import subprocess
 import tempfile
 
 import pytest
-from runs import ROOT, finish, main_command
+from runs import ROOT, finish, machine_share, main_command, shared_by_workers
 
 # Identical XLA programs compiled by several test processes (the trainer's subprocess
 # runs) are compiled once: a persistent compilation cache private to this session.
@@ -21,11 +21,10 @@ def pytest_xdist_auto_num_workers(config):
   return min(4, len(os.sched_getaffinity(0)))
 
 
-def shared_by_workers(tmp_path_factory):
-  """The session's temporary folder common to all pytest-xdist workers (each worker's own
-  folder lies in it), or the session's folder when the tests run in one process."""
-  base = tmp_path_factory.getbasetemp()
-  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+@pytest.fixture(autouse=True)
+def _machine_share(request, tmp_path_factory):
+  with machine_share(tmp_path_factory, alone=request.node.get_closest_marker("alone") is not None):
+    yield
 
 
 @pytest.fixture(scope="session")

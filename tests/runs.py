@@ -2,6 +2,8 @@
 ways to read what a run left in its workdir (tests/conftest.py trains the reference run
 once per session)."""
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -50,6 +52,34 @@ def assert_trees_close(a, b, atol):
     np.testing.assert_allclose(
       np.asarray(x), np.asarray(y), rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path)
     )
+
+
+def shared_by_workers(tmp_path_factory):
+  """The session's temporary folder common to all pytest-xdist workers (each worker's own
+  folder lies in it), or the session's folder when the tests run in one process."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def machine_share(tmp_path_factory, alone: bool):
+  """Holds this worker's share of the machine: shared by the tests of every worker, or
+  the whole of it for a test that runs `alone` (several JAX processes whose gloo
+  collectives abort when a peer is starved of CPU by other tests). A turnstile makes a
+  waiting `alone` test block new shared holders, so that it is not starved either.
+  Without pytest-xdist there is nobody to share with."""
+  if not os.environ.get("PYTEST_XDIST_WORKER"):
+    yield
+    return
+  shared = shared_by_workers(tmp_path_factory)
+  with (
+    open(shared / "turnstile.lock", "a") as turnstile,
+    open(shared / "machine.lock", "a") as machine,
+  ):
+    fcntl.flock(turnstile, fcntl.LOCK_EX)
+    fcntl.flock(machine, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+    fcntl.flock(turnstile, fcntl.LOCK_UN)
+    yield
 
 
 def launch_local_processes(workdir, processes, devices_per_process):

@@ -398,6 +398,7 @@ def test_eval_of_a_read_only_workdir_logs_its_results_and_exits_1(tmp_path, refe
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_two_hosts_agree_when_one_of_them_cannot_read_a_checkpoint(tmp_path):
   """Process 1's reads of the newest checkpoint fail once: it retries and both restore
   it. Then they fail on every read: both stop with the same sentence and nothing is

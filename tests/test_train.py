@@ -17,6 +17,7 @@ from runs import (
   checkpoint_state,
   finish,
   launch_local_processes,
+  machine_share,
   main_command,
   records,
   reports_step,
@@ -151,7 +152,8 @@ def two_process_run(tmp_path_factory):
   launch/multiprocess_local.sh runs them (the script CI exercises): one mesh of 4 devices
   over 2 hosts, the loss over the global batch, each host feeding its rows."""
   workdir = tmp_path_factory.mktemp("two_processes")
-  output = finish(launch_local_processes(workdir, processes=2, devices_per_process=2))
+  with machine_share(tmp_path_factory, alone=True):
+    output = finish(launch_local_processes(workdir, processes=2, devices_per_process=2))
   return workdir, output
 
 
@@ -187,6 +189,7 @@ def process_of(workdir, process_id):
   return None
 
 
+@pytest.mark.alone
 def test_sigterm_to_one_of_two_processes_saves_both_and_the_rerun_ends_the_same(
   tmp_path, two_process_run
 ):
