@@ -35,7 +35,7 @@ from kmcl_jax.mesh import create_mesh, replicated
 from kmcl_jax.reporting import progress
 from kmcl_jax.state import create_model
 from kmcl_jax.steps import class_probabilities, eval_outputs
-from kmcl_jax.workdir import RUN_FILE, read_run
+from kmcl_jax.workdir import RUN_FILE, read_run, run_config
 
 ON_ERROR = ("raise", "skip")  # what an image that cannot be read does
 
@@ -173,7 +173,7 @@ class Classifier:
           f"{path!r} is neither an export of `python -m kmcl_jax.export` (no "
           f"{artifact.MODEL_FILE}) nor a training workdir (no {RUN_FILE})."
         )
-      config = ml_collections.ConfigDict(run["config"])
+      config = run_config(path)
     class_names = run_class_names(config, path)
     weights, origin, variant, folder = load_weights(config, path, class_names, step, variant)
     return cls(config, class_names, weights, variant=variant, origin=origin, source=folder)
