@@ -1,13 +1,31 @@
-"""Writing a whole file so that a failure never leaves it cut short: readers see the old
-file or the new one, never a mix or a truncated one."""
+"""Files local or on an object store (gs://): whether one is there, and writing a whole
+file so that a failure never leaves it cut short (readers see the old file or the new one,
+never a mix or a truncated one)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import secrets
 
 from etils import epath
+
+
+def file_exists(path: str | os.PathLike) -> bool:
+  """Whether `path` (local or gs://) is a file: False for a folder or nothing there."""
+  path = os.fspath(path)
+  if "://" not in path:
+    return os.path.isfile(path)
+  # Not epath's is_file(): up to etils 1.9 it is `not is_dir()`, True where nothing is.
+  remote = epath.Path(path)
+  return remote.exists() and not remote.is_dir()
+
+
+def files_exist(paths: list[str], threads: int) -> list[bool]:
+  """file_exists for each of `paths`, `threads` at a time (on gs:// each is a round trip)."""
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    return list(pool.map(file_exists, paths))
 
 
 def replace_file(path: str | os.PathLike, data: bytes) -> None:

@@ -22,6 +22,8 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
+from kmcl_jax.files import files_exist
+
 
 class CorruptImageError(OSError):
   """An image file that cannot be decoded; the message starts with its path."""
@@ -50,11 +52,6 @@ def open_image(path: str) -> Iterator[Image.Image]:
     return
   with epath.Path(path).open("rb") as f, Image.open(f) as image:
     yield image
-
-
-def file_exists(path: str) -> bool:
-  """Whether the file `path` (local or gs://) exists."""
-  return epath.Path(path).is_file() if "://" in path else os.path.isfile(path)
 
 
 def read_rgb(path: str) -> Image.Image:
@@ -291,8 +288,7 @@ def check_image_files(source, *, skip_corrupt: bool, threads: int) -> list[str]:
   if not isinstance(source, ImageFileSource):
     return []
   paths = list(source.paths)
-  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    exists = list(pool.map(file_exists, paths))
+  exists = files_exist(paths, threads)
   missing = [path for path, found in zip(paths, exists, strict=True) if not found]
   if missing and not skip_corrupt:
     raise FileNotFoundError(

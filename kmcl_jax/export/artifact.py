@@ -25,6 +25,8 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
+from kmcl_jax.files import file_exists
+
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 PROGRAM_FILE = "probabilities.jax"
@@ -38,7 +40,7 @@ _SAFETENSORS_DTYPES = {"F32": np.float32, "BF16": jnp.bfloat16}
 
 def is_export(path: str) -> bool:
   """Whether `path` (local or gs://) is a finished export: it holds model.json."""
-  return (epath.Path(path) / MODEL_FILE).is_file()
+  return file_exists(epath.Path(path) / MODEL_FILE)
 
 
 def weights_bytes(weights: dict) -> bytes:

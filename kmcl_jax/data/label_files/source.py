@@ -3,19 +3,19 @@ files, as an ImageFileSource (see the package docstring)."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import posixpath
 
 import numpy as np
 from absl import logging
 
-from kmcl_jax.data.image_files import ImageFileSource, file_exists
+from kmcl_jax.data.image_files import ImageFileSource
 from kmcl_jax.data.label_files.classes import Classes, find_classes, read_class_list
 from kmcl_jax.data.label_files.formats import AUTO, read_label_file
 from kmcl_jax.data.label_files.rows import Columns, LabelFile, LabelRow
 from kmcl_jax.data.label_files.splits import merge_rows, role_rows
 from kmcl_jax.data.label_files.text import LabelFileError, row_error
+from kmcl_jax.files import files_exist
 
 NAME = "labels"
 STAT_THREADS = 16  # file-existence checks overlap (on gs:// each is a request)
@@ -44,8 +44,7 @@ def drop_missing(
   """The positions of the rows whose image file exists. A missing one is a LabelFileError
   naming the label file, row and image, unless `skip_corrupt` (then they are listed in
   a warning and left out)."""
-  with concurrent.futures.ThreadPoolExecutor(STAT_THREADS) as pool:
-    exists = list(pool.map(file_exists, paths))
+  exists = files_exist(paths, STAT_THREADS)
   missing = [k for k, found in enumerate(exists) if not found]
   if missing and not skip_corrupt:
     first = missing[0]
