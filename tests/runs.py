@@ -7,8 +7,10 @@ import fcntl
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -160,22 +162,54 @@ def reports_step(step):
   return reached
 
 
-def signal_when(process, log, reached, signum, target=None):
+def interruptible(command, **popen_kwargs):
+  """Popen of `command` in the repository root with SIGINT at its default in the child.
+  A shell started in the background (`cmd &`, nohup, some CI runners) ignores SIGINT,
+  children inherit that, and Python then installs no KeyboardInterrupt handler: Ctrl-C,
+  as a test sends it, would reach nothing and the run would go on."""
+  return subprocess.Popen(
+    command,
+    cwd=ROOT,
+    text=True,
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    **popen_kwargs,
+  )
+
+
+def signal_when(process, log, reached, signum, target=None, timeout=900):
   """Reads `log` (a text stream of `process`'s output) line by line until a line
   satisfies `reached` (e.g. `reports_step(2)`), then sends `signum` to the pid `target()`
   returns (default: the process), reads on until the process ends and returns the whole
-  log. A run that ends before such a line is not signalled (its log tells why)."""
-  lines = []
-  for line in log:
-    lines.append(line)
-    if reached(line):
-      pid = target() if target else process.pid
-      assert pid is not None, "".join(lines)[-4000:]
-      os.kill(pid, signum)
-      break
-  lines.extend(log)
-  process.wait(timeout=600)
-  return "".join(lines)
+  log. A run that ends before such a line is not signalled (its log tells why). A
+  process still running `timeout` seconds after the call began is killed and the test
+  fails with its log, rather than waiting on it for ever."""
+  lines, signalled, killed = [], False, threading.Event()
+
+  def kill():
+    killed.set()
+    process.kill()
+
+  timer = threading.Timer(timeout, kill)
+  timer.start()
+  try:
+    for line in log:
+      lines.append(line)
+      if reached(line):
+        pid = target() if target else process.pid
+        assert pid is not None, "".join(lines)[-4000:]
+        os.kill(pid, signum)
+        signalled = True
+        break
+    lines.extend(log)
+    process.wait()
+  finally:
+    timer.cancel()
+  output = "".join(lines)
+  assert not killed.is_set(), (
+    f"killed {timeout} s after it started, {'signalled' if signalled else 'never signalled'}"
+    f" and still running:\n{output[-4000:]}"
+  )
+  return output
 
 
 def stopped_step(log):

@@ -16,6 +16,7 @@ from runs import (
   assert_trees_close,
   checkpoint_state,
   finish,
+  interruptible,
   launch_local_processes,
   machine_share,
   main_command,
@@ -296,12 +297,8 @@ LONG_RUN = (f"--config.train_steps={LONG_STEPS}", "--config.checkpoint_every_ste
 
 def long_run(workdir, signum, after_step):
   """The long run in `workdir`, sent `signum` once it has reported `after_step`: its log."""
-  process = subprocess.Popen(
-    main_command(workdir, *LONG_RUN),
-    cwd=ROOT,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.PIPE,
-    text=True,
+  process = interruptible(
+    main_command(workdir, *LONG_RUN), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
   )
   log = signal_when(process, process.stderr, reports_step(after_step), signum)
   return process.returncode, log
